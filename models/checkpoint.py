@@ -1,0 +1,238 @@
+"""The checkpoint format: one safetensors file that describes itself.
+
+- Weights: the network's state dict, stored with safetensors (no pickle: a
+  loaded file cannot run code).
+- Metadata: a JSON document in the safetensors header under the key
+  ``safespot`` (architecture and its arguments, input size, classes,
+  normalisation, threat model, training recipe and arguments, measured
+  metrics, data provenance, timings, the command that produced it), plus
+  ``weights_sha256``, a digest of the tensors that loading re-checks.
+- Identity: the sha256 of the whole file, reported by the service as the
+  model's version.
+
+User-supplied PyTorch state dicts (``.pt``/``.pth``) are read only with
+``torch.load(weights_only=True)`` and converted to this format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from models.architectures import ARCHITECTURES, build_network
+from models.errors import CheckpointError
+from models.normalize import Classifier
+
+FORMAT_VERSION = 1
+METADATA_KEY = "safespot"
+MAX_CHECKPOINT_BYTES = 2 * 1024**3  # torchvision ResNet-50 is ~100 MB; refuse absurd files
+_HEADER_LIMIT = 16 * 1024**2
+
+
+@dataclass
+class ModelInfo:
+    """What a checkpoint says about itself."""
+
+    arch: str
+    num_classes: int
+    input_size: tuple[int, int, int]  # (C, H, W) the network expects
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    arch_args: dict[str, Any] = field(default_factory=dict)
+    threat: dict[str, Any] = field(default_factory=dict)  # {"norm": "linf", "eps": 0.0314}
+    recipe: dict[str, Any] = field(default_factory=dict)  # {"name": "s-fgsm-adv", ...args}
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # provenance
+    training: dict[str, Any] = field(default_factory=dict)  # command, seconds, epochs, host
+    ood: dict[str, Any] = field(default_factory=dict)  # OOD score parameters and threshold
+    name: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelInfo:
+        try:
+            info = cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+        except TypeError as e:
+            raise CheckpointError(f"metadata is missing a required field: {e}") from e
+        info.input_size = tuple(int(v) for v in info.input_size)  # type: ignore[assignment]
+        info.validate()
+        return info
+
+    def validate(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise CheckpointError(f"unknown architecture {self.arch!r}; known: {sorted(ARCHITECTURES)}")
+        if not 2 <= int(self.num_classes) <= 100_000:
+            raise CheckpointError(f"implausible class count {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise CheckpointError(
+                f"metadata names {len(self.class_names)} classes but declares {self.num_classes}")
+        if len(self.input_size) != 3 or not all(1 <= v <= 4096 for v in self.input_size):
+            raise CheckpointError(f"implausible input size {self.input_size}")
+        channels = self.input_size[0]
+        if len(self.mean) != channels or len(self.std) != channels or min(self.std) <= 0:
+            raise CheckpointError("normalisation needs one mean and one positive std per channel")
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: nn.Module  # eval mode, takes [0,1] NCHW
+    info: ModelInfo
+    sha256: str  # of the file
+    path: Path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_sha256(state: dict[str, Tensor]) -> str:
+    """Digest of names, dtypes, shapes and bytes, independent of file layout."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def build_model(info: ModelInfo) -> Classifier:
+    """The full model (Normalize + network) described by `info`, randomly initialised."""
+    net = build_network(info.arch, num_classes=info.num_classes, **info.arch_args)
+    return Classifier(net, info.mean, info.std).to(memory_format=torch.channels_last)
+
+
+def save_checkpoint(model: nn.Module, info: ModelInfo, path: str | os.PathLike[str]) -> str:
+    """Write `model`'s network weights and `info` atomically; return the file's sha256."""
+    net = model.network if isinstance(model, Classifier) else model
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    meta = json.loads(info.to_json())
+    meta["weights_sha256"] = weights_sha256(state)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared with workers
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return file_sha256(path)
+
+
+def read_info(path: str | os.PathLike[str]) -> ModelInfo:
+    """The metadata of a checkpoint, without loading its weights."""
+    return ModelInfo.from_dict(_read_header(Path(path))[0])
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "cpu",
+                    expected_sha256: str | None = None) -> LoadedCheckpoint:
+    """Load and validate a checkpoint file; refuse anything that does not match its metadata."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path.name}: {size} bytes is over the {MAX_CHECKPOINT_BYTES}-byte limit")
+    digest = file_sha256(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise CheckpointError(f"{path.name}: sha256 {digest} does not match the expected {expected_sha256}")
+    raw, recorded = _read_header(path)
+    info = ModelInfo.from_dict(raw)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path.name}: unreadable tensors: {e}") from e
+    if recorded and weights_sha256(state) != recorded:
+        raise CheckpointError(f"{path.name}: weights do not match their recorded digest")
+    model = model_from_state(info, state)
+    return LoadedCheckpoint(model.to(device), info, digest, path)
+
+
+def model_from_state(info: ModelInfo, state: dict[str, Tensor]) -> Classifier:
+    """Build the model of `info` and load `state` strictly, refusing bad or non-finite weights."""
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"weight {name!r} holds NaN or infinite values")
+    model = build_model(info)
+    expected = model.network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights do not fit {info.arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong = [f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}"
+             for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(f"weight shapes do not fit {info.arch}: {wrong[:3]}")
+    model.network.load_state_dict(state, strict=True)
+    model.eval()
+    _check_runs(model, info)
+    return model
+
+
+def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """A user's PyTorch state dict, read without executing pickled code."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the unpickler refuses globals with its own error types
+        raise CheckpointError(f"{Path(path).name}: not a plain tensor state dict ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]})") from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{Path(path).name}: expected a dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], str | None]:
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= _HEADER_LIMIT:
+                raise CheckpointError(f"{path.name}: not a safetensors file")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path.name}: not a safetensors file ({e})") from e
+    meta = header.get("__metadata__") or {}
+    if METADATA_KEY not in meta:
+        raise CheckpointError(f"{path.name}: no '{METADATA_KEY}' metadata; use `safespot import` for a bare state dict")
+    try:
+        raw = json.loads(meta[METADATA_KEY])
+    except ValueError as e:
+        raise CheckpointError(f"{path.name}: metadata is not JSON") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path.name}: metadata must be a JSON object")
+    return raw, raw.pop("weights_sha256", None)
+
+
+@torch.no_grad()
+def _check_runs(model: nn.Module, info: ModelInfo) -> None:
+    probe = torch.rand(2, *info.input_size)
+    try:
+        out = model(probe)
+    except RuntimeError as e:
+        raise CheckpointError(f"model does not run on {info.input_size} inputs: {e}") from e
+    if tuple(out.shape) != (2, info.num_classes):
+        raise CheckpointError(f"model gives {tuple(out.shape[1:])} outputs, metadata says {info.num_classes} classes")
+    if not bool(torch.isfinite(out).all()) or math.isnan(float(out.sum())):
+        raise CheckpointError("model outputs are not finite")

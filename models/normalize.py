@@ -1,0 +1,41 @@
+"""Normalisation as the model's first layer: the model takes [0,1] pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; budgets stay in pixel units outside the model."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """Normalize + network.  Runs in channels-last layout (faster convolutions on
+    CPU and on tensor cores); callers pass ordinary NCHW tensors."""
+
+    def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.network = network
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.normalize(x)
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.network(x)

@@ -1,0 +1,139 @@
+"""Search settings: one frozen dataclass and its named presets.
+
+Budgets are in pixel units on [0, 1] images; `delta` (the defender's budget)
+defaults to `eps` (the adversary's), as in the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from safespot.threat import Norm, check_norm
+
+Optimizer = Literal["pgd", "rmsprop-tanh", "sgd"]
+Init = Literal["original", "random", "sphere"]
+Keep = Literal["best", "last"]
+
+DEFAULT_EPS: dict[str, float] = {"linf": 8 / 255, "l2": 0.5}
+PRESETS = ("paper", "standard", "fast")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Settings of the safe-spot search (S-Full, SPEC section 2).
+
+    The search minimises, over x_s in the delta-ball around the original x_o,
+    the cross-entropy of the predicted label after an inner PGD attack of
+    budget eps from x_s; the outer gradient is the first-order one (the
+    gradient at the inner attack's last point, masked where [0,1] clipping
+    froze a pixel).
+    """
+
+    norm: Norm = "linf"
+    eps: float = 8 / 255
+    delta: float | None = None  # None: equal to eps
+    # Outer minimisation (over x_s).
+    outer_steps: int = 20  # K: the most outer iterations per image
+    optimizer: Optimizer = "pgd"  # pgd: sign (L-inf) / normalised (L2) steps
+    lr: float | None = None  # beta; None: delta/4 for pgd
+    init: Init = "original"  # original: x_o; random: uniform in the ball; sphere: on its surface
+    keep: Keep = "best"  # best: the iterate with the lowest inner adversarial loss
+    # Inner maximisation (the adversary the search plans against).
+    inner_steps: int = 10  # T
+    inner_step: float | None = None  # alpha; None: eps/4
+    inner_starts: int = 1  # N random starts, their losses averaged
+    # Verification: an independent PGD on the 8-bit output decides "found".
+    early_exit: bool = True  # verify candidates during the search, stop once one holds
+    verify_steps: int = 20
+    verify_restarts: int = 1
+    verify_step: float | None = None  # None: eps/4
+    # Execution.
+    batch_size: int = 64  # images searched at once; finished ones are replaced at once
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_norm(self.norm)
+        if self.delta is None:
+            object.__setattr__(self, "delta", self.eps)
+        for name in ("eps", "delta"):
+            if not 0 < float(getattr(self, name)) <= _MAX_BUDGET[self.norm]:
+                raise ValueError(f"{name} out of range for {self.norm}: {getattr(self, name)}")
+        for name in ("outer_steps", "inner_steps", "inner_starts", "verify_steps",
+                     "verify_restarts", "batch_size"):
+            if int(getattr(self, name)) < (0 if name == "outer_steps" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.optimizer not in ("pgd", "rmsprop-tanh", "sgd"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}")
+        if self.optimizer == "rmsprop-tanh" and self.norm != "linf":
+            raise ValueError("rmsprop-tanh parameterises the L-inf box; use pgd or sgd for L2")
+
+    # Resolved step sizes (the fields may be None).
+    @property
+    def budget(self) -> float:
+        return float(self.delta)  # type: ignore[arg-type]
+
+    @property
+    def outer_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return {"pgd": self.budget / 4, "rmsprop-tanh": 0.1, "sgd": 0.001}[self.optimizer]
+
+    @property
+    def inner_alpha(self) -> float:
+        return self.eps / 4 if self.inner_step is None else self.inner_step
+
+    @property
+    def verify_alpha(self) -> float:
+        return self.eps / 4 if self.verify_step is None else self.verify_step
+
+    @property
+    def passes_per_outer_step(self) -> int:
+        return self.inner_starts * (self.inner_steps + 1)
+
+    def replace(self, **changes: Any) -> SearchConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def preset(
+        cls, name: str = "standard", *, norm: Norm = "linf", eps: float | None = None,
+        **overrides: Any,
+    ) -> SearchConfig:
+        """A named preset for a threat model.
+
+        - ``paper``: the authors' settings, for parity: 100 outer x (20+1)
+          inner passes, fixed; L-inf tanh + RMSprop (lr 0.1) from a random
+          point of the ball; L2 plain gradient descent (lr 0.001) from the
+          delta-sphere; last iterate; verified once at the end.
+        - ``standard`` (default): start at the original, verify it, then
+          sign/normalised PGD steps of delta/4 with a 10-step inner attack;
+          every candidate the inner attack cannot break is verified, and the
+          image stops as soon as one holds.  At most 30 outer steps.
+        - ``fast``: as standard with a 5-step inner attack and at most 8 outer
+          steps, for low latency.
+        """
+        norm = check_norm(norm)
+        eps = DEFAULT_EPS[norm] if eps is None else float(eps)
+        if name == "paper":
+            base: dict[str, Any] = dict(
+                outer_steps=100, inner_steps=20, inner_starts=1, early_exit=False, keep="last"
+            )
+            if norm == "linf":
+                base.update(optimizer="rmsprop-tanh", lr=0.1, init="random")
+            else:
+                base.update(optimizer="sgd", lr=0.001, init="sphere")
+        elif name == "standard":
+            base = dict(outer_steps=30, inner_steps=10, optimizer="pgd", init="original")
+        elif name == "fast":
+            base = dict(outer_steps=8, inner_steps=5, optimizer="pgd", init="original")
+        else:
+            raise ValueError(f"unknown preset {name!r}; choose one of {PRESETS}")
+        base.update(overrides)
+        return cls(norm=norm, eps=eps, **base)
+
+
+_MAX_BUDGET = {"linf": 1.0, "l2": 64.0}

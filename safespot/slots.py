@@ -1,0 +1,293 @@
+"""The per-pass state machine behind :class:`safespot.search.SafeSpotSearch`.
+
+A :class:`Slots` object holds the images in flight, one row per image, and
+:meth:`Slots.advance` moves every row one step given the pass taken at its
+current point ``x_a``.  A row is always running one PGD attack:
+
+- phase VERIFY: the verification attack on an 8-bit candidate (own random
+  stream).  A misclassified iterate fails the candidate; surviving every step
+  of every restart makes it a safe spot.
+- phase INNER: the search's attack on x_s.  When its last start ends, the
+  outer step moves x_s (first-order gradient); an iterate it never broke is
+  a candidate (early-exit mode).
+
+All transitions are vectorised over rows; only random starts loop over rows
+(each image draws from its own generator, so results do not depend on batch
+neighbours).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from safespot.canvas import cat_rows
+from safespot.config import SearchConfig
+from safespot.losses import Evaluation
+from safespot.outer import OuterState, init_outer, outer_step
+from safespot.threat import (
+    Norm,
+    per_sample,
+    project,
+    quantize_toward,
+    random_in_ball,
+    steepest_direction,
+)
+
+VERIFY, INNER = 0, 1
+
+
+@dataclass
+class Slots:
+    cfg: SearchConfig
+    keys: list[Any]
+    sizes: list[tuple[int, ...]]  # each image's own (C, H, W) inside the common canvas
+    rng_search: list[torch.Generator]
+    rng_verify: list[torch.Generator]
+    outer: OuterState
+    # Images (rows x C x H x W).
+    x_o: Tensor  # the original
+    x_s: Tensor  # the outer iterate
+    best: Tensor  # the iterate with the lowest inner adversarial loss so far
+    center: Tensor  # the point under attack (x_s or a candidate)
+    x_a: Tensor  # the attack's current point
+    attached: Tensor  # bool: d x_a / d x_s is 1 here (no [0,1] clipping froze it)
+    grad_acc: Tensor  # outer gradient, averaged over inner starts
+    candidate: Tensor  # 8-bit point under verification (the answer when it ends)
+    # Per-row vectors.
+    y: Tensor
+    msp: Tensor  # MSP of x_o
+    phase: Tensor
+    t: Tensor  # attack step
+    r: Tensor  # restart / start
+    k: Tensor  # outer iterations done
+    passes: Tensor
+    broke: Tensor  # current attack succeeded
+    final: Tensor  # verifying the answer
+    initial: Tensor  # verifying x_o itself
+    safe_at_start: Tensor
+    loss_acc: Tensor
+    best_loss: Tensor
+    worst_loss: Tensor  # verification
+    msp_adv: Tensor
+    margin_adv: Tensor
+
+    ROWS = ("x_o", "x_s", "best", "center", "x_a", "attached", "grad_acc", "candidate", "y",
+            "msp", "phase", "t", "r", "k", "passes", "broke", "final", "initial",
+            "safe_at_start", "loss_acc", "best_loss", "worst_loss", "msp_adv", "margin_adv")
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+    # ------------------------------------------------------------ lifecycle
+    @classmethod
+    def start(cls, cfg: SearchConfig, keys: list[Any], sizes: list[tuple[int, ...]], x_o: Tensor,
+              y: Tensor, msp: Tensor, rng_search: list[torch.Generator],
+              rng_verify: list[torch.Generator]) -> Slots:
+        """Rows for new images x_o with labels y: verify x_o first, or start searching.
+
+        x_o is a canvas batch: image i fills ``x_o[i, :C, :H, :W]`` for its
+        size (C, H, W) and the rest is zero padding that never changes.
+        """
+        x_s = _initial_point(cfg, x_o, sizes, rng_search)
+        n, dev = x_o.shape[0], x_o.device
+
+        def vec(value: float | bool | int, dtype: torch.dtype) -> Tensor:
+            return torch.full((n,), value, dtype=dtype, device=dev)
+
+        slots = cls(
+            cfg, keys, sizes, rng_search, rng_verify, init_outer(cfg, x_o, x_s),
+            x_o=x_o, x_s=x_s, best=x_s.clone(), center=x_o.clone(), x_a=x_o.clone(),
+            attached=torch.ones_like(x_o, dtype=torch.bool), grad_acc=torch.zeros_like(x_o),
+            candidate=x_o.clone(), y=y, msp=msp.to(x_o.dtype),
+            phase=vec(INNER, torch.long), t=vec(0, torch.long), r=vec(0, torch.long),
+            k=vec(0, torch.long), passes=vec(0, torch.long), broke=vec(False, torch.bool),
+            final=vec(False, torch.bool), initial=vec(False, torch.bool),
+            safe_at_start=vec(False, torch.bool), loss_acc=vec(0.0, x_o.dtype),
+            best_loss=vec(torch.inf, x_o.dtype), worst_loss=vec(-torch.inf, x_o.dtype),
+            msp_adv=msp.to(x_o.dtype).clone(), margin_adv=vec(torch.inf, x_o.dtype),
+        )
+        rows = torch.arange(n, device=dev)
+        if cfg.early_exit and cfg.init == "original":
+            slots.initial[:] = True
+            slots._begin_verify(rows, x_o.clone())
+        else:
+            slots._continue_or_finalize(rows)
+        return slots
+
+    def extend(self, other: Slots) -> Slots:
+        rows = {name: cat_rows(getattr(self, name), getattr(other, name)) for name in self.ROWS}
+        return dataclasses.replace(
+            self, keys=self.keys + other.keys, sizes=self.sizes + other.sizes,
+            rng_search=self.rng_search + other.rng_search,
+            rng_verify=self.rng_verify + other.rng_verify, outer=self.outer.cat(other.outer),
+            **rows)
+
+    def keep_only(self, keep: list[int]) -> Slots:
+        idx = torch.tensor(keep, dtype=torch.long, device=self.y.device)
+        rows = {name: getattr(self, name).index_select(0, idx) for name in self.ROWS}
+        return dataclasses.replace(
+            self, keys=[self.keys[i] for i in keep], sizes=[self.sizes[i] for i in keep],
+            rng_search=[self.rng_search[i] for i in keep],
+            rng_verify=[self.rng_verify[i] for i in keep], outer=self.outer.select(idx), **rows)
+
+    # ------------------------------------------------------------- one pass
+    def advance(self, ev: Evaluation) -> list[int]:
+        """Move every row one step given the pass at x_a; return the rows that finished."""
+        cfg = self.cfg
+        broke_now = ev.pred != self.y
+        verifying = self.phase == VERIFY
+        inner = ~verifying
+
+        # Verification rows: track the weakest point, end on a break or after the last step.
+        top_other = ev.logits.scatter(1, self.y[:, None], -torch.inf).amax(dim=1)
+        margin = ev.logits.gather(1, self.y[:, None])[:, 0] - top_other
+        self.margin_adv = torch.where(verifying, torch.minimum(self.margin_adv, margin), self.margin_adv)
+        restart_over = verifying & (broke_now | (self.t == cfg.verify_steps))
+        worse = restart_over & (ev.loss > self.worst_loss)
+        self.msp_adv = torch.where(worse, ev.msp, self.msp_adv)
+        self.worst_loss = torch.where(worse, ev.loss, self.worst_loss)
+        failed = verifying & broke_now
+        passed = restart_over & ~broke_now & (self.r + 1 == cfg.verify_restarts)
+        restart = restart_over & ~broke_now & ~passed
+        self.broke = torch.where(verifying, broke_now, self.broke | broke_now)
+        self.safe_at_start |= passed & self.initial
+        self.initial &= ~(failed | passed)
+        finished = passed | (failed & self.final)
+        if restart.any():
+            idx = _rows(restart)
+            self.r[idx] += 1
+            self._attack_start(idx, self.rng_verify)
+        self._continue_or_finalize(_rows(failed & ~self.final))
+
+        # Inner rows whose attack ended: accumulate the outer gradient.
+        ended = inner & (self.t == cfg.inner_steps)
+        if ended.any():
+            idx = _rows(ended)
+            self.grad_acc[idx] += ev.grad[idx] * self.attached[idx] / cfg.inner_starts
+            self.loss_acc[idx] += ev.loss[idx] / cfg.inner_starts
+            more = (self.r[idx] + 1) < cfg.inner_starts
+            if more.any():
+                self.r[idx[more]] += 1
+                self._attack_start(idx[more], self.rng_search)
+            self._end_iteration(idx[~more])
+
+        stepping = ~(finished | failed | restart | ended)
+        if stepping.any():
+            self._pgd_step(_rows(stepping), ev.grad)
+        return _rows(finished).tolist()
+
+    # ---------------------------------------------------------- transitions
+    def _begin_verify(self, idx: Tensor, candidate: Tensor, final: bool = False) -> None:
+        self.phase[idx] = VERIFY
+        self.candidate[idx] = candidate
+        self.center[idx] = candidate
+        self.final[idx] = final
+        self.r[idx] = 0
+        self.worst_loss[idx] = -torch.inf
+        self.margin_adv[idx] = torch.inf
+        self._attack_start(idx, self.rng_verify)
+
+    def _begin_inner(self, idx: Tensor) -> None:
+        self.phase[idx] = INNER
+        self.center[idx] = self.x_s[idx]
+        self.r[idx] = 0
+        self.grad_acc[idx] = 0
+        self.loss_acc[idx] = 0
+        self.broke[idx] = False
+        self._attack_start(idx, self.rng_search)
+
+    def _attack_start(self, idx: Tensor, rngs: list[torch.Generator]) -> None:
+        """Put each row of idx at a uniform random point of the eps-ball around its center."""
+        cfg = self.cfg
+        center = self.center[idx]
+        raw = torch.stack([ball_point(c, self.sizes[i], cfg.eps, cfg.norm, rngs[i])
+                           for i, c in zip(idx.tolist(), center, strict=True)])
+        self.x_a[idx] = raw.clamp(0.0, 1.0)
+        self.attached[idx] = (raw >= 0) & (raw <= 1)
+        self.t[idx] = 0
+
+    def _pgd_step(self, idx: Tensor, grad: Tensor) -> None:
+        cfg = self.cfg
+        x_a, center = self.x_a[idx], self.center[idx]
+        alpha = torch.where(self.phase[idx] == VERIFY, cfg.verify_alpha, cfg.inner_alpha)
+        moved = x_a + per_sample(alpha.to(x_a.dtype), x_a) * steepest_direction(grad[idx], cfg.norm)
+        in_ball = project(moved, center, cfg.eps, cfg.norm)
+        clipped = (in_ball < 0) | (in_ball > 1)
+        # First-order outer gradient (SPEC section 2): d x_a/d x_s is 1 on a coordinate
+        # unless [0,1] clipping froze it.  For L-inf a later ball clamp ties the
+        # coordinate to x_s again, which makes the mask exact; for L2 a clipped
+        # coordinate stays detached (its true derivative mixes coordinates).
+        if cfg.norm == "linf":
+            reattached = (moved - center).abs() > cfg.eps
+            self.attached[idx] = ~clipped & (reattached | self.attached[idx])
+        else:
+            self.attached[idx] = ~clipped & self.attached[idx]
+        self.x_a[idx] = in_ball.clamp(0.0, 1.0)
+        self.t[idx] += 1
+
+    def _end_iteration(self, idx: Tensor) -> None:
+        """The inner attack on x_s is complete: track the best, maybe verify, step x_s."""
+        if idx.numel() == 0:
+            return
+        cfg = self.cfg
+        if cfg.keep == "best":
+            b = idx[self.loss_acc[idx] < self.best_loss[idx]]
+            self.best[b] = self.x_s[b]
+            self.best_loss[b] = self.loss_acc[b]
+        unbroken = ~self.broke[idx] if cfg.early_exit else torch.zeros_like(self.broke[idx])
+        candidates, others = idx[unbroken], idx[~unbroken]
+        candidate_x = quantize_toward(self.x_s[candidates], self.x_o[candidates])
+        self.x_s[idx] = outer_step(cfg, self.outer, idx, self.x_s[idx], self.x_o[idx], self.grad_acc[idx])
+        self.k[idx] += 1
+        if candidates.numel():
+            self._begin_verify(candidates, candidate_x)
+        self._continue_or_finalize(others)
+
+    def _continue_or_finalize(self, idx: Tensor) -> None:
+        """Search on while outer steps remain; otherwise verify the answer one last time."""
+        if idx.numel() == 0:
+            return
+        out_of_steps = self.k[idx] >= self.cfg.outer_steps
+        going, ending = idx[~out_of_steps], idx[out_of_steps]
+        if going.numel():
+            self._begin_inner(going)
+        if ending.numel():
+            answer = self.best[ending] if self.cfg.keep == "best" else self.x_s[ending]
+            self._begin_verify(ending, quantize_toward(answer, self.x_o[ending]), final=True)
+
+
+def _rows(mask: Tensor) -> Tensor:
+    return mask.nonzero().flatten()
+
+
+def ball_point(center: Tensor, size: tuple[int, ...], radius: float, norm: Norm,
+               generator: torch.Generator, surface: bool = False) -> Tensor:
+    """A random point of the ball (or, for L2, its sphere) around one canvas image,
+    drawn on the image's own region; the padding stays as it is."""
+    region = tuple(slice(0, s) for s in size)
+    out = center.clone()
+    own = center[region]
+    if surface:
+        d = torch.randn(own.shape, generator=generator, device=own.device, dtype=own.dtype)
+        out[region] = own + d * (radius / d.norm())
+    else:
+        out[region] = random_in_ball(own[None], radius, norm, generator)[0]
+    return out
+
+
+def _initial_point(cfg: SearchConfig, x_o: Tensor, sizes: list[tuple[int, ...]],
+                   rngs: list[torch.Generator]) -> Tensor:
+    """x_o, a uniform point of the delta-ball, or a point of its sphere (L2), in [0,1]."""
+    if cfg.init == "original":
+        return x_o.clone()
+    points = [ball_point(img, size, cfg.budget, cfg.norm, g, surface=cfg.init == "sphere")
+              for img, size, g in zip(x_o, sizes, rngs, strict=True)]
+    x_s = project(torch.stack(points), x_o, cfg.budget, cfg.norm).clamp(0.0, 1.0)
+    # L-inf sign steps of k/255 stay on the 8-bit grid when the start is on it.
+    return quantize_toward(x_s, x_o) if cfg.optimizer == "pgd" and cfg.norm == "linf" else x_s

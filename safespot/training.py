@@ -1,0 +1,109 @@
+"""Training recipes as pure functions: which input each training step sees.
+
+SPEC section 4.  With x a batch of training images and y its true labels:
+
+- ``natural``: train on x.
+- ``gaussian``: x + N(0, sigma^2) (for randomized smoothing; Cohen et al.).
+- ``adv-pgd``: k-step PGD from a random start (Madry et al.), step eps/4.
+- ``adv-fast``: one FGSM step of 1.25 eps from a random start (Wong et al., 2020).
+- ``s-fgsm-adv``: a safe-spot candidate x_s* = one FGSM step of size delta
+  *towards* y (the paper's text), then the adversarial example of x_s*
+  (k-step PGD, or the fast FGSM-RS step) inside the eps-ball around x_s*.
+- ``s-pgd-adv``: as above with x_s* from 10-step targeted PGD (step delta/4).
+
+The authors' public script steps *away* from y to build x_s*; pass
+``safe_direction="away"`` to reproduce it.  Extra loss terms (the OOD
+outlier terms) come from :mod:`safespot.ood`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from safespot.attacks import fgsm, pgd
+from safespot.threat import Norm, check_norm
+
+RECIPES = ("natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv")
+FAST_STEP = 1.25  # Wong et al.: FGSM-RS step = 1.25 eps
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "s-fgsm-adv"
+    norm: Norm = "linf"
+    eps: float = 8 / 255
+    delta: float | None = None  # safe-spot step budget; None: eps
+    attack: Literal["pgd", "fast"] = "fast"  # how x_a* is built from x_s* (or x)
+    attack_steps: int = 10  # k for PGD attacks (paper: 10, step eps/4)
+    safe_steps: int = 10  # s-pgd-adv: targeted PGD steps towards y
+    safe_direction: Literal["towards", "away"] = "towards"
+    sigma: float = 0.25  # gaussian
+
+    def __post_init__(self) -> None:
+        if self.name not in RECIPES:
+            raise ValueError(f"unknown recipe {self.name!r}; choose one of {RECIPES}")
+        check_norm(self.norm)
+        if self.delta is None:
+            object.__setattr__(self, "delta", self.eps)
+
+    @property
+    def budget(self) -> float:
+        return float(self.delta)  # type: ignore[arg-type]
+
+    @property
+    def robust(self) -> bool:
+        return self.name not in ("natural", "gaussian")
+
+    @property
+    def fast_attack(self) -> bool:
+        """x_a* from one FGSM-RS step (else k-step PGD)."""
+        return self.name == "adv-fast" or (self.name.startswith("s-") and self.attack == "fast")
+
+    @property
+    def passes_per_image(self) -> int:
+        """Input-gradient passes per training image before the training pass."""
+        if not self.robust:
+            return 0
+        safe = {"s-fgsm-adv": 1, "s-pgd-adv": self.safe_steps}.get(self.name, 0)
+        return safe + (1 if self.fast_attack else self.attack_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def safe_spot_candidate(model: nn.Module, x: Tensor, y: Tensor, recipe: Recipe,
+                        generator: torch.Generator | None = None) -> Tensor:
+    """x_s*: a cheap safe-spot candidate, a descent step (or steps) on CE(., y)."""
+    towards = recipe.safe_direction == "towards"
+    if recipe.name == "s-fgsm-adv":
+        return fgsm(model, x, y, norm=recipe.norm, eps=recipe.budget, targeted=towards)
+    return pgd(model, x, y, norm=recipe.norm, eps=recipe.budget, alpha=recipe.budget / 4,
+               steps=recipe.safe_steps, random_start=False, targeted=towards,
+               stop_on_success=False, generator=generator).x_adv
+
+
+def training_inputs(model: nn.Module, x: Tensor, y: Tensor, recipe: Recipe,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """The images the training step of `recipe` feeds to the model (no grad attached).
+
+    `model` should be in eval mode here (attacks must not update BatchNorm
+    statistics); the caller switches back to train mode for the step.
+    """
+    if recipe.name == "natural":
+        return x
+    if recipe.name == "gaussian":
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x + recipe.sigma * noise
+    start = x
+    if recipe.name in ("s-fgsm-adv", "s-pgd-adv"):
+        start = safe_spot_candidate(model, x, y, recipe, generator)
+    if recipe.fast_attack:
+        return fgsm(model, start, y, norm=recipe.norm, eps=recipe.eps,
+                    alpha=FAST_STEP * recipe.eps, random_start=True, generator=generator)
+    return pgd(model, start, y, norm=recipe.norm, eps=recipe.eps, alpha=recipe.eps / 4,
+               steps=recipe.attack_steps, random_start=True, stop_on_success=False,
+               generator=generator).x_adv

@@ -1,0 +1,22 @@
+"""Subcommand registry: each module adds its parser; imports stay inside `run`."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; printed without a traceback, exit status 2."""
+
+
+Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
+
+
+def _registry() -> list[Register]:
+    from safespot_cli import eval_cmd, train_cmd
+
+    return [eval_cmd.register, train_cmd.register]
+
+
+REGISTRY: list[Register] = _registry()

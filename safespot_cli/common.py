@@ -1,0 +1,68 @@
+"""Arguments and helpers shared by the computing subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safespot_cli.commands import UsageError
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="a shipped model (default, adv, natural, gaussian, ood) or a .safetensors path")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def add_threat_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="standard", choices=["standard", "fast", "paper"])
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--eps", type=float, default=None, help="adversary budget, pixel units (default 8/255 L-inf, 0.5 L2)")
+    p.add_argument("--delta", type=float, default=None, help="defender budget (default: eps)")
+    p.add_argument("--batch-size", type=int, default=None, help="images searched at once")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    import torch
+
+    from models import load_checkpoint
+    from models.errors import ModelError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        return load_checkpoint(args.model, device), device
+    except ModelError as e:
+        raise UsageError(str(e)) from e
+
+
+def search_config(args: argparse.Namespace) -> Any:
+    from safespot import SearchConfig
+
+    overrides: dict[str, Any] = {"seed": args.seed}
+    if args.delta is not None:
+        overrides["delta"] = args.delta
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    try:
+        return SearchConfig.preset(args.preset, norm=args.norm, eps=args.eps, **overrides)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)

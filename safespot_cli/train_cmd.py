@@ -1,0 +1,88 @@
+"""`safespot train`: the training sidecar from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any
+
+HELP = """Train a classifier with a (safe-spot-aware) adversarial recipe and write a
+self-describing safetensors checkpoint.  Resumes automatically when RUN_DIR
+holds a previous run's state.  For several processes or GPUs use torchrun:
+  torchrun --nproc-per-node 2 -m safespot_cli.main train ...
+
+examples:
+  safespot train --recipe s-fgsm-adv --epochs 15 --out models/zoo/default.safetensors
+  safespot train --recipe natural --epochs 10 --run-dir runs/natural
+  safespot train --recipe gaussian --sigma 0.25 --epochs 10
+  safespot train --recipe adv-pgd --norm l2 --eps 0.5 --data /data/my_imagefolder"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a checkpoint (the training sidecar)", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="s-fgsm-adv",
+                   choices=["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv"])
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--eps", type=float, default=None, help="attack budget in pixel units (default 8/255 L-inf, 0.5 L2)")
+    p.add_argument("--delta", type=float, default=None, help="safe-spot step budget (default: eps)")
+    p.add_argument("--attack", default="fast", choices=["fast", "pgd"], help="how s-*-adv attack the candidate")
+    p.add_argument("--attack-steps", type=int, default=10)
+    p.add_argument("--safe-direction", default="towards", choices=["towards", "away"],
+                   help="'away' reproduces the authors' public script")
+    p.add_argument("--sigma", type=float, default=0.25, help="noise level of the gaussian recipe")
+    p.add_argument("--arch", default="cifar_cnn", help="cifar_cnn, preact_resnet18, wide_resnet, resnet50")
+    p.add_argument("--width", type=int, default=None, help="cifar_cnn width")
+    p.add_argument("--data", default="cifar10", help="'cifar10' (from --data-dir), an .npz file or an image folder")
+    p.add_argument("--data-dir", default=None, help="default: $SAFESPOT_DATA_DIR or ./data")
+    p.add_argument("--limit", type=int, default=None, help="train on this many images only")
+    p.add_argument("--holdout", type=int, default=1000)
+    p.add_argument("--eval-pgd", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default="runs/train")
+    p.add_argument("--out", default=None, help="checkpoint path (default RUN_DIR/model.safetensors)")
+    p.add_argument("--name", default="")
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--outliers", default=None,
+                   help="npz with auxiliary outliers (x_outlier_train) for the OOD terms")
+    p.add_argument("--ood-gamma", type=float, default=0.5)
+    p.add_argument("--ood-lambda", type=float, default=0.1)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from safespot.config import DEFAULT_EPS
+    from safespot.training import Recipe
+    from worker.trainer import TrainConfig
+
+    eps = args.eps if args.eps is not None else DEFAULT_EPS[args.norm]
+    recipe = Recipe(name=args.recipe, norm=args.norm, eps=eps, delta=args.delta, attack=args.attack,
+                    attack_steps=args.attack_steps, safe_direction=args.safe_direction, sigma=args.sigma)
+    arch_args = {"width": args.width} if args.width else {}
+    out = args.out or f"{args.run_dir}/model.safetensors"
+    return TrainConfig(recipe=recipe, arch=args.arch, arch_args=arch_args, data=args.data,
+                       data_dir=args.data_dir, limit=args.limit, holdout=args.holdout,
+                       eval_pgd=args.eval_pgd, epochs=args.epochs, batch_size=args.batch_size,
+                       lr=args.lr, seed=args.seed, run_dir=args.run_dir, out=out, name=args.name,
+                       save_every=args.save_every, threads=args.threads,
+                       command="safespot " + shlex.join(sys.argv[1:]))
+
+
+def run(args: argparse.Namespace) -> int:
+    from worker.trainer import train
+
+    cfg = config_from_args(args)
+    extra = None
+    if args.outliers:
+        from worker.ood_training import outlier_loss
+
+        extra = outlier_loss(args.outliers, cfg, gamma=args.ood_gamma, lam=args.ood_lambda)
+    path = train(cfg, extra_loss=extra, quiet=args.quiet)
+    print(path)
+    return 0

@@ -1,0 +1,157 @@
+"""Image data sets for training and evaluation, as uint8 NHWC arrays in memory.
+
+Sources, tried in this order for a name like ``cifar10``:
+- the packed ``.npz`` files of the data directory (``cifar10_train.npz``,
+  ``cifar10_test.npz``: arrays ``x`` uint8 NHWC, ``y`` int64);
+- torchvision's CIFAR-10 folder (``cifar-10-batches-py``), read with a
+  restricted unpickler that only rebuilds NumPy arrays (the batches are
+  pickles; a tampered one cannot run code);
+- a path: an ``.npz`` file with ``x`` (and ``y``), or an ImageFolder tree
+  (one sub-folder per class), resized to the model's input size.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+class DataError(ValueError):
+    code = "invalid_data"
+
+
+@dataclass
+class ImageSet:
+    x: np.ndarray  # uint8 (N, H, W, C)
+    y: np.ndarray  # int64 (N,); -1 where unlabelled
+    class_names: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, idx: np.ndarray, note: str = "") -> ImageSet:
+        prov = dict(self.provenance)
+        if note:
+            prov["subset"] = note
+        return ImageSet(self.x[idx], self.y[idx], self.class_names, prov)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("SAFESPOT_DATA_DIR", "data"))
+
+
+def load_dataset(name_or_path: str, split: str = "train", data_dir: str | Path | None = None,
+                 image_size: tuple[int, int] = (32, 32)) -> ImageSet:
+    """Load `cifar10` (split train/test) from the data directory, or a file/folder path."""
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if name_or_path == "cifar10":
+        packed = root / f"cifar10_{split}.npz"
+        if packed.is_file():
+            return _from_npz(packed, CIFAR10_CLASSES, note="JPEG-derived CIFAR-10 (quality 75)")
+        folder = root / "cifar-10-batches-py"
+        if folder.is_dir():
+            return _from_cifar_folder(folder, split)
+        raise DataError(f"CIFAR-10 not found in {root}: expected cifar10_{split}.npz or "
+                        "cifar-10-batches-py/ (set SAFESPOT_DATA_DIR or pass --data-dir)")
+    path = Path(name_or_path)
+    if path.suffix == ".npz" and path.is_file():
+        return _from_npz(path, None)
+    if path.is_dir():
+        if (path / "cifar-10-batches-py").is_dir():
+            return _from_cifar_folder(path / "cifar-10-batches-py", split)
+        if path.name == "cifar-10-batches-py":
+            return _from_cifar_folder(path, split)
+        return _from_image_folder(path, image_size)
+    raise DataError(f"no data set {name_or_path!r}: give 'cifar10', an .npz file or an image folder")
+
+
+def _from_npz(path: Path, classes: list[str] | None, note: str = "") -> ImageSet:
+    with np.load(path, allow_pickle=False) as f:
+        if "x" not in f:
+            raise DataError(f"{path}: expected an array 'x' (uint8 NHWC)")
+        x = f["x"]
+        y = f["y"].astype(np.int64) if "y" in f else np.full(len(x), -1, dtype=np.int64)
+    _check_images(x, path)
+    n_classes = int(y.max()) + 1 if (y >= 0).any() else 0
+    names = classes or [str(i) for i in range(n_classes)]
+    prov = {"source": str(path.name), "images": len(x)}
+    if note:
+        prov["note"] = note
+    return ImageSet(x, y, names, prov)
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, bytes and NumPy arrays; refuses every other global."""
+
+    ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"refusing to unpickle {module}.{name} from a data batch")
+
+
+def _from_cifar_folder(folder: Path, split: str) -> ImageSet:
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    xs, ys = [], []
+    for name in files:
+        raw = (folder / name).read_bytes()
+        batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        ys.append(np.asarray(batch["labels"], dtype=np.int64))
+    return ImageSet(np.concatenate(xs), np.concatenate(ys), CIFAR10_CLASSES,
+                    {"source": f"{folder.name} ({split})", "images": sum(len(y) for y in ys)})
+
+
+def _from_image_folder(root: Path, size: tuple[int, int]) -> ImageSet:
+    from PIL import Image
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root}: an image folder needs one sub-folder per class")
+    xs, ys = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((root / cls).rglob("*")):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(f) as im:
+                    img = im.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+                xs.append(np.asarray(img, dtype=np.uint8))
+                ys.append(label)
+    if not xs:
+        raise DataError(f"{root}: no images found")
+    return ImageSet(np.stack(xs), np.asarray(ys, dtype=np.int64), classes,
+                    {"source": f"image folder {root.name}", "images": len(xs)})
+
+
+def _check_images(x: np.ndarray, path: Path) -> None:
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DataError(f"{path}: 'x' must be uint8 (N, H, W, C) with C in (1, 3), got {x.dtype} {x.shape}")
+
+
+def strided_indices(n_total: int, n: int) -> np.ndarray:
+    """`n` fixed indices spread evenly over a set (class-balanced on class-sorted sets)."""
+    if n >= n_total:
+        return np.arange(n_total)
+    return (np.arange(n) * (n_total / n)).astype(np.int64)
+
+
+def to_tensor(x: np.ndarray, device: Any = "cpu") -> Any:
+    """uint8 NHWC -> float NCHW in [0,1] (exact 8-bit values)."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    if t.shape[-1] == 1:
+        t = t.expand(*t.shape[:-1], 3)
+    return t.permute(0, 3, 1, 2).float().div_(255)

@@ -1,0 +1,323 @@
+"""The training sidecar: produces self-describing, safe-spot-aware checkpoints.
+
+One process by default; under ``torchrun`` it trains with
+DistributedDataParallel (gloo on CPU, NCCL on GPUs), each rank taking its
+shard of every epoch.  A run directory holds:
+
+- ``state.pt``: the resumable state (weights, optimiser, schedule position,
+  random state, best score), written atomically every ``save_every`` steps
+  and at each epoch end; read back with ``weights_only=True``;
+- ``log.jsonl``: one JSON line per epoch (loss, clean and PGD accuracy on a
+  fixed held-out slice, throughput, seconds);
+- the final checkpoint (``--out``): the epoch with the best held-out PGD
+  accuracy for robust recipes (guards against catastrophic overfitting of
+  fast adversarial training), the last epoch otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.checkpoint import ModelInfo, build_model, save_checkpoint
+from models.normalize import CIFAR10_MEAN, CIFAR10_STD
+from safespot.attacks import pgd
+from safespot.training import Recipe, training_inputs
+from worker.data import ImageSet, load_dataset, to_tensor
+
+ExtraLoss = Callable[[nn.Module, int], tuple[Tensor, dict[str, float]]]  # (model, step) -> loss, logs
+
+
+@dataclass
+class TrainConfig:
+    recipe: Recipe = field(default_factory=Recipe)
+    arch: str = "cifar_cnn"
+    arch_args: dict[str, Any] = field(default_factory=dict)
+    data: str = "cifar10"
+    data_dir: str | None = None
+    limit: int | None = None  # train on the first `limit` images of the (shuffled) set
+    holdout: int = 1000  # fixed held-out training images (never trained on)
+    eval_pgd: int = 500  # of them, how many get the PGD-20 check each epoch
+    epochs: int = 15
+    batch_size: int = 128
+    lr: float = 0.15  # peak of the one-cycle schedule
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 0.4  # fraction of steps spent rising to the peak
+    augment: bool = True
+    seed: int = 0
+    run_dir: str = "runs/train"
+    out: str = "runs/train/model.safetensors"
+    name: str = ""
+    save_every: int = 100  # steps between resumable snapshots
+    threads: int | None = None
+    command: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["recipe"] = self.recipe.to_dict()
+        return d
+
+
+def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = False) -> Path:
+    """Train (or resume) the run in ``cfg.run_dir``; return the final checkpoint's path."""
+    dist = _Distributed.setup()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = dist.device
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.data, "train", cfg.data_dir)
+    train_idx, held_idx = _split(len(data), cfg.holdout, cfg.seed, cfg.limit)
+    info = _model_info(cfg, data)
+    model = build_model(info).to(device)
+    net: nn.Module = dist.wrap(model)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=True)
+    per_rank = len(train_idx) // dist.world // cfg.batch_size
+    total_steps = max(1, per_rank * cfg.epochs)
+    run_dir = Path(cfg.run_dir)
+    state = _load_state(run_dir, model, opt) or {"epoch": 0, "step": 0, "best": -1.0,
+                                                   "seconds": 0.0, "best_epoch": -1}
+    log = run_dir / "log.jsonl"
+    held_x = to_tensor(data.x[held_idx], device)
+    held_y = torch.from_numpy(data.y[held_idx]).to(device)
+    gen = torch.Generator(device=device)
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        order = np.random.default_rng(cfg.seed + epoch).permutation(train_idx)
+        shard = order[dist.rank::dist.world][: per_rank * cfg.batch_size]
+        started, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        bar = _progress(per_rank, epoch, cfg.epochs, disabled=quiet or dist.rank != 0,
+                        initial=state["step"])
+        for step in range(state["step"], per_rank):
+            gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step * 101 + dist.rank)
+            batch = shard[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x = to_tensor(data.x[batch], device)
+            y = torch.from_numpy(data.y[batch]).to(device)
+            if cfg.augment:
+                x = _augment(x, gen)
+            model.eval()  # attacks see fixed BatchNorm statistics and touch no running stats
+            x_train = training_inputs(model, x, y, cfg.recipe, gen).detach()
+            model.train()
+            lr = _one_cycle(epoch * per_rank + step, total_steps, cfg.lr, cfg.warmup)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            logits = net(x_train)
+            loss = F.cross_entropy(logits, y)
+            logs: dict[str, float] = {}
+            if extra_loss is not None:
+                extra, logs = extra_loss(net, epoch * per_rank + step)
+                loss = loss + extra
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(batch)
+            loss_sum += loss.item() * len(batch)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3f}", **{
+                k: f"{v:.3f}" for k, v in logs.items()})
+            state["step"] = step + 1
+            if dist.rank == 0 and cfg.save_every and state["step"] % cfg.save_every == 0:
+                _save_state(run_dir, model, opt, state | {"epoch": epoch})
+        bar.close()
+        seconds = time.time() - started
+        model.eval()
+        clean, robust = _held_out_metrics(model, held_x, held_y, cfg)
+        record = {"epoch": epoch + 1, "train_loss": dist.mean(loss_sum / max(seen, 1)),
+                  "train_acc": dist.mean(correct / max(seen, 1)), "holdout_clean_acc": clean,
+                  "holdout_pgd_acc": robust, "seconds": seconds,
+                  "images_per_s": dist.world * seen / seconds, "lr": lr}
+        state["seconds"] += seconds
+        score = robust if cfg.recipe.robust else clean
+        if dist.rank == 0:
+            if score >= state["best"]:
+                state["best"], state["best_epoch"] = score, epoch + 1
+                _atomic_torch_save(run_dir / "best.pt", {k: v.cpu() for k, v in model.network.state_dict().items()})
+            with open(log, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if not quiet:
+                print(json.dumps(record), file=sys.stderr, flush=True)
+        state.update(epoch=epoch + 1, step=0)
+        if dist.rank == 0:
+            _save_state(run_dir, model, opt, state)
+        dist.barrier()
+
+    out = Path(cfg.out)
+    if dist.rank == 0:
+        best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+        model.network.load_state_dict(best)
+        model.eval()
+        info.training = {"seconds": round(state["seconds"], 1), "epochs": cfg.epochs,
+                         "best_epoch": state["best_epoch"], "world_size": dist.world,
+                         "host": f"{platform.machine()} {socket.gethostname()}",
+                         "threads": torch.get_num_threads(), "torch": torch.__version__,
+                         "device": str(device), "command": cfg.command, "config": cfg.to_dict()}
+        info.metrics = {"holdout": _read_log(log)[state["best_epoch"] - 1] if state["best_epoch"] > 0 else {}}
+        save_checkpoint(model, info, out)
+    dist.barrier()
+    dist.close()
+    return out
+
+
+# ------------------------------------------------------------------ helpers
+def _model_info(cfg: TrainConfig, data: ImageSet) -> ModelInfo:
+    r = cfg.recipe
+    threat = {"norm": r.norm, "eps": r.eps} if r.robust else (
+        {"norm": "l2", "sigma": r.sigma} if r.name == "gaussian" else {})
+    return ModelInfo(arch=cfg.arch, arch_args=dict(cfg.arch_args), num_classes=len(data.class_names),
+                     input_size=(3, *data.x.shape[1:3]), class_names=list(data.class_names),
+                     mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD), threat=threat,
+                     recipe=r.to_dict(), data=dict(data.provenance) | {"holdout": cfg.holdout,
+                                                                       "limit": cfg.limit},
+                     name=cfg.name)
+
+
+def _split(n: int, holdout: int, seed: int, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(n)
+    held, rest = order[:holdout], order[holdout:]
+    return (rest if limit is None else rest[:limit]), held
+
+
+def _augment(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Random crop with 4-pixel zero padding and random horizontal flip, per image."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=gen, device=x.device).tolist()
+    dy = torch.randint(0, 9, (n,), generator=gen, device=x.device).tolist()
+    flip = torch.rand(n, generator=gen, device=x.device) < 0.5
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def _one_cycle(step: int, total: int, peak: float, warmup: float) -> float:
+    """Linear rise to `peak` over the warm-up fraction, then linear decay to zero."""
+    rise = max(1, int(total * warmup))
+    if step < rise:
+        return peak * step / rise
+    return peak * max(0.0, (total - step) / max(1, total - rise))
+
+
+def _held_out_metrics(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> tuple[float, float]:
+    with torch.no_grad():
+        clean = float(torch.cat([model(c).argmax(1) for c in x.split(500)]).eq(y).float().mean())
+    r = cfg.recipe
+    norm, eps = (r.norm, r.eps) if r.robust else ("linf", 8 / 255)
+    n = min(cfg.eval_pgd, len(x))
+    hits = []
+    for xs, ys in zip(x[:n].split(250), y[:n].split(250), strict=True):
+        hits.append(~pgd(model, xs, ys, norm=norm, eps=eps, steps=20).success)
+    robust = float(torch.cat(hits).float().mean()) if hits else math.nan
+    return round(clean, 4), round(robust, 4)
+
+
+def _progress(total: int, epoch: int, epochs: int, disabled: bool, initial: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                disable=disabled, dynamic_ncols=True, mininterval=2.0)
+
+
+def _atomic_torch_save(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _save_state(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    _atomic_torch_save(run_dir / "state.pt", {
+        "model": {k: v.cpu() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(), "progress": {k: state[k] for k in
+                                                    ("epoch", "step", "best", "seconds", "best_epoch")},
+        "torch_rng": torch.get_rng_state()})
+
+
+def _load_state(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any] | None:
+    path = run_dir / "state.pt"
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    print(f"resuming {run_dir} at epoch {saved['progress']['epoch'] + 1}, "
+          f"step {saved['progress']['step']}", file=sys.stderr)
+    return dict(saved["progress"])
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class _Distributed:
+    """Single process unless launched by torchrun (WORLD_SIZE > 1)."""
+
+    def __init__(self, rank: int, world: int, device: torch.device) -> None:
+        self.rank, self.world, self.device = rank, world, device
+
+    @classmethod
+    def setup(cls) -> _Distributed:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls(0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        import torch.distributed as td
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local)
+            td.init_process_group("nccl")
+            device = torch.device("cuda", local)
+        else:
+            td.init_process_group("gloo")
+            device = torch.device("cpu")
+        return cls(td.get_rank(), world, device)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def mean(self, value: float) -> float:
+        if self.world == 1:
+            return round(value, 4)
+        import torch.distributed as td
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        td.all_reduce(t)
+        return round(float(t) / self.world, 4)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as td
+
+            td.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as td
+
+            td.destroy_process_group()
