@@ -25,6 +25,23 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands back a contiguous gradient.
+
+    The network runs channels-last, so the input gradient would come back
+    channels-last too; callers (and libraries such as torchattacks, which
+    `.view` gradients) expect the layout of the tensor they passed in.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad.contiguous()
+
+
 class Classifier(nn.Module):
     """Normalize + network.  Runs in channels-last layout (faster convolutions on
     CPU and on tensor cores); callers pass ordinary NCHW tensors."""
@@ -35,6 +52,8 @@ class Classifier(nn.Module):
         self.network = network
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.requires_grad:
+            x = _ContiguousGrad.apply(x)
         x = self.normalize(x)
         if x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -105,12 +105,14 @@ class SafeSpotSearch:
         if self.view is None and (len(shapes) > 1 or (self._shape and shapes != {self._shape})):
             raise ValueError("images of different sizes need a view (e.g. safespot.canvas.ResizeView)")
         self._shape = next(iter(shapes)) if self.view is None else None
-        if not all(bool(on_pixel_grid(img[None]).all()) for img in x):
+        on_grid = (on_pixel_grid(x) if isinstance(x, Tensor)
+                   else torch.cat([on_pixel_grid(img[None]) for img in x]))
+        if not bool(on_grid.all()):
             raise ValueError(
                 "images must hold 8-bit pixel values k/255 in [0,1], as decoded images do; "
                 "the answer is rounded to that grid and its budget is measured from the input"
             )
-        n = x.shape[0]
+        n = len(x)
         keys = list(range(self._submitted, self._submitted + n)) if keys is None else list(keys)
         if len(keys) != n or (labels is not None and len(labels) != n):
             raise ValueError("give one key and one label per image")

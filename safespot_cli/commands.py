@@ -14,9 +14,9 @@ Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg
 
 
 def _registry() -> list[Register]:
-    from safespot_cli import eval_cmd, train_cmd
+    from safespot_cli import eval_cmd, serve_cmd, train_cmd, worker_cmd
 
-    return [eval_cmd.register, train_cmd.register]
+    return [serve_cmd.register, worker_cmd.register, eval_cmd.register, train_cmd.register]
 
 
 REGISTRY: list[Register] = _registry()

@@ -154,4 +154,4 @@ def to_tensor(x: np.ndarray, device: Any = "cpu") -> Any:
     t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
     if t.shape[-1] == 1:
         t = t.expand(*t.shape[:-1], 3)
-    return t.permute(0, 3, 1, 2).float().div_(255)
+    return t.permute(0, 3, 1, 2).contiguous().float().div_(255)

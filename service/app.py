@@ -1,0 +1,108 @@
+"""The FastAPI application: `create_app(settings, backend)`.
+
+Wiring only: settings, backend and metrics go on `app.state` (routes get them
+as dependencies), one router per resource, the error mapping, the request
+observer, body limits by route, and the static page when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from anyio import CapacityLimiter
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+
+from service.body_limit import BodyLimit
+from service.errors import install_error_handlers
+from service.metrics import ServiceMetrics
+from service.middleware import RequestObserver
+from service.routes import checkpoints, health, jobs, metrics, training
+from service.settings import Settings
+from worker.protocol import JobBackend
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries and the small text fields
+DEFAULT_BODY_BYTES = 1024 * 1024  # JSON bodies of the other routes
+
+DESCRIPTION = """\
+Protect images before publication: `POST /v1/filter` returns a minimally
+changed copy of a photo on which the classifier keeps its label under attack
+(a *safe spot*), with scores saying how robust it is.
+
+**Auth**: `Authorization: Bearer <key>`.  Client routes accept client and admin
+keys (and are open when no client key is configured); admin routes need an
+admin key.  **Errors** are always `{"error": {"code", "message"}}`.
+**Output** is a lossless PNG: a lossy re-encode would erase the perturbation.
+"""
+
+
+def body_limit_for(settings: Settings) -> Callable[[str, str], int]:
+    """Byte limit of a request body by route: uploads get their file limit plus
+    room for the multipart framing; everything else is small JSON.  Matched on
+    the path's end so that a proxy prefix (root_path) does not shrink the limit."""
+    def limit(method: str, path: str) -> int:
+        path = path.rstrip("/")
+        if method == "POST" and path.endswith("/v1/filter"):
+            return settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+        if method == "POST" and path.endswith("/v1/checkpoints"):
+            return settings.max_checkpoint_bytes + FORM_OVERHEAD_BYTES
+        return DEFAULT_BODY_BYTES
+    return limit
+
+
+def create_app(settings: Settings, backend: JobBackend | None = None) -> FastAPI:
+    """Build the API around a job backend.
+
+    With `backend=None`, settings.redis_url must be set and a RedisJobBackend
+    is built.  The single-process mode passes the embedded backend (from the
+    worker package) explicitly; this package never builds it (no torch here)."""
+    owns_backend = backend is None
+    if backend is None:
+        if settings.redis_url is None:
+            raise ValueError("no backend given and SAFESPOT_REDIS_URL is unset: pass the embedded "
+                             "backend (safespot serve does) or configure Redis")
+        from service.backends.redis_backend import RedisJobBackend
+
+        backend = RedisJobBackend(settings)
+
+    # Pillow's own bomb guard at our limit (it errors at twice it); images.py checks first.
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.warn_about_weak_setup()
+        yield
+        close = getattr(backend, "close", None)
+        if owns_backend and callable(close):
+            close()
+
+    app = FastAPI(title="SafeSpot", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.settings = settings
+    app.state.backend = backend
+    app.state.metrics = ServiceMetrics(backend)
+    # Decoding a 40-megapixel upload takes ~160 MB: bound how many run at once so a
+    # burst of large uploads queues here instead of exhausting memory.
+    app.state.decode_limiter = CapacityLimiter(settings.max_concurrent_decodes)
+
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(jobs.router)
+    app.include_router(checkpoints.router)
+    app.include_router(training.router)
+    if STATIC_DIR.is_dir():  # the demo page; mounted last so API routes win
+        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=sorted(settings.cors_origins),
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(BodyLimit, limit_for=body_limit_for(settings), metrics=app.state.metrics)
+    app.add_middleware(RequestObserver, metrics=app.state.metrics)  # outermost: sees every answer
+    return app

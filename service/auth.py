@@ -1,0 +1,108 @@
+"""Bearer-key authentication with two roles.
+
+- client routes accept any key of `api_keys` or `admin_keys`; when `api_keys`
+  is empty they are OPEN (a deployment behind its own gateway may want that;
+  start-up logs a warning);
+- admin routes accept only `admin_keys`; with none configured they are refused
+  (403) whatever is sent.
+
+Keys travel only in `Authorization: Bearer <key>`: a key in the query string
+would end up in access logs and browser history, so `?api_key=` or similar is
+ignored (and the request is treated as carrying no key).
+"""
+
+from __future__ import annotations
+
+import hmac
+from enum import Enum
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.errors import Forbidden, Unauthorized
+from service.settings import Settings
+
+
+class Role(str, Enum):
+    anonymous = "anonymous"  # only on open client routes
+    client = "client"
+    admin = "admin"
+
+
+# auto_error=False: we raise our own 401 in the JSON error shape.
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`")
+
+
+def key_matches(presented: str, keys: frozenset[str]) -> bool:
+    """Timing-safe membership test.
+
+    Compares against every configured key (no early exit on a match), each with
+    `hmac.compare_digest`, so the time taken does not reveal which key matched
+    or how many leading characters were right."""
+    given = presented.encode()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given, key.encode())
+    return found
+
+
+def role_of(key: str | None, settings: Settings) -> Role | None:
+    """The role a presented key grants, or None for an unknown key."""
+    if key is None:
+        return None
+    is_admin = key_matches(key, settings.admin_keys)
+    is_client = key_matches(key, settings.api_keys)
+    if is_admin:
+        return Role.admin
+    return Role.client if is_client else None
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _presented_key(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    if credentials is None or not credentials.credentials:
+        return None
+    return credentials.credentials
+
+
+def require_client(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Role:
+    """Dependency of client routes."""
+    settings = _settings(request)
+    key = _presented_key(credentials)
+    role = role_of(key, settings)
+    if role is not None:
+        return role
+    if key is None and not settings.api_keys:
+        return Role.anonymous
+    if key is None:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    raise Unauthorized("invalid API key")
+
+
+def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Role:
+    """Dependency of admin routes."""
+    settings = _settings(request)
+    if not settings.admin_keys:
+        raise Forbidden("admin routes are disabled: no admin key is configured")
+    key = _presented_key(credentials)
+    if key is None:
+        raise Unauthorized("missing admin key: send 'Authorization: Bearer <key>'")
+    role = role_of(key, settings)
+    if role is Role.admin:
+        return role
+    if role is Role.client:
+        raise Forbidden("this route needs an admin key")
+    raise Unauthorized("invalid API key")
+
+
+ClientRole = Annotated[Role, Depends(require_client)]
+AdminRole = Annotated[Role, Depends(require_admin)]

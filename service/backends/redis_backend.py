@@ -1,0 +1,261 @@
+"""`RedisJobBackend`: the JobBackend of a deployment, on Redis + RQ.
+
+The API only enqueues and reads; workers (`safespot worker`) run the jobs.
+Everything that crosses Redis is named in `worker.protocol`; jobs use RQ's
+JSONSerializer so no pickle crosses Redis.
+
+Failure behaviour:
+- Redis unreachable: every method raises `NotReady` (503).  The client keeps
+  no dead socket: redis-py's pool drops a broken connection and opens a new
+  one on the next call, so the API recovers by itself when Redis returns.
+- A worker dies mid-job: RQ keeps each started job in the queue's
+  StartedJobRegistry under a TTL that the worker's heartbeat extends.  Before
+  we report a job as "started", we run the registry's cleanup (at most every
+  `REAP_INTERVAL_S`), which retries or fails jobs whose heartbeat lapsed, so
+  a client never sees "started" forever.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar, cast
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry as RedisRetry
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
+
+from service.backends import redis_checkpoints as registry
+from service.backends.rq_jobs import job_view, load_job
+from service.errors import NotReady, QueueFull
+from service.settings import Settings
+from worker.protocol import (
+    ADMIN_QUEUE,
+    CHECKPOINTS_KEY,
+    FILTER_FUNC,
+    FILTER_QUEUE,
+    TRAIN_FUNC,
+    TRAIN_QUEUE,
+    VET_FUNC,
+    WORKERS_KEY,
+    CheckpointRecord,
+    FilterRequest,
+    JobView,
+    TrainRequest,
+    VetRequest,
+    result_image_key,
+    upload_key,
+    worker_alive_key,
+)
+
+logger = logging.getLogger("safespot.service")
+
+REAP_INTERVAL_S = 5.0  # how often abandoned started jobs are looked for, at most
+ADMIN_RESULT_TTL_S = 7 * 24 * 3600  # vetting and training outcomes stay visible a week
+MAX_RETRY_AFTER_S = 3600
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def connect(url: str, timeout_s: float) -> redis.Redis:
+    """A client that fails fast (timeouts) and retries a dropped connection twice."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+        retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError], health_check_interval=30)
+
+
+def _redis_errors_as_503(method: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except redis.RedisError as e:
+            logger.warning("redis error in %s: %s", method.__name__, e)
+            raise NotReady(f"the job queue (Redis) is unavailable: {e.__class__.__name__}",
+                           code="queue_unavailable") from e
+    return wrapper
+
+
+class RedisJobBackend:
+    """Implements `worker.protocol.JobBackend` on Redis and RQ."""
+
+    def __init__(self, settings: Settings, connection: redis.Redis | None = None) -> None:
+        if connection is None and settings.redis_url is None:
+            raise ValueError("RedisJobBackend needs settings.redis_url or a connection")
+        self.settings = settings
+        self.redis = connection or connect(cast(str, settings.redis_url), settings.redis_timeout_s)
+        self.queues = {name: Queue(name, connection=self.redis, serializer=JSONSerializer)
+                       for name in (FILTER_QUEUE, ADMIN_QUEUE, TRAIN_QUEUE)}
+        self._reap_lock = threading.Lock()
+        self._last_reap: dict[str, float] = {}
+
+    # ------------------------------------------------------------ filter jobs
+    @_redis_errors_as_503
+    def submit_filter(self, request: FilterRequest, image_png: bytes) -> None:
+        queue = self.queues[FILTER_QUEUE]
+        depth = queue.count
+        if depth >= self.settings.max_queue:
+            raise QueueFull(f"the filter queue is full ({depth} jobs waiting)",
+                            retry_after_s=self.retry_after_s(depth))
+        s = self.settings
+        job_id = request["job_id"]
+        # The upload must outlive the wait in the queue plus every (re)try of the job.
+        upload_ttl = s.job_ttl_s + s.job_timeout_s * (1 + s.job_retries) + 60
+        self.redis.set(upload_key(job_id), image_png, ex=upload_ttl)
+        try:
+            queue.enqueue_call(
+                FILTER_FUNC, args=(request,), job_id=job_id, timeout=s.job_timeout_s,
+                result_ttl=s.result_ttl_s, failure_ttl=s.result_ttl_s, ttl=s.job_ttl_s,
+                meta={"submitted_at": request["submitted_at"]},
+                retry=Retry(max=s.job_retries) if s.job_retries else None,
+                description=f"filter {request['image']['width']}x{request['image']['height']}")
+        except BaseException:
+            self.redis.delete(upload_key(job_id))  # no orphaned upload without a job
+            raise
+
+    @_redis_errors_as_503
+    def get_job(self, job_id: str) -> JobView | None:
+        return self._view(job_id, FILTER_FUNC, FILTER_QUEUE)
+
+    @_redis_errors_as_503
+    def get_result_image(self, job_id: str) -> bytes | None:
+        data = self.redis.get(result_image_key(job_id))
+        return cast(bytes | None, data)
+
+    @_redis_errors_as_503
+    def queue_depth(self) -> int:
+        return int(self.queues[FILTER_QUEUE].count)
+
+    @_redis_errors_as_503
+    def queue_depths(self) -> dict[str, int]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for queue in self.queues.values():
+                pipe.llen(queue.key)
+            counts = pipe.execute()
+        return {name: int(n) for name, n in zip(self.queues, counts, strict=True)}
+
+    def retry_after_s(self, depth: int) -> int:
+        """Rough time until the queue has room: depth x time per job / workers."""
+        try:
+            workers = max(1, self.ready_workers())
+        except NotReady:
+            workers = 1
+        estimate = math.ceil(depth * self.settings.seconds_per_job / workers)
+        return int(min(MAX_RETRY_AFTER_S, max(1, estimate)))
+
+    # ----------------------------------------------------------- readiness
+    def redis_up(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+    @_redis_errors_as_503
+    def ready_workers(self) -> int:
+        """Workers of the filter queue whose heartbeat is fresh and that hold a model."""
+        statuses = self.redis.hgetall(WORKERS_KEY)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in statuses]
+        if not names:
+            return 0
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(worker_alive_key(name))
+            alive = pipe.execute()
+        ready = 0
+        for name, raw, is_alive in zip(names, statuses.values(), alive, strict=True):
+            try:
+                status = json.loads(raw)
+            except (TypeError, ValueError):
+                logger.warning("unreadable worker status for %s", name)
+                continue
+            queues = status.get("queues") or [FILTER_QUEUE]
+            if is_alive and status.get("model") and FILTER_QUEUE in queues:
+                ready += 1
+        return ready
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.redis_up():
+            return False, "Redis is unreachable"
+        try:
+            count = self.ready_workers()
+        except NotReady as e:
+            return False, e.message
+        if count == 0:
+            return False, "no live worker with a loaded model"
+        return True, f"{count} worker(s) with a loaded model"
+
+    # ----------------------------------------------------------- checkpoints
+    @_redis_errors_as_503
+    def list_checkpoints(self) -> list[CheckpointRecord]:
+        return registry.list_records(self.redis)
+
+    @_redis_errors_as_503
+    def add_checkpoint(self, record: CheckpointRecord) -> None:
+        checkpoint_id = record["id"]
+        self.redis.hset(CHECKPOINTS_KEY, checkpoint_id, json.dumps(record))
+        self.queues[ADMIN_QUEUE].enqueue_call(
+            VET_FUNC, args=(VetRequest(checkpoint_id=checkpoint_id),), job_id=f"vet-{checkpoint_id}",
+            timeout=self.settings.vet_timeout_s, result_ttl=ADMIN_RESULT_TTL_S,
+            failure_ttl=ADMIN_RESULT_TTL_S, meta={"submitted_at": time.time()},
+            description=f"vet checkpoint {checkpoint_id}")
+
+    @_redis_errors_as_503
+    def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
+        return registry.activate(self.redis, checkpoint_id)
+
+    @_redis_errors_as_503
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        registry.delete(self.redis, checkpoint_id, self.settings.checkpoints_path)
+
+    # -------------------------------------------------------------- training
+    @_redis_errors_as_503
+    def submit_training(self, request: TrainRequest) -> None:
+        self.queues[TRAIN_QUEUE].enqueue_call(
+            TRAIN_FUNC, args=(request,), job_id=request["job_id"],
+            timeout=self.settings.train_timeout_s, result_ttl=ADMIN_RESULT_TTL_S,
+            failure_ttl=ADMIN_RESULT_TTL_S, meta={"submitted_at": time.time()},
+            description=f"train {request['recipe']} {request['epochs']} epochs")
+
+    @_redis_errors_as_503
+    def get_training(self, job_id: str) -> JobView | None:
+        return self._view(job_id, TRAIN_FUNC, TRAIN_QUEUE)
+
+    # ----------------------------------------------------------------- helpers
+    def _view(self, job_id: str, func_name: str, queue_name: str) -> JobView | None:
+        job = load_job(self.redis, job_id, func_name)
+        if job is None:
+            return None
+        if job.get_status(refresh=False) == "started" and self._reap_abandoned(queue_name):
+            job = load_job(self.redis, job_id, func_name)
+            if job is None:
+                return None
+        return job_view(job)
+
+    def _reap_abandoned(self, queue_name: str) -> bool:
+        """Run the StartedJobRegistry cleanup if it has not run recently.
+
+        Returns True when it ran (the caller then re-reads the job).  Only one
+        request thread cleans at a time; the others skip rather than wait."""
+        now = time.monotonic()
+        if now - self._last_reap.get(queue_name, -math.inf) < REAP_INTERVAL_S:
+            return False
+        if not self._reap_lock.acquire(blocking=False):
+            return False
+        try:
+            self._last_reap[queue_name] = now
+            self.queues[queue_name].started_job_registry.cleanup()
+            return True
+        finally:
+            self._reap_lock.release()
+
+    def close(self) -> None:
+        self.redis.close()

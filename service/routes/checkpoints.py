@@ -1,0 +1,123 @@
+"""Checkpoint admin: list, upload, activate, delete (admin key only)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUploadFile
+
+from service.auth import AdminRole
+from service.checkpoint_files import clean_name, new_checkpoint_id, parse_metadata, store_checkpoint
+from service.deps import BackendDep, SettingsDep, call_backend
+from service.errors import Conflict, NotFound, Validation
+from service.schemas import CheckpointList, CheckpointResponse, error_responses
+from worker.protocol import CheckpointRecord, JobBackend
+
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints (admin)"])
+logger = logging.getLogger("safespot.service")
+
+CHECKPOINT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+
+
+async def find_checkpoint(backend: JobBackend, checkpoint_id: str) -> CheckpointRecord:
+    if not CHECKPOINT_ID.match(checkpoint_id):
+        raise NotFound(f"no checkpoint {checkpoint_id[:80]!r}")
+    for record in await call_backend(backend.list_checkpoints):
+        if record.get("id") == checkpoint_id:
+            return record
+    raise NotFound(f"no checkpoint {checkpoint_id}")
+
+
+@router.get("", response_model=CheckpointList, summary="List checkpoints",
+            responses=error_responses(401, 403, 503))
+async def list_checkpoints(_role: AdminRole, backend: BackendDep) -> CheckpointList:
+    records = await call_backend(backend.list_checkpoints)
+    active = next((r["id"] for r in records if r.get("status") == "active"), None)
+    return CheckpointList(checkpoints=[CheckpointResponse.model_validate(r) for r in records],
+                          active=active)
+
+
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "a .safetensors file, or a .pt/.pth state dict"},
+        "metadata": {"type": "string", "description": (
+            "JSON object describing the model (required for .pt/.pth): arch, num_classes, "
+            "input_size, class_names, mean, std, ...")},
+        "name": {"type": "string", "description": "display name"}}}}}}}
+
+
+@router.post("", status_code=202, response_model=CheckpointResponse,
+             summary="Upload a checkpoint (validated and vetted by a worker)",
+             openapi_extra=_UPLOAD_BODY,
+             responses=error_responses(400, 401, 403, 409, 413, 415, 422, 503))
+async def upload_checkpoint(request: Request, _role: AdminRole, settings: SettingsDep,
+                            backend: BackendDep) -> CheckpointResponse:
+    """Store the file under a server-chosen name in the shared checkpoint
+    directory and register it as `validating`.  A worker then loads it (no
+    pickle execution), checks it against its metadata and runs a short vetting
+    evaluation; the record turns `ready` or `rejected`.  Poll
+    `GET /v1/checkpoints`.  Activation is a separate step.
+
+    The form is parsed here rather than declared as parameters so that the
+    admin key is checked BEFORE the (large) body is read."""
+    async with request.form(max_files=1, max_fields=3) as form:
+        file, metadata, name = form.get("file"), form.get("metadata"), form.get("name")
+        if not isinstance(file, StarletteUploadFile):
+            raise Validation("file: required (multipart field 'file' with the checkpoint)")
+        if not isinstance(metadata, str | None) or not isinstance(name, str | None):
+            raise Validation("metadata and name must be text fields")
+        checkpoint_id = new_checkpoint_id()
+        stored = await run_in_threadpool(store_checkpoint, file.file, settings.checkpoints_path,
+                                         checkpoint_id, settings.max_checkpoint_bytes)
+    try:
+        info = parse_metadata(metadata, stored.kind)
+        for existing in await call_backend(backend.list_checkpoints):
+            if existing.get("sha256") == stored.sha256:
+                raise Conflict(f"this file is already registered as {existing.get('id')}",
+                               code="duplicate_checkpoint")
+        record = CheckpointRecord(
+            id=checkpoint_id, name=clean_name(name or str(info.get("name") or ""), checkpoint_id),
+            status="validating", sha256=stored.sha256, path=stored.path.name,
+            size_bytes=stored.size_bytes, uploaded_at=time.time(), info=info, error=None,
+            source="upload")
+        await call_backend(backend.add_checkpoint, record)
+    except BaseException:
+        stored.path.unlink(missing_ok=True)  # nothing registered: leave no file behind
+        raise
+    logger.info("checkpoint uploaded", extra={"checkpoint_id": checkpoint_id,
+                                              "sha256": stored.sha256, "bytes": stored.size_bytes})
+    return CheckpointResponse.model_validate(record)
+
+
+@router.post("/{checkpoint_id}/activate", response_model=CheckpointResponse,
+             summary="Make a ready checkpoint the active model",
+             responses=error_responses(401, 403, 404, 409, 503))
+async def activate_checkpoint(checkpoint_id: str, _role: AdminRole,
+                              backend: BackendDep) -> CheckpointResponse:
+    """Workers switch to it between batches, without restarting or losing jobs."""
+    record = await find_checkpoint(backend, checkpoint_id)
+    if record.get("status") == "active":
+        return CheckpointResponse.model_validate(record)
+    if record.get("status") != "ready":
+        raise Conflict(f"checkpoint {checkpoint_id} is {record.get('status')}; "
+                       "only a ready (validated and vetted) checkpoint can be activated")
+    activated = await call_backend(backend.activate_checkpoint, checkpoint_id)
+    logger.info("checkpoint activated", extra={"checkpoint_id": checkpoint_id})
+    return CheckpointResponse.model_validate(activated)
+
+
+@router.delete("/{checkpoint_id}", status_code=204, response_class=Response,
+               summary="Delete a checkpoint that is not active",
+               responses=error_responses(401, 403, 404, 409, 503))
+async def delete_checkpoint(checkpoint_id: str, _role: AdminRole, backend: BackendDep) -> Response:
+    record = await find_checkpoint(backend, checkpoint_id)
+    if record.get("status") == "active":
+        raise Conflict(f"checkpoint {checkpoint_id} is active; activate another one first")
+    await call_backend(backend.delete_checkpoint, checkpoint_id)
+    logger.info("checkpoint deleted", extra={"checkpoint_id": checkpoint_id})
+    return Response(status_code=204)

@@ -1,0 +1,179 @@
+"""Filter jobs: submit an image, follow the job, fetch the filtered PNG."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import math
+import re
+import time
+import uuid
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from service.auth import ClientRole
+from service.deps import BackendDep, DecodeLimiterDep, MetricsDep, SettingsDep, call_backend
+from service.errors import Conflict, NotFound, NotReady, PayloadTooLarge, QueueFull
+from service.filter_options import FilterOptions, parse_filter_options
+from service.images import decode_upload
+from service.log import bind_job_id
+from service.schemas import JobLinks, JobResponse, error_responses
+from worker.protocol import FilterRequest, JobBackend, JobView
+
+router = APIRouter(prefix="/v1", tags=["filter"])
+logger = logging.getLogger("safespot.service")
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, chosen by the API
+TERMINAL = frozenset({"finished", "failed", "canceled", "expired"})
+POLL_S = (0.05, 0.1, 0.2, 0.25)  # poll quickly first (small images finish fast), then steadily
+
+
+def job_links(job_id: str) -> JobLinks:
+    return JobLinks(self=f"/v1/jobs/{job_id}", image=f"/v1/jobs/{job_id}/image")
+
+
+def job_response(view: JobView, job_id: str) -> JobResponse:
+    return JobResponse.from_view(view, job_id, job_links(job_id))
+
+
+def checked_job_id(job_id: str) -> str:
+    """Unknown-looking ids are simply not found (no 422 that reveals the format)."""
+    if not JOB_ID.match(job_id):
+        raise NotFound(f"no job {job_id[:64]!r}")
+    return job_id
+
+
+async def ensure_queue_has_room(backend: JobBackend, max_queue: int, seconds_per_job: float) -> None:
+    """Refuse before decoding, so a full queue costs no CPU; the Redis backend
+    checks again when it enqueues."""
+    depth = await call_backend(backend.queue_depth)
+    if depth >= max_queue:
+        estimate = getattr(backend, "retry_after_s", None)
+        retry_after = (await call_backend(estimate, depth) if callable(estimate)
+                       else math.ceil(depth * seconds_per_job))
+        raise QueueFull(f"the filter queue is full ({depth} jobs waiting)", retry_after_s=retry_after)
+
+
+async def wait_for_job(backend: JobBackend, job_id: str, wait_s: float,
+                       request: Request) -> JobView | None:
+    """Poll until the job ends, `wait_s` passes or the client goes away.
+
+    The job is already accepted: if the queue becomes unreachable meanwhile,
+    stop waiting and answer 202 with its id rather than an error."""
+    deadline = time.monotonic() + wait_s
+    view: JobView | None = None
+    for attempt in itertools.count():
+        try:
+            view = await call_backend(backend.get_job, job_id)
+        except NotReady:
+            return view
+        if view is not None and view.get("status") in TERMINAL:
+            return view
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or await request.is_disconnected():
+            return view
+        await asyncio.sleep(min(remaining, POLL_S[min(attempt, len(POLL_S) - 1)]))
+    return view  # unreachable: the loop returns
+
+
+@router.post(
+    "/filter", status_code=202, response_model=JobResponse,
+    summary="Filter an image (asynchronous, or synchronous with `wait`)",
+    responses={200: {"model": JobResponse, "description": "the job ended within `wait`"},
+               **error_responses(400, 401, 403, 413, 415, 422, 429, 503)},
+)
+async def submit_filter(
+    request: Request, _role: ClientRole, settings: SettingsDep, backend: BackendDep,
+    metrics: MetricsDep, decode_limiter: DecodeLimiterDep,
+    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF (first frame), BMP or TIFF")],
+    preset: Annotated[str | None, Form(description="standard, fast or paper", examples=["standard"])] = None,
+    norm: Annotated[str | None, Form(description="threat model: linf or l2", examples=["linf"])] = None,
+    eps: Annotated[str | None, Form(description="adversary budget, e.g. 0.0314 or 8/255")] = None,
+    delta: Annotated[str | None, Form(description="defender budget (default: eps)")] = None,
+    reencode: Annotated[str | None, Form(description="re-encode to survive, e.g. jpeg:85")] = None,
+    webhook_url: Annotated[str | None, Form(description="called when the job ends (allow-listed hosts)")] = None,
+    wait_form: Annotated[float | None, Form(alias="wait", description="seconds to wait for the result")] = None,
+    wait_query: Annotated[float | None, Query(alias="wait", description="seconds to wait for the result")] = None,
+) -> JSONResponse:
+    """Queue an image for filtering.  Answers **202** with the job (follow
+    `links.self`), or **200** with the finished job when it ends within `wait`
+    seconds (at most `SAFESPOT_MAX_WAIT_S`).  The output is always a lossless
+    PNG: a lossy re-encode would erase the perturbation (use `reencode` to make
+    the safe spot account for the platform's own JPEG re-encode instead)."""
+    options: FilterOptions = parse_filter_options(
+        settings, preset=preset, norm=norm, eps=eps, delta=delta, reencode=reencode,
+        webhook_url=webhook_url, wait=wait_query if wait_query is not None else wait_form)
+    data = await image.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"the image is larger than {settings.max_upload_bytes} bytes",
+                              code="file_too_large")
+    await ensure_queue_has_room(backend, settings.max_queue, settings.seconds_per_job)
+    decoded = await to_thread.run_sync(
+        functools.partial(decode_upload, data, max_pixels=settings.max_pixels), limiter=decode_limiter)
+
+    job_id = uuid.uuid4().hex
+    bind_job_id(job_id)
+    filter_request = FilterRequest(
+        job_id=job_id, preset=options.preset, norm=options.norm, eps=options.eps,
+        delta=options.delta, reencode=options.reencode, webhook_url=options.webhook_url,
+        submitted_at=time.time(), image=decoded.info)
+    await call_backend(backend.submit_filter, filter_request, decoded.png)
+    metrics.job_submitted(options.preset)
+    logger.info("filter job queued", extra={
+        "job_id": job_id, "preset": options.preset, "norm": options.norm, "eps": options.eps,
+        "width": decoded.info["width"], "height": decoded.info["height"]})
+
+    view: JobView | None = None
+    if options.wait_s > 0:
+        view = await wait_for_job(backend, job_id, options.wait_s, request)
+    if view is None:
+        view = JobView(id=job_id, status="queued", progress={"phase": "queued"},
+                       created_at=filter_request["submitted_at"])
+    status_code = 200 if view.get("status") in TERMINAL else 202
+    body = job_response(view, job_id)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code,
+                        headers={"Location": body.links.self})
+
+
+@router.get("/jobs/{job_id}", response_model=JobResponse, summary="Status and result of a job",
+            responses=error_responses(401, 404, 503))
+async def get_job(job_id: str, _role: ClientRole, backend: BackendDep) -> JobResponse:
+    """The job's status, progress and, once finished, its result (scores,
+    prediction, model, timings).  Results expire after `SAFESPOT_RESULT_TTL_S`."""
+    bind_job_id(checked_job_id(job_id))
+    view = await call_backend(backend.get_job, job_id)
+    if view is None:
+        raise NotFound(f"no job {job_id} (unknown, or its result expired)")
+    return job_response(view, job_id)
+
+
+@router.get("/jobs/{job_id}/image", summary="The filtered image (PNG)",
+            response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "lossless PNG"},
+                       **error_responses(401, 404, 409, 503)})
+async def get_job_image(job_id: str, _role: ClientRole, backend: BackendDep) -> Response:
+    """The filtered image, same size as the upload.  409 while the job is not
+    finished; 404 when the job is unknown or its result expired."""
+    bind_job_id(checked_job_id(job_id))
+    view = await call_backend(backend.get_job, job_id)
+    if view is None:
+        raise NotFound(f"no job {job_id} (unknown, or its result expired)")
+    status = view.get("status")
+    if status == "expired":
+        raise NotFound(f"the result of job {job_id} expired", code="expired")
+    if status in ("queued", "started"):
+        raise Conflict(f"job {job_id} is {status}; the image is ready when it is finished",
+                       code="not_ready")
+    if status != "finished":
+        raise Conflict(f"job {job_id} is {status}: there is no image", code=f"job_{status}")
+    png = await call_backend(backend.get_result_image, job_id)
+    if png is None:
+        raise NotFound(f"the image of job {job_id} expired", code="expired")
+    return Response(png, media_type="image/png", headers={
+        "Content-Disposition": f'inline; filename="{job_id}.png"',
+        "Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})

@@ -1,0 +1,84 @@
+"""Training runs for the trainer sidecar (admin key only)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from service.auth import AdminRole
+from service.deps import BackendDep, SettingsDep, call_backend
+from service.errors import NotFound, Validation
+from service.log import bind_job_id
+from service.schemas import JobLinks, JobResponse, TrainingRequestBody, error_responses
+from service.settings import Settings
+from worker.protocol import JobView, TrainRequest
+
+router = APIRouter(prefix="/v1/training-jobs", tags=["training (admin)"])
+logger = logging.getLogger("safespot.service")
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+BUILTIN_DATA = frozenset({"cifar10"})
+
+
+def training_links(job_id: str) -> JobLinks:
+    return JobLinks(self=f"/v1/training-jobs/{job_id}", image=None)
+
+
+def checked_data(data: str, settings: Settings) -> str:
+    """A built-in data set name, or a path that stays inside SAFESPOT_DATA_DIR
+    (an admin key must not let a run read arbitrary files of the trainer)."""
+    if data in BUILTIN_DATA:
+        return data
+    candidate = Path(data)
+    if candidate.is_absolute() or ".." in candidate.parts or not data.strip():
+        raise Validation("data: 'cifar10' or a relative path inside SAFESPOT_DATA_DIR")
+    root = settings.data_dir.resolve()
+    resolved = (root / candidate).resolve()
+    if root not in resolved.parents:
+        raise Validation("data: the path leaves SAFESPOT_DATA_DIR")
+    return str(candidate)
+
+
+def training_response(view: JobView, job_id: str) -> JobResponse:
+    return JobResponse.from_view(view, job_id, training_links(job_id))
+
+
+@router.post("", status_code=202, response_model=JobResponse, summary="Start a training run",
+             responses=error_responses(400, 401, 403, 413, 422, 503))
+async def start_training(body: TrainingRequestBody, _role: AdminRole, settings: SettingsDep,
+                         backend: BackendDep) -> JSONResponse:
+    """Queue a run of the trainer on the `train` queue.  When it ends, its
+    checkpoint is registered and vetted (not activated): its record is the
+    job's `result`."""
+    eps = body.eps if body.eps is not None else settings.default_eps(body.norm)
+    if eps > settings.max_eps(body.norm):
+        raise Validation(f"eps: {eps:.6g} exceeds the {body.norm} limit {settings.max_eps(body.norm):.6g}")
+    job_id = uuid.uuid4().hex
+    bind_job_id(job_id)
+    request = TrainRequest(job_id=job_id, recipe=body.recipe, norm=body.norm, eps=eps,
+                           epochs=body.epochs, data=checked_data(body.data, settings),
+                           limit=body.limit, name=body.name or f"{body.recipe} {body.data}",
+                           arch=body.arch)
+    await call_backend(backend.submit_training, request)
+    logger.info("training job queued", extra={"recipe": body.recipe, "epochs": body.epochs})
+    view = JobView(id=job_id, status="queued", progress={"phase": "queued"})
+    response = training_response(view, job_id)
+    return JSONResponse(response.model_dump(mode="json"), status_code=202,
+                        headers={"Location": response.links.self})
+
+
+@router.get("/{job_id}", response_model=JobResponse, summary="Progress and outcome of a training run",
+            responses=error_responses(401, 403, 404, 503))
+async def get_training(job_id: str, _role: AdminRole, backend: BackendDep) -> JobResponse:
+    if not JOB_ID.match(job_id):
+        raise NotFound(f"no training job {job_id[:64]!r}")
+    bind_job_id(job_id)
+    view = await call_backend(backend.get_training, job_id)
+    if view is None:
+        raise NotFound(f"no training job {job_id} (unknown, or expired)")
+    return training_response(view, job_id)

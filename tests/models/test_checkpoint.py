@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from models.checkpoint import (
+    ModelInfo,
+    build_model,
+    load_checkpoint,
+    load_state_dict_file,
+    model_from_state,
+    read_info,
+    save_checkpoint,
+)
+from models.errors import CheckpointError
+from tests.conftest import TINY_MODEL
+
+
+def _info(**kw) -> ModelInfo:  # type: ignore[no-untyped-def]
+    base = dict(arch="cifar_cnn", arch_args={"width": 4, "hidden": 16}, num_classes=10,
+                input_size=(3, 32, 32), class_names=[f"c{i}" for i in range(10)],
+                mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    base.update(kw)
+    return ModelInfo(**base)  # type: ignore[arg-type]
+
+
+def test_round_trip_keeps_weights_metadata_and_identity(tmp_path: Path) -> None:
+    info = _info(recipe={"name": "natural"}, metrics={"clean_acc": 0.5})
+    model = build_model(info).eval()
+    digest = save_checkpoint(model, info, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    assert loaded.sha256 == digest and loaded.info.metrics == {"clean_acc": 0.5}
+    assert not loaded.model.training
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), model(x))
+    assert read_info(tmp_path / "m.safetensors").arch == "cifar_cnn"
+
+
+def test_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"weight": Payload()}, f)
+    with pytest.raises(CheckpointError, match="not a plain tensor state dict"):
+        load_state_dict_file(evil)
+    assert not marker.exists()
+    torch.save({"w": torch.zeros(2)}, tmp_path / "ok.pt")  # a plain state dict still loads
+    assert set(load_state_dict_file(tmp_path / "ok.pt")) == {"w"}
+
+
+def _state(info: ModelInfo) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in build_model(info).network.state_dict().items()}
+
+
+def test_nan_weights_are_refused() -> None:
+    info = _info()
+    state = _state(info)
+    weight = next(v for v in state.values() if v.is_floating_point())
+    weight[(0,) * weight.ndim] = float("nan")
+    with pytest.raises(CheckpointError, match="NaN"):
+        model_from_state(info, state)
+
+
+def test_wrong_shapes_and_lying_class_counts_are_refused() -> None:
+    info = _info()
+    with pytest.raises(CheckpointError, match="shapes"):
+        model_from_state(_info(num_classes=5, class_names=[]), _state(info))
+    with pytest.raises(CheckpointError, match="names 10 classes but declares 7"):
+        ModelInfo.from_dict(json.loads(_info(num_classes=7).to_json()))
+    state = _state(info)
+    state.pop(next(iter(state)))
+    with pytest.raises(CheckpointError, match="missing"):
+        model_from_state(info, state)
+
+
+def test_wrong_input_size_is_refused() -> None:
+    # The metadata claims grey inputs; the weights expect three channels.
+    with pytest.raises(CheckpointError, match="does not run"):
+        model_from_state(_info(input_size=(1, 32, 32), mean=[0.5], std=[0.25]), _state(_info()))
+
+
+def test_tampered_weights_and_foreign_files_are_refused(tmp_path: Path) -> None:
+    info = _info()
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(build_model(info), info, path)
+    header = json.loads(path.read_bytes()[8:8 + int.from_bytes(path.read_bytes()[:8], "little")])
+    state = {k: v.contiguous() for k, v in _state(info).items()}
+    save_file(state, tmp_path / "tampered.safetensors", metadata=header["__metadata__"])
+    with pytest.raises(CheckpointError, match="digest"):
+        load_checkpoint(tmp_path / "tampered.safetensors")
+    save_file(state, tmp_path / "bare.safetensors")
+    with pytest.raises(CheckpointError, match="no 'safespot' metadata"):
+        load_checkpoint(tmp_path / "bare.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+    with pytest.raises(CheckpointError, match="does not match the expected"):
+        load_checkpoint(path, expected_sha256="0" * 64)
+
+
+def test_oversize_files_are_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.checkpoint as ck
+
+    monkeypatch.setattr(ck, "MAX_CHECKPOINT_BYTES", 1000)
+    with pytest.raises(CheckpointError, match="over the 1000-byte limit"):
+        load_checkpoint(TINY_MODEL)
+
+
+def test_unknown_architecture_is_refused() -> None:
+    with pytest.raises(CheckpointError, match="unknown architecture"):
+        ModelInfo.from_dict(json.loads(_info(arch="os.system").to_json()))

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from safespot import SafeSpotSearch, SearchConfig, find_safe_spots
+from safespot.attacks import pgd
+from safespot.search import image_seed
+from safespot.threat import project, random_in_ball, steepest_direction
+
+PRESET_CASES = [("fast", "linf"), ("standard", "linf"), ("standard", "l2"), ("paper", "linf"), ("paper", "l2")]
+
+
+def _cfg(preset: str, norm: str, **kw) -> SearchConfig:  # type: ignore[no-untyped-def]
+    if preset == "paper":
+        kw.setdefault("outer_steps", 3)  # the paper's 100 are slow; the rules are the same
+    return SearchConfig.preset(preset, norm=norm, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("preset", "norm"), PRESET_CASES)
+def test_output_is_8bit_inside_budget_and_box(tiny_model, test_images, preset, norm) -> None:  # type: ignore[no-untyped-def]
+    x = test_images[0][:24]
+    cfg = _cfg(preset, norm)
+    res = find_safe_spots(tiny_model, x, cfg)
+    levels = res.x_safe * 255
+    assert torch.equal(levels, levels.round()), "output must be on the 8-bit grid"
+    assert res.x_safe.min() >= 0 and res.x_safe.max() <= 1
+    diff = (levels.round() - (x * 255).round()).flatten(1)
+    if norm == "linf":
+        assert int(diff.abs().max()) <= round(cfg.budget * 255)
+    else:
+        assert float((diff / 255).norm(dim=1).max()) <= cfg.budget + 1e-6
+    assert res.grad_evals == int(res.grad_evals_per_image.sum()) > 0
+    assert res.x_safe.shape == x.shape and res.x_safe.dtype == x.dtype
+
+
+def test_same_seed_same_result_and_seed_matters(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+    x = test_images[0][:16]
+    cfg = SearchConfig.preset("standard", seed=1)
+    a, b = find_safe_spots(tiny_model, x, cfg), find_safe_spots(tiny_model, x, cfg)
+    assert torch.equal(a.x_safe, b.x_safe) and torch.equal(a.found, b.found)
+    assert torch.equal(a.grad_evals_per_image, b.grad_evals_per_image)
+    c = find_safe_spots(tiny_model, x, cfg.replace(seed=2))
+    assert not torch.equal(a.grad_evals_per_image, c.grad_evals_per_image)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_result_does_not_depend_on_batch_neighbours(tiny_model64, test_images, norm) -> None:  # type: ignore[no-untyped-def]
+    x = test_images[0][:12].double()
+    cfg = SearchConfig.preset("standard", norm=norm, batch_size=5)  # refills: slots change mid-run
+    together = find_safe_spots(tiny_model64, x, cfg)
+    for i in (0, 7, 11):
+        alone = find_safe_spots(tiny_model64, x[i:i + 1], cfg.replace(batch_size=1))
+        assert torch.equal(alone.x_safe[0], together.x_safe[i])
+        assert bool(alone.found[0]) == bool(together.found[i])
+        assert int(alone.grad_evals_per_image[0]) == int(together.grad_evals_per_image[i])
+
+
+def test_engine_keeps_at_most_batch_size_in_flight(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+    engine = SafeSpotSearch(tiny_model, SearchConfig.preset("fast", batch_size=4))
+    engine.submit(test_images[0][:10], keys=[f"img{i}" for i in range(10)])
+    seen, finished = 0, []
+    while engine.pending:
+        finished += engine.step()
+        seen = max(seen, engine.active)
+    assert seen <= 4
+    assert sorted(r.key for r in finished) == sorted(f"img{i}" for i in range(10))
+
+
+def test_rejects_images_off_the_8bit_grid(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="8-bit"):
+        find_safe_spots(tiny_model, torch.full((1, 3, 32, 32), 0.5001))
+
+
+def test_found_means_a_fresh_attack_fails(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+    x = test_images[0][:64]
+    res = find_safe_spots(tiny_model, x, SearchConfig.preset("standard"))
+    assert res.found.sum() >= 10
+    safe = res.x_safe[res.found]
+    fresh = pgd(tiny_model, safe, res.labels[res.found], steps=20,
+                generator=torch.Generator().manual_seed(12345))
+    assert float(fresh.success.float().mean()) <= 0.1  # independent starts: a few may differ
+
+
+def test_safe_spots_are_never_less_robust_than_originals(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+    x = test_images[0][:64]
+    res = find_safe_spots(tiny_model, x, SearchConfig.preset("standard"))
+    # An original that already passes verification is returned unchanged.
+    assert torch.equal(res.x_safe[res.safe_at_start], x[res.safe_at_start])
+    g = torch.Generator().manual_seed(7)
+    held_before = ~pgd(tiny_model, x, res.labels, steps=20, generator=g).success
+    held_after = ~pgd(tiny_model, res.x_safe, res.labels, steps=20, generator=g).success
+    assert int(held_after.sum()) >= int(held_before.sum())
+
+
+def _unrolled_first_order_gradient(model, x_s, y, noise, cfg):  # type: ignore[no-untyped-def]
+    """Autograd through T PGD steps, treating each step direction as a constant
+    (the first-order approximation), plus which coordinates were ever clipped to
+    [0,1] and which ever landed exactly on the L-inf ball's face (a tie, where the
+    derivative is not defined and autograd splits it)."""
+    x_s = x_s.clone().requires_grad_(True)
+    raw = x_s + noise
+    clipped = (raw < 0) | (raw > 1)
+    tie = torch.zeros_like(clipped)
+    x_a = raw.clamp(0, 1)
+    for _ in range(cfg.inner_steps):
+        z = x_a.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(z), y, reduction="sum"), z)
+        stepped = x_a + cfg.inner_alpha * steepest_direction(g, cfg.norm).detach()
+        tie |= ((stepped - x_s).abs() - cfg.eps).abs() < 1e-9
+        moved = project(stepped, x_s, cfg.eps, cfg.norm)
+        clipped |= (moved < 0) | (moved > 1)
+        x_a = moved.clamp(0, 1)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x_a), y, reduction="sum"), x_s)
+    return grad, clipped, tie
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_first_order_outer_gradient_matches_autograd(tiny_model64, test_images, norm) -> None:  # type: ignore[no-untyped-def]
+    x = test_images[0][20:23].double()
+    lr = 1e-5  # a tiny plain-gradient step, so x_s - lr * g is never projected
+    cfg = SearchConfig(norm=norm, eps=0.5 if norm == "l2" else 8 / 255, outer_steps=1, inner_steps=5,
+                       optimizer="sgd", lr=lr, init="original", early_exit=False, keep="last")
+    engine = SafeSpotSearch(tiny_model64, cfg)
+    engine.submit(x)
+    for _ in range(cfg.inner_steps + 1):  # exactly one inner attack, then the outer step
+        engine.step()
+    stepped = engine._slots.x_s.clone()  # type: ignore[union-attr]
+    y = engine._slots.y  # type: ignore[union-attr]
+    engine_grad = (x - stepped) / lr
+    for i in range(x.shape[0]):
+        g = torch.Generator().manual_seed(image_seed(cfg.seed, x[i], "search"))
+        noise = random_in_ball(x[i:i + 1], cfg.eps, cfg.norm, g) - x[i:i + 1]
+        ref, clipped, tie = _unrolled_first_order_gradient(tiny_model64, x[i:i + 1], y[i:i + 1], noise, cfg)
+        # The outer step itself clips to [0,1] where the original is black or white: skip those.
+        interior = (x[i] > 0) & (x[i] < 1)
+        free = ~clipped[0] & interior
+        assert free.float().mean() > 0.5
+        torch.testing.assert_close(engine_grad[i][free], ref[0][free], rtol=1e-4, atol=1e-6)
+        if norm == "linf":  # for L-inf the mask is exact: autograd agrees wherever it is defined
+            defined = interior & ~tie[0]
+            torch.testing.assert_close(engine_grad[i][defined], ref[0][defined], rtol=1e-4, atol=1e-6)
+
+
+def test_images_of_different_sizes_through_a_view(tiny_model, cifar_mini) -> None:  # type: ignore[no-untyped-def]
+    from safespot.canvas import ResizeView
+
+    big = torch.from_numpy(cifar_mini["x_test"][:2]).permute(0, 3, 1, 2).float() / 255
+    images = [F.interpolate(big[:1], size=(48, 40), mode="nearest")[0],
+              big[1, :1],  # grey, 32x32
+              F.interpolate(big[1:], size=(64, 64), mode="nearest")[0]]
+    images = [(img * 255).round() / 255 for img in images]
+    engine = SafeSpotSearch(tiny_model, SearchConfig.preset("fast"), view=ResizeView((32, 32)))
+    engine.submit(images)
+    results = sorted(engine.run(), key=lambda r: r.key)
+    for img, r in zip(images, results, strict=True):
+        assert r.x_safe.shape == img.shape
+        assert float((r.x_safe - img).abs().max()) <= 8 / 255 + 1e-6

@@ -1,0 +1,81 @@
+"""The OpenAPI document is valid and complete, and the API honours it under
+schemathesis' generated requests (no 5xx, documented statuses, JSON errors)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+from service_testkit import ADMIN_KEY, CLIENT_KEY, FakeJobBackend
+
+from service.app import create_app
+from service.settings import Settings
+
+CONTRACT = {
+    ("/v1/filter", "post"), ("/v1/jobs/{job_id}", "get"), ("/v1/jobs/{job_id}/image", "get"),
+    ("/v1/checkpoints", "get"), ("/v1/checkpoints", "post"),
+    ("/v1/checkpoints/{checkpoint_id}/activate", "post"), ("/v1/checkpoints/{checkpoint_id}", "delete"),
+    ("/v1/training-jobs", "post"), ("/v1/training-jobs/{job_id}", "get"),
+    ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get"),
+}
+
+
+def make_app():  # type: ignore[no-untyped-def]
+    # Requests carry the admin key, so they get past auth and reach validation.
+    directory = Path(tempfile.mkdtemp(prefix="safespot-openapi-"))
+    app_settings = Settings(api_keys=CLIENT_KEY, admin_keys=ADMIN_KEY, data_dir=directory,
+                            max_wait_s=0.2)
+    return create_app(app_settings, FakeJobBackend(auto_finish=True))
+
+
+APP = make_app()
+SCHEMA = schemathesis.openapi.from_asgi("/openapi.json", APP)
+
+
+def test_openapi_lists_every_contract_route_with_json_errors():
+    document = TestClient(APP).get("/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    operations = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert operations >= CONTRACT
+    assert "ErrorResponse" in document["components"]["schemas"]
+    filter_op = document["paths"]["/v1/filter"]["post"]
+    assert {"202", "200", "413", "415", "429"} <= set(filter_op["responses"])
+    form = filter_op["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form = document["components"]["schemas"][form["$ref"].rsplit("/", 1)[1]] if "$ref" in form else form
+    assert "image" in form["required"]
+    assert document["components"]["schemas"]["JobResponse"]["examples"]
+
+
+def test_docs_page_is_served():
+    response = TestClient(APP).get("/docs")
+    assert response.status_code == 200 and "swagger" in response.text.lower()
+
+
+@pytest.mark.filterwarnings("ignore")
+@SCHEMA.parametrize()
+@settings(max_examples=int(os.environ.get("SCHEMATHESIS_EXAMPLES", "15")), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+def test_api_conforms_to_its_schema(case):  # type: ignore[no-untyped-def]
+
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    response = case.call(headers=auth)
+    # Not "positive data accepted": a schema cannot say which bytes are a valid
+    # image (or checkpoint), so schema-valid uploads are rightly refused with 400/415.
+    case.validate_response(response, headers=auth, excluded_checks=[positive_data_acceptance])
+    if response.status_code >= 400:
+        body = response.json()
+        assert set(body) == {"error"} and {"code", "message"} <= set(body["error"])
+
+
+def test_unknown_paths_and_methods_use_the_error_shape():
+    client = TestClient(APP)
+    for response, status in ((client.get("/v2/nothing"), 404), (client.put("/v1/filter"), 405),
+                             (client.delete("/healthz"), 405)):
+        assert response.status_code == status
+        assert set(response.json()["error"]) == {"code", "message"}

@@ -1,0 +1,159 @@
+"""FilterProcessor: full-resolution answers in the upload's size and mode, budget held,
+found safe spots that a fresh attack cannot break, several jobs per pass."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from safespot.attacks import pgd
+from safespot.canvas import ResizeView
+from tests.worker.conftest import cifar_png, filter_request, photo, png_bytes
+from worker.errors import JobError
+from worker.processor import FilterProcessor
+
+EPS = 8 / 255
+
+
+@pytest.fixture
+def processor(tiny_checkpoint):
+    return FilterProcessor(tiny_checkpoint, "tiny", max_batch=8)
+
+
+def decoded(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def run_one(processor: FilterProcessor, image: Image.Image, **request_args):
+    processor.add("job", filter_request("job", image, **request_args), png_bytes(image))
+    (done,) = processor.drain()
+    assert done.error is None, done.error
+    return done
+
+
+def test_real_photo_keeps_size_mode_and_budget(processor, tiny_model) -> None:
+    image = photo("chelsea.jpg")  # 451x300, far larger than the model's 32x32 input
+    done = run_one(processor, image)
+    out = decoded(done.png)
+    assert out.size == image.size and out.mode == "RGB"
+    before = np.asarray(image, dtype=np.int16)
+    after = np.asarray(out, dtype=np.int16)
+    assert np.abs(after - before).max() <= round(EPS * 255)  # the budget, in 8-bit levels
+    result = done.result
+    assert result["linf"] <= EPS + 1e-9 and result["linf"] == np.abs(after - before).max() / 255
+    assert result["image"] == {"width": 451, "height": 300, "mode": "RGB"}
+    assert result["model"]["sha256"] == processor.checkpoint.sha256
+    assert result["config"]["eps"] == pytest.approx(EPS) and result["preset"] == "fast"
+    assert result["grad_evals"] > 0 and 0 <= result["prediction"]["confidence"] <= 1
+    assert result["timings"]["total_s"] >= result["timings"]["search_s"] >= 0
+    if result["safe_spot_found"]:  # a fresh, independent PGD on the returned file fails
+        x = torch.from_numpy(after.astype(np.float32) / 255).permute(2, 0, 1)[None]
+        view = ResizeView((32, 32))
+
+        def classifier(z: torch.Tensor) -> torch.Tensor:
+            return tiny_model(view(z, [tuple(z.shape[1:])] * len(z)))
+
+        label = torch.tensor([result["prediction"]["label"]])
+        gen = torch.Generator().manual_seed(12345)
+        attack = pgd(classifier, x, label, norm="linf", eps=EPS, steps=20, generator=gen)
+        assert not bool(attack.success[0])
+
+
+def test_alpha_is_kept_and_never_perturbed(processor) -> None:
+    image = photo("astronaut.png", mode="RGBA", size=(96, 64))
+    out = decoded(run_one(processor, image).png)
+    assert out.mode == "RGBA" and out.size == image.size
+    assert np.array_equal(np.asarray(out)[:, :, 3], np.asarray(image)[:, :, 3])
+    assert np.abs(np.asarray(out, dtype=np.int16) - np.asarray(image, dtype=np.int16)).max() <= 8
+
+
+@pytest.mark.parametrize("mode", ["L", "LA"])
+def test_grayscale_stays_grayscale(processor, mode: str) -> None:
+    image = photo("coffee.webp", mode=mode, size=(60, 40))
+    done = run_one(processor, image)
+    out = decoded(done.png)
+    assert out.mode == mode and out.size == image.size
+    assert done.result["image"]["mode"] == mode
+    diff = np.asarray(out, dtype=np.int16) - np.asarray(image, dtype=np.int16)
+    assert np.abs(diff).max() <= 8
+    if mode == "LA":
+        assert not diff[:, :, 1].any()
+
+
+def test_jobs_share_passes_and_configs_get_their_own_engine(processor, cifar_mini) -> None:
+    sizes: dict[str, int] = {}
+    processor.progress = lambda job_id, p: sizes.__setitem__(job_id, max(sizes.get(job_id, 0), p["batch_size"]))
+    for i in range(4):
+        processor.add(f"a{i}", filter_request(f"a{i}"), cifar_png(cifar_mini, i))
+    processor.add("l2", filter_request("l2", norm="l2", eps=0.5), cifar_png(cifar_mini, 5))
+    done = {d.job_id: d for d in processor.drain()}
+    assert set(done) == {"a0", "a1", "a2", "a3", "l2"} and all(d.error is None for d in done.values())
+    assert max(d.batch_size for d in done.values()) == 4  # the four L-inf jobs searched together
+    assert done["l2"].result["threat"]["norm"] == "l2" and done["l2"].result["l2"] <= 0.5 + 1e-9
+    assert processor.in_flight == 0
+
+
+def test_pixel_budget_holds_back_images_that_do_not_fit(tiny_checkpoint, cifar_mini) -> None:
+    small = FilterProcessor(tiny_checkpoint, "tiny", max_batch=8, max_batch_pixels=2 * 32 * 32)
+    for i in range(3):
+        small.add(f"j{i}", filter_request(f"j{i}"), cifar_png(cifar_mini, i))
+    done = small.drain()
+    assert len(done) == 3 and max(d.batch_size for d in done) <= 2
+
+
+def test_ood_score_and_flag_follow_the_checkpoint(tiny_checkpoint, cifar_mini) -> None:
+    info = dataclasses.replace(tiny_checkpoint.info, ood={"mu": 0.25, "threshold": 1.01})
+    processor = FilterProcessor(dataclasses.replace(tiny_checkpoint, info=info), "tiny")
+    processor.add("j", filter_request("j"), cifar_png(cifar_mini, 3))
+    result = processor.drain()[0].result
+    conf = result["prediction"]["confidence"]
+    under_attack = result["robustness"]["confidence_under_attack"]
+    assert result["ood_score"] == pytest.approx(0.25 * conf + 0.75 * under_attack, abs=1e-5)
+    assert result["ood_flag"] is True  # every score is below 1.01
+    plain = FilterProcessor(tiny_checkpoint, "tiny")
+    plain.add("j", filter_request("j"), cifar_png(cifar_mini, 3))
+    assert plain.drain()[0].result["ood_flag"] is None  # no threshold: no verdict
+
+
+@pytest.mark.parametrize(("data", "changes", "code"), [
+    (b"not a png", {}, "invalid_image"),
+    (None, {}, "upload_missing"),
+    ("cmyk", {}, "unsupported_image_mode"),
+    ("ok", {"reencode": {"format": "jpeg", "quality": 85}}, "reencode_unavailable"),
+    ("ok", {"preset": "turbo"}, "invalid_request"),
+    ("ok", {"norm": "l1"}, "invalid_request"),
+    ("ok", {"eps": 5.0}, "invalid_request"),
+])
+def test_bad_requests_fail_with_a_code(processor, cifar_mini, data, changes, code) -> None:
+    if data == "ok":
+        data = cifar_png(cifar_mini)
+    elif data == "cmyk":
+        data = _tiff_cmyk()
+    with pytest.raises(JobError) as caught:
+        processor.add("bad", filter_request("bad", **changes), data)
+    assert caught.value.code == code and caught.value.to_dict()["message"]
+    assert processor.in_flight == 0
+
+
+def _tiff_cmyk() -> bytes:
+    out = io.BytesIO()
+    Image.new("CMYK", (8, 8)).save(out, format="TIFF")
+    return out.getvalue()
+
+
+def test_identical_output_has_no_psnr() -> None:
+    from worker.imaging import distortion
+
+    x = torch.rand(3, 5, 7).mul(255).round().div(255)
+    assert distortion(x, x) == {"linf": 0.0, "l2": 0.0, "psnr": None}
+    y = x.clone()
+    y[0, 0, 0] = (y[0, 0, 0] * 255 + (1 if y[0, 0, 0] < 1 else -1)) / 255
+    d = distortion(y, x)
+    assert d["linf"] == pytest.approx(1 / 255) and d["psnr"] > 60

@@ -1,0 +1,58 @@
+"""Worker settings from the environment, and the `safespot worker` command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from safespot_cli import worker_cmd
+from safespot_cli.commands import UsageError
+from worker.protocol import ADMIN_QUEUE, FILTER_QUEUE, TRAIN_QUEUE
+from worker.settings import WorkerSettings
+
+
+def test_lists_come_comma_separated_and_paths_default_like_the_api(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SAFESPOT_QUEUES", f"{TRAIN_QUEUE}, {ADMIN_QUEUE}")
+    monkeypatch.setenv("SAFESPOT_WEBHOOK_ALLOWED_HOSTS", "a.example.com,*.b.org")
+    monkeypatch.setenv("SAFESPOT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("SAFESPOT_MAX_BATCH", "16")
+    s = WorkerSettings()
+    assert s.queues == [TRAIN_QUEUE, ADMIN_QUEUE] and s.webhook_allowed_hosts == ["a.example.com", "*.b.org"]
+    assert s.checkpoint_dir == tmp_path / "checkpoints" and s.max_batch == 16 and s.max_wait_ms == 50
+    monkeypatch.setenv("SAFESPOT_MAX_BATCH", "0")
+    with pytest.raises(ValueError):
+        WorkerSettings()
+
+
+def test_service_settings_override_the_environment(tmp_path: Path) -> None:
+    service = SimpleNamespace(redis_url=None, data_dir=tmp_path, checkpoint_dir=None,
+                              checkpoints_path=tmp_path / "ck", webhook_allowed_hosts=frozenset({"h.org"}),
+                              max_checkpoint_bytes=1234)
+    s = WorkerSettings.from_service(service)
+    assert s.checkpoint_dir == tmp_path / "ck" and s.webhook_allowed_hosts == ["h.org"]
+    assert s.max_checkpoint_bytes == 1234 and s.metrics_port == 0 and s.queues == [FILTER_QUEUE, ADMIN_QUEUE]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="safespot")
+    worker_cmd.register(p.add_subparsers(dest="command"))
+    return p
+
+
+def test_worker_command_options(capsys, monkeypatch) -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["worker", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--queues", "--max-batch", "--max-wait-ms", "--burst", "--metrics-port"):
+        assert option in text
+    args = parser().parse_args(["worker", "--queues", "safespot-train", "--max-batch", "4", "--burst"])
+    assert args.queues == ["safespot-train"] and args.max_batch == 4 and args.burst
+    monkeypatch.delenv("SAFESPOT_REDIS_URL", raising=False)
+    with pytest.raises(UsageError, match="SAFESPOT_REDIS_URL"):
+        args.run(args)
+    bad = parser().parse_args(["worker", "--max-batch", "0"])
+    with pytest.raises(UsageError):
+        bad.run(bad)

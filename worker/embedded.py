@@ -1,0 +1,362 @@
+"""The job backend of the single-process mode (``safespot serve`` without SAFESPOT_REDIS_URL).
+
+:class:`EmbeddedBackend` implements :class:`worker.protocol.JobBackend`
+entirely in-process: a bounded in-memory queue and job store (entries
+expire after the job / result TTLs), a driver thread running the same
+:class:`~worker.processor.FilterProcessor` as ``safespot worker`` (continuous
+batching, the same results), the checkpoint registry of
+:mod:`worker.registry`, vetting and training on background threads.  Thread-safe: every public method may be
+called from any thread (the API's request handlers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker import metrics
+from worker.checkpoints import SHIPPED_ID, checkpoint_file, load_default, load_record
+from worker.errors import ConflictError, JobError, QueueFullError
+from worker.processor import FilterProcessor, FinishedJob, select_device
+from worker.protocol import CheckpointRecord, FilterRequest, JobView, Progress, TrainRequest
+from worker.registry import CheckpointRegistry
+from worker.settings import WorkerSettings
+from worker.webhooks import WebhookSender, payload
+
+log = logging.getLogger("safespot.worker.embedded")
+
+EXPIRY_SWEEP_S = 1.0
+MAX_TOMBSTONES = 10_000  # expired job ids remembered (answered "expired" rather than unknown)
+
+
+@dataclass
+class _Job:
+    id: str
+    kind: str  # "filter" or "train"
+    request: dict[str, Any]
+    created_at: float
+    upload: bytes | None = None
+    status: str = "queued"
+    progress: dict[str, Any] = field(default_factory=lambda: {"phase": "queued", "fraction": 0.0})
+    result: Any = None
+    error: dict[str, str] | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    png: bytes | None = None
+
+    def view(self) -> JobView:
+        return {"id": self.id, "status": self.status, "progress": dict(self.progress),  # type: ignore[typeddict-item]
+                "result": self.result, "error": self.error, "created_at": self.created_at,
+                "started_at": self.started_at, "ended_at": self.ended_at}
+
+
+class EmbeddedBackend:
+    """In-process JobBackend; :meth:`start` loads the model, :meth:`stop` ends the threads."""
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = WorkerSettings.from_service(settings)
+        self.max_queue = int(getattr(settings, "max_queue", None) or 1000)
+        self.job_ttl_s = float(getattr(settings, "job_ttl_s", None) or 3600)
+        self.result_ttl_s = float(getattr(settings, "result_ttl_s", None) or 3600)
+        self.device = select_device(self.settings.device)
+        self.webhooks = WebhookSender(self.settings.webhook_allowed_hosts, self.settings.webhook_timeout_s,
+                                      self.settings.webhook_retries)
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._jobs: dict[str, _Job] = {}
+        self._queue: deque[str] = deque()
+        self._tombstones: OrderedDict[str, float] = OrderedDict()
+        self.registry = CheckpointRegistry(self.settings.checkpoint_path, self.settings.default_model)
+        self._loaded_activation = 0  # the registry's activation count the loaded model reflects
+        self._processor: FilterProcessor | None = None
+        self._stopping = threading.Event()
+        self._driver: threading.Thread | None = None
+        self._vetting = ThreadPoolExecutor(1, thread_name_prefix="safespot-vet")
+        self._training = ThreadPoolExecutor(1, thread_name_prefix="safespot-train")
+        self._swept = 0.0
+        self.metrics_registry = metrics.REGISTRY  # the worker's metrics, for the API's /metrics
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> EmbeddedBackend:
+        """Load the registry and the active model (raises when it cannot), start the threads."""
+        if self.settings.threads:
+            import torch
+
+            torch.set_num_threads(self.settings.threads)
+        self.registry.load()
+        self._processor = self._new_processor()
+        self._driver = threading.Thread(target=self._drive, name="safespot-embedded-worker", daemon=True)
+        self._driver.start()
+        self.webhooks.start()
+        for checkpoint_id in self.registry.ids_with_status("validating"):  # a restart interrupted them
+            self._vetting.submit(self._vet, checkpoint_id)
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+        if self._driver is not None:
+            self._driver.join(timeout=30)
+        self._vetting.shutdown(wait=False, cancel_futures=True)
+        self._training.shutdown(wait=False, cancel_futures=True)
+        self.webhooks.stop()
+
+    # --------------------------------------------------------------- filter
+    def submit_filter(self, request: FilterRequest, image_png: bytes) -> None:
+        job_id = str(request["job_id"])
+        with self._wake:
+            if len(self._queue) >= self.max_queue:
+                raise QueueFullError(f"{len(self._queue)} jobs are waiting (limit {self.max_queue})")
+            if job_id in self._jobs:
+                raise ConflictError(f"job {job_id} exists")
+            self._jobs[job_id] = _Job(job_id, "filter", dict(request), time.time(), upload=image_png)
+            self._queue.append(job_id)
+            self._wake.notify_all()
+
+    def get_job(self, job_id: str) -> JobView | None:
+        return self._view(job_id, "filter")
+
+    def get_result_image(self, job_id: str) -> bytes | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else job.png
+
+    def queue_depth(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def ready(self) -> tuple[bool, str]:
+        if self._driver is None or not self._driver.is_alive():
+            return False, "the embedded worker is not running"
+        if self._processor is None:
+            return False, "no model loaded"
+        return True, ""
+
+    # ---------------------------------------------------------- checkpoints
+    def list_checkpoints(self) -> list[CheckpointRecord]:
+        return self.registry.records()
+
+    def add_checkpoint(self, record: CheckpointRecord) -> None:
+        self.registry.add(record)
+        self._vetting.submit(self._vet, str(record["id"]))
+
+    def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
+        record = self.registry.activate(checkpoint_id)
+        with self._wake:
+            self._wake.notify_all()  # the driver reloads between batches
+        return record
+
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        record = self.registry.delete(checkpoint_id)
+        with contextlib.suppress(JobError, OSError):
+            checkpoint_file(record, self.settings.checkpoint_path, self.settings.default_model).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------- training
+    def submit_training(self, request: TrainRequest) -> None:
+        job_id = str(request["job_id"])
+        with self._lock:
+            if job_id in self._jobs:
+                raise ConflictError(f"job {job_id} exists")
+            self._jobs[job_id] = _Job(job_id, "train", dict(request), time.time())
+        self._training.submit(self._train, job_id)
+
+    def get_training(self, job_id: str) -> JobView | None:
+        return self._view(job_id, "train")
+
+    # -------------------------------------------------------------- threads
+    def _drive(self) -> None:
+        """The worker loop: admit queued jobs into free slots, run a pass, end finished jobs."""
+        while not self._stopping.is_set():
+            try:
+                if not self._drive_once():
+                    with self._wake:
+                        if not self._queue and not self._stopping.is_set():
+                            self._wake.wait(timeout=EXPIRY_SWEEP_S)
+            except Exception:  # never let the loop die: fail what is in flight and go on
+                log.exception("embedded worker pass failed")
+                self._fail_in_flight(JobError("internal_error", "the search failed", retryable=True))
+
+    def _drive_once(self) -> bool:
+        """One round; False when there was nothing to do."""
+        processor = self._processor
+        assert processor is not None
+        with self._lock:
+            self._sweep()
+        reload_due = self.registry.activation != self._loaded_activation
+        if reload_due and processor.in_flight == 0:
+            self._reload()
+            return True
+        if not reload_due:
+            idle = processor.in_flight == 0
+            self._admit(self._take(processor.free_slots))
+            if idle and processor.in_flight and processor.free_slots and self.settings.max_wait_ms:
+                time.sleep(self.settings.max_wait_ms / 1000)  # let a burst gather into one batch
+                self._admit(self._take(processor.free_slots))
+        if processor.in_flight == 0:
+            return False
+        started, passes = time.perf_counter(), processor.passes
+        finished = processor.step()
+        metrics.pass_ran(processor.model_ref["name"], processor.last_batch, time.perf_counter() - started,
+                         processor.passes - passes)
+        for done in finished:
+            self._end(done.job_id, done)
+        return True
+
+    def _take(self, n: int) -> list[_Job]:
+        taken: list[_Job] = []
+        with self._lock:
+            while self._queue and len(taken) < n:
+                job = self._jobs.get(self._queue.popleft())
+                if job is not None and job.status == "queued":
+                    job.status, job.started_at = "started", time.time()
+                    job.progress = {"phase": "searching", "fraction": 0.0}
+                    taken.append(job)
+        return taken
+
+    def _admit(self, jobs: list[_Job]) -> None:
+        assert self._processor is not None
+        for job in jobs:
+            upload, job.upload = job.upload, None  # the processor holds the pixels now
+            submitted = float(job.request.get("submitted_at") or job.created_at)
+            metrics.QUEUE_WAIT.observe(max(0.0, time.time() - submitted))
+            try:
+                self._processor.add(job.id, job.request, upload)  # type: ignore[arg-type]
+            except JobError as e:
+                self._end(job.id, FinishedJob(job.id, error=e))
+
+    def _end(self, job_id: str, done: FinishedJob) -> None:
+        processor = self._processor
+        model = processor.model_ref["name"] if processor is not None else "none"
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            job.ended_at = time.time()
+            if done.error is None and done.result is not None:
+                job.status, job.result, job.png = "finished", done.result, done.png
+                job.progress = {"phase": "done", "fraction": 1.0, "grad_evals": done.result["grad_evals"],
+                                "batch_size": done.batch_size}
+                body = payload(job_id, "finished", result=done.result)
+            else:
+                error = done.error or JobError("internal_error", "the search returned no result")
+                job.status, job.error = "failed", error.to_dict()
+                job.progress = {**job.progress, "phase": "done"}
+                body = payload(job_id, "failed", error=job.error)
+            started = job.started_at or job.created_at
+        metrics.job_ended(job.status, str(job.request.get("preset") or "unknown"), model,
+                          job.ended_at - started, job.result if job.status == "finished" else None)
+        self.webhooks.submit(job.request.get("webhook_url"), body)
+
+    def _on_progress(self, job_id: str, progress: Progress) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None and job.status == "started":
+                job.progress = dict(progress)
+
+    def _fail_in_flight(self, error: JobError) -> None:
+        processor = self._processor
+        if processor is None:
+            return
+        for job_id in processor.job_ids():
+            self._end(job_id, FinishedJob(job_id, error=error))
+        self._processor = FilterProcessor(processor.checkpoint, processor.checkpoint_id,
+                                          max_batch=self.settings.max_batch,
+                                          max_batch_pixels=self.settings.max_batch_pixels,
+                                          progress=self._on_progress)
+
+    def _sweep(self) -> None:
+        """Expire queued jobs past the job TTL and ended jobs past the result TTL (lock held)."""
+        clock = time.time()
+        if clock - self._swept < EXPIRY_SWEEP_S:
+            return
+        self._swept = clock
+        gone = [j.id for j in self._jobs.values()
+                if (j.kind == "filter" and j.status == "queued" and clock - j.created_at > self.job_ttl_s)
+                or (j.ended_at is not None and clock - j.ended_at > self.result_ttl_s)]
+        for job_id in gone:
+            del self._jobs[job_id]
+            self._tombstones[job_id] = clock
+        if gone:
+            self._queue = deque(i for i in self._queue if i in self._jobs)
+        while len(self._tombstones) > MAX_TOMBSTONES:
+            self._tombstones.popitem(last=False)
+
+    def _view(self, job_id: str, kind: str) -> JobView | None:
+        with self._lock:
+            self._sweep()
+            job = self._jobs.get(job_id)
+            if job is not None and job.kind == kind:
+                return job.view()
+            if job is None and job_id in self._tombstones:
+                return {"id": job_id, "status": "expired"}
+            return None
+
+    # ------------------------------------------------------- model and registry
+    def _new_processor(self) -> FilterProcessor:
+        active_id, record, activation = self.registry.active()
+        if active_id == SHIPPED_ID or record is None:
+            loaded, checkpoint_id = load_default(self.settings.default_model, self.device), SHIPPED_ID
+        else:
+            loaded = load_record(record, self.settings.checkpoint_path,
+                                 self.settings.default_model, self.device)
+            checkpoint_id = str(record["id"])
+        self._loaded_activation = activation
+        processor = FilterProcessor(loaded, checkpoint_id, max_batch=self.settings.max_batch,
+                                    max_batch_pixels=self.settings.max_batch_pixels, progress=self._on_progress)
+        ref = processor.model_ref
+        metrics.set_model(ref["name"], ref["sha256"], ref["checkpoint_id"])
+        return processor
+
+    def _reload(self) -> None:
+        """Between batches: load the activated checkpoint; on failure keep the loaded one."""
+        activation = self.registry.activation
+        try:
+            self._processor = self._new_processor()
+        except Exception:
+            self._loaded_activation = activation  # do not retry every round; the log says why
+            log.exception("could not load the activated checkpoint; keeping the loaded model")
+
+    def _vet(self, checkpoint_id: str) -> None:
+        from worker.vetting import vet_checkpoint
+
+        record = self.registry.get(checkpoint_id)
+        if record is None:
+            return
+        try:
+            verdict = vet_checkpoint(record, self.settings, self.device)
+        except Exception as e:  # vet_checkpoint reports known problems itself; this is a bug
+            log.exception("vetting %s failed", checkpoint_id)
+            verdict = {**record, "status": "rejected",  # type: ignore[typeddict-item]
+                       "error": {"code": "vetting_failed", "message": f"{type(e).__name__}: {e}"}}
+        self.registry.put(verdict, only_if_present=True)
+
+    def _train(self, job_id: str) -> None:
+        from worker.training_runs import run_training
+
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return
+            job.status, job.started_at = "started", time.time()
+
+        def progress(values: dict[str, Any]) -> None:
+            with self._lock:
+                job.progress = dict(values)
+
+        try:
+            record = run_training(job.request, self.settings, job_id=job_id,  # type: ignore[arg-type]
+                                  progress=progress, register=lambda record: self.registry.put(record))
+        except Exception as e:
+            error = e if isinstance(e, JobError) else JobError("training_failed", f"{type(e).__name__}: {e}")
+            with self._lock:
+                job.status, job.error, job.ended_at = "failed", error.to_dict(), time.time()
+            return
+        with self._lock:
+            job.status, job.result, job.ended_at = "finished", record, time.time()

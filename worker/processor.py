@@ -1,0 +1,289 @@
+"""The job-processing core shared by the RQ worker, ``filter_job`` and the embedded worker.
+
+A :class:`FilterProcessor` owns the loaded model and one continuous-batching
+search engine (:class:`safespot.SafeSpotSearch`) per distinct threat
+configuration (norm, eps, delta, preset).  Callers :meth:`~FilterProcessor.add`
+jobs whenever they like and call :meth:`~FilterProcessor.step`, which runs
+one forward+backward pass of one engine and returns the jobs that finished,
+each with its FilterResult and output PNG.
+
+Every engine sees the model through a differentiable resize to the model's
+input size (:class:`safespot.canvas.ResizeView`), so the perturbation lives
+at the upload's full resolution.  Images of one engine share a zero-padded
+canvas, which costs (images x largest H x largest W) memory and compute, so
+engines are also split by size class (the bit length of the longer side:
+a 32x32 thumbnail never pays for a 4000x3000 photo's canvas), and a pixel
+budget holds back images that would blow a canvas up (first come, first
+served).
+
+Threading: one thread drives a processor (it is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from models.checkpoint import LoadedCheckpoint
+from safespot import SafeSpotSearch, SearchConfig
+from safespot.canvas import ResizeView
+from worker import results
+from worker.errors import JobError
+from worker.imaging import DecodedImage, decode_png, encode_png
+from worker.protocol import FilterRequest, FilterResult, ModelRef, Progress
+
+log = logging.getLogger("safespot.worker.processor")
+
+EngineKey = tuple[str, float, float, str, int]  # (norm, eps, delta, preset, size class)
+ProgressCallback = Callable[[str, Progress], None]  # (job id, progress)
+
+
+@dataclass
+class FinishedJob:
+    """One job leaving the processor: a result and its PNG, or an error."""
+
+    job_id: str
+    result: FilterResult | None = None
+    png: bytes | None = None
+    error: JobError | None = None
+    batch_size: int = 0  # the largest batch the job was searched in
+
+
+@dataclass
+class _Job:
+    job_id: str
+    request: FilterRequest
+    image: DecodedImage
+    key: EngineKey
+    cfg: SearchConfig
+    added_at: float
+    seq: int
+    submitted: bool = False  # handed to its engine (else held back by the pixel budget)
+    abandoned: bool = False  # its caller gave up on it (timeout); its result is dropped
+    passes: int = 0
+    batch_size: int = 0
+    progress: dict[str, Any] = field(default_factory=dict)
+
+
+def select_device(name: str | None = None) -> torch.device:
+    """The device named, else CUDA when available, else CPU (decided once per process)."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def search_config(request: FilterRequest, batch_size: int) -> tuple[tuple[str, float, float, str], SearchConfig]:
+    """The threat key and SearchConfig of a request; JobError("invalid_request") when out of range."""
+    preset = str(request.get("preset") or "standard")
+    norm = str(request.get("norm") or "linf")
+    try:
+        eps = None if request.get("eps") is None else float(request["eps"])
+        delta = None if request.get("delta") is None else float(request["delta"])
+        cfg = SearchConfig.preset(preset, norm=norm, eps=eps, batch_size=batch_size,  # type: ignore[arg-type]
+                                  **({} if delta is None else {"delta": delta}))
+    except (TypeError, ValueError) as e:
+        raise JobError("invalid_request", f"invalid search settings: {e}") from e
+    return (cfg.norm, float(cfg.eps), float(cfg.budget), preset), cfg
+
+
+def check_reencode(request: FilterRequest) -> None:
+    """Re-encode-aware search is not in the engine yet.
+
+    When it lands, the re-encode spec joins the engine key (its own engine
+    optimises through the re-encode), and :func:`worker.results.build_result`
+    receives the survival check as ``reencode=``.
+    """
+    if request.get("reencode"):
+        raise JobError("reencode_unavailable",
+                       "searching through a re-encode (reencode=...) is not available yet; "
+                       "submit without it to get a lossless PNG")
+
+
+class FilterProcessor:
+    """Loaded model + search engines; add jobs, step, collect finished jobs."""
+
+    def __init__(
+        self,
+        checkpoint: LoadedCheckpoint,
+        checkpoint_id: str,
+        *,
+        max_batch: int = 64,
+        max_batch_pixels: int = 32 * 1024 * 1024,
+        max_image_pixels: int | None = None,
+        progress: ProgressCallback | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.checkpoint_id = checkpoint_id
+        self.max_batch = max_batch
+        self.max_batch_pixels = max_batch_pixels
+        self.max_image_pixels = max_image_pixels
+        self.progress = progress
+        self.clock = clock
+        param = next(checkpoint.model.parameters(), None)
+        self.device = param.device if param is not None else torch.device("cpu")
+        self.dtype = param.dtype if param is not None else torch.float32
+        self.view = ResizeView(tuple(checkpoint.info.input_size[1:]))  # type: ignore[arg-type]
+        self._engines: dict[EngineKey, SafeSpotSearch] = {}
+        self._jobs: dict[str, _Job] = {}
+        self._seq = 0
+        self.passes = 0  # forward+backward passes run, all engines
+        self.last_batch = 0  # images in the most recent pass
+
+    @property
+    def model_ref(self) -> ModelRef:
+        info = self.checkpoint.info
+        return {"name": info.name or self.checkpoint_id, "sha256": self.checkpoint.sha256,
+                "checkpoint_id": self.checkpoint_id}
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs added and not finished (each holds a batch slot)."""
+        return len(self._jobs)
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.max_batch - len(self._jobs))
+
+    def job_ids(self) -> list[str]:
+        return list(self._jobs)
+
+    # ------------------------------------------------------------------ jobs
+    def add(self, job_id: str, request: FilterRequest, png: bytes | None) -> None:
+        """Decode the upload and queue it for its engine; raises JobError for a bad request."""
+        if job_id in self._jobs:
+            raise JobError("duplicate_job", f"job {job_id} is already in flight")
+        check_reencode(request)
+        threat, cfg = search_config(request, self.max_batch)
+        image = decode_png(png, self.max_image_pixels)
+        key = (*threat, max(image.height, image.width).bit_length())
+        self._seq += 1
+        self._jobs[job_id] = _Job(job_id, request, image, key, cfg, self.clock(), self._seq)
+
+    def abandon(self, job_id: str) -> None:
+        """Stop reporting a job (its caller failed it, e.g. on a timeout).  Its image stays in
+        its batch until the engine lets it go, so the slot frees a little later."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        if job.submitted:
+            job.abandoned = True
+        else:
+            del self._jobs[job_id]
+
+    def step(self) -> list[FinishedJob]:
+        """One pass of the engine holding the oldest job; returns the jobs that finished."""
+        if not self._jobs:
+            return []
+        key = min(self._jobs.values(), key=lambda j: j.seq).key
+        self._submit_held(key)
+        engine = self._engines[key]
+        members = [j for j in self._jobs.values() if j.key == key and j.submitted]
+        self.last_batch = len(members)
+        try:
+            finished = engine.step()
+        except Exception as e:  # the engine's state is unknown now: fail its jobs, start afresh
+            log.exception("search pass failed; failing %d jobs of engine %s", len(members), key)
+            del self._engines[key]
+            for j in members:
+                del self._jobs[j.job_id]
+            error = JobError("internal_error", f"search failed: {type(e).__name__}: {e}", retryable=True)
+            return [FinishedJob(j.job_id, error=error) for j in members if not j.abandoned]
+        self.passes += engine.cost
+        outer = _outer_steps(engine)
+        for j in members:
+            j.passes += engine.cost
+            j.batch_size = max(j.batch_size, len(members))
+        out = [self._finish(r) for r in finished]
+        self._report_progress(members, outer, len(members))
+        return [f for f in out if f is not None]
+
+    def drain(self) -> list[FinishedJob]:
+        """Step until every job has finished (``filter_job`` and tests)."""
+        out: list[FinishedJob] = []
+        while self._jobs:
+            out.extend(self.step())
+        return out
+
+    # ------------------------------------------------------------- internals
+    def _submit_held(self, key: EngineKey) -> None:
+        """Hand this engine's held-back jobs to it, oldest first, while the batch and the
+        canvas pixel budget allow (an empty engine always takes one)."""
+        engine = self._engines.get(key)
+        if engine is None:
+            cfg = next(j.cfg for j in self._jobs.values() if j.key == key)
+            engine = self._engines[key] = SafeSpotSearch(self.checkpoint.model, cfg, view=self.view)
+        members = [j for j in self._jobs.values() if j.key == key and j.submitted]
+        held = sorted((j for j in self._jobs.values() if j.key == key and not j.submitted),
+                      key=lambda j: j.seq)
+        for job in held:
+            candidate = [*members, job]
+            height = max(j.image.height for j in candidate)
+            width = max(j.image.width for j in candidate)
+            if members and (len(candidate) > self.max_batch
+                            or len(candidate) * height * width > self.max_batch_pixels):
+                break  # first come, first served: later jobs wait behind this one
+            x = job.image.pixels.to(self.device, self.dtype)
+            # One (1, C, H, W) batch per image: submit() with a list of images reads x.shape
+            # and fails (safespot/search.py), while a one-image batch works for any size.
+            engine.submit(x[None], keys=[job.job_id])
+            job.submitted = True
+            members.append(job)
+
+    def _finish(self, found: Any) -> FinishedJob | None:
+        job = self._jobs.pop(found.key, None)
+        if job is None or job.abandoned:
+            return None
+        try:
+            output = found.x_safe.detach().to("cpu", torch.float32)
+            png = encode_png(output, job.image.alpha, job.image.mode)
+            result = results.build_result(
+                request=job.request, image=job.image, found=found, output=output, cfg=job.cfg,
+                preset=job.key[3], info=self.checkpoint.info, model=self.model_ref,
+                started_at=job.added_at, finished_at=self.clock())
+        except JobError as e:
+            return FinishedJob(job.job_id, error=e, batch_size=job.batch_size)
+        except Exception as e:
+            log.exception("could not build the result of job %s", job.job_id)
+            return FinishedJob(job.job_id, error=JobError("internal_error", f"{type(e).__name__}: {e}"),
+                               batch_size=job.batch_size)
+        return FinishedJob(job.job_id, result=result, png=png, batch_size=job.batch_size)
+
+    def _report_progress(self, members: list[_Job], outer: dict[Any, int], batch: int) -> None:
+        if self.progress is None:
+            return
+        for j in members:
+            if j.job_id not in self._jobs or j.abandoned:
+                continue
+            fraction = min(0.99, j.passes / _pass_budget(j.cfg))
+            progress: Progress = {"phase": "searching", "fraction": round(fraction, 3),
+                                  "grad_evals": j.passes, "outer_steps": outer.get(j.job_id, 0),
+                                  "batch_size": batch}
+            try:
+                self.progress(j.job_id, progress)
+            except Exception:  # progress is best effort: never let it break a batch
+                log.exception("progress callback failed for job %s", j.job_id)
+
+
+def _pass_budget(cfg: SearchConfig) -> int:
+    """Roughly the most passes an image can take: the search plus one verification."""
+    return max(1, cfg.outer_steps * cfg.passes_per_outer_step + (cfg.verify_steps + 1) * cfg.verify_restarts)
+
+
+def _outer_steps(engine: SafeSpotSearch) -> dict[Any, int]:
+    """Outer iterations per key, read from the engine's slots when it exposes them.
+
+    SafeSpotSearch has no public per-image progress yet; this reads its
+    private batch state defensively and reports nothing when that changes.
+    """
+    slots = getattr(engine, "_slots", None)
+    keys, steps = getattr(slots, "keys", None), getattr(slots, "k", None)
+    if keys is None or steps is None:
+        return {}
+    try:
+        return dict(zip(keys, steps.tolist(), strict=True))
+    except (TypeError, ValueError):
+        return {}

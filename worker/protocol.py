@@ -1,0 +1,225 @@
+"""The wire contract between the API (service/) and the workers (worker/).
+
+Standard library only: the API imports this module and must never import
+torch.  Everything that crosses Redis is named here: queue names, job
+function paths, Redis keys, and the JSON shapes of requests, progress and
+results.  RQ jobs use RQ's JSONSerializer (no pickle crosses Redis).
+
+Flow of a filter request
+------------------------
+1. The API validates and decodes the upload (format, byte and pixel limits,
+   EXIF orientation, colour profile to sRGB, 16-bit/CMYK/palette handling,
+   first frame of animations) and stores a *normalised lossless PNG* (mode
+   ``L``, ``LA``, ``RGB`` or ``RGBA``; alpha is kept and never perturbed)
+   under :func:`upload_key` with the job's TTL.
+2. The API enqueues an RQ job on :data:`FILTER_QUEUE` calling
+   :data:`FILTER_FUNC` with one argument, a :class:`FilterRequest`, and
+   ``job_id`` chosen by the API, ``result_ttl``/``failure_ttl`` from settings,
+   ``meta={"submitted_at": <epoch s>}``.
+3. A worker takes up to ``max_batch`` jobs (waiting at most ``max_wait_ms``
+   for more), searches them together (continuous batching: finished images
+   leave, queued ones join), writes progress into ``job.meta["progress"]``
+   (a :class:`Progress`), stores the output PNG under
+   :func:`result_image_key` and finishes the job with a :class:`FilterResult`
+   as its return value.  A known failure stores
+   ``job.meta["error"] = {"code": ..., "message": ...}`` and fails the job.
+4. When the request had a ``webhook_url``, the worker POSTs
+   ``{"job_id", "status", "result" | "error"}`` to it when the job ends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, TypedDict
+
+# --------------------------------------------------------------------- queues
+FILTER_QUEUE = "safespot-filter"
+ADMIN_QUEUE = "safespot-admin"  # checkpoint validation + vetting
+TRAIN_QUEUE = "safespot-train"  # the training sidecar
+
+FILTER_FUNC = "worker.jobs.filter_job"  # (request: FilterRequest) -> FilterResult
+VET_FUNC = "worker.jobs.vet_checkpoint_job"  # (request: VetRequest) -> CheckpointRecord
+TRAIN_FUNC = "worker.jobs.train_job"  # (request: TrainRequest) -> CheckpointRecord
+
+# ----------------------------------------------------------------------- keys
+PREFIX = "safespot:"
+
+
+def upload_key(job_id: str) -> str:
+    """Normalised PNG of an upload (bytes), expires with the job."""
+    return f"{PREFIX}upload:{job_id}"
+
+
+def result_image_key(job_id: str) -> str:
+    """The filtered PNG (bytes), expires with the job's result."""
+    return f"{PREFIX}result:{job_id}:png"
+
+
+CHECKPOINTS_KEY = f"{PREFIX}checkpoints"  # hash: checkpoint id -> CheckpointRecord JSON
+ACTIVE_CHECKPOINT_KEY = f"{PREFIX}checkpoints:active"  # string: the active checkpoint id
+ACTIVE_VERSION_KEY = f"{PREFIX}checkpoints:version"  # int, INCR on every activation
+WORKERS_KEY = f"{PREFIX}workers"  # hash: worker name -> WorkerStatus JSON
+
+
+def worker_alive_key(name: str) -> str:
+    """Set with a short TTL by each live worker (its heartbeat)."""
+    return f"{PREFIX}worker:{name}:alive"
+
+
+WORKER_HEARTBEAT_S = 5  # a worker refreshes its alive key this often
+WORKER_ALIVE_TTL_S = 20  # ... which expires after this long without a refresh
+
+# ------------------------------------------------------------------- requests
+Norm = Literal["linf", "l2"]
+Preset = Literal["standard", "fast", "paper"]
+
+
+class Reencode(TypedDict):
+    format: Literal["jpeg"]
+    quality: int  # 1..100
+
+
+class ImageInfo(TypedDict):
+    width: int
+    height: int
+    mode: str  # normalised PNG mode: L, LA, RGB, RGBA
+    format: str  # the upload's format: JPEG, PNG, WEBP, GIF, BMP, TIFF
+    bytes: int  # the upload's size
+
+
+class FilterRequest(TypedDict):
+    job_id: str
+    preset: Preset
+    norm: Norm
+    eps: float  # pixel units
+    delta: float  # pixel units (defaults to eps in the API)
+    reencode: Reencode | None
+    webhook_url: str | None
+    submitted_at: float  # epoch seconds
+    image: ImageInfo
+
+
+class Progress(TypedDict, total=False):
+    phase: Literal["queued", "searching", "encoding", "done"]
+    fraction: float  # 0..1, rough
+    grad_evals: int
+    outer_steps: int
+    batch_size: int  # images in the batch with this one
+
+
+class Prediction(TypedDict):
+    label: int
+    class_name: str
+    confidence: float  # softmax probability of the label on the original
+
+
+class Robustness(TypedDict):
+    attack: str  # e.g. "pgd-20, 1 restart, eps/4 steps, random start"
+    held: bool  # the attack failed on the output
+    margin: float  # min over attack iterates of logit[label] - best other logit
+    confidence_under_attack: float  # MSP at the attack's worst point
+
+
+class ModelRef(TypedDict):
+    name: str
+    sha256: str
+    checkpoint_id: str
+
+
+class Timings(TypedDict):
+    queued_s: float
+    search_s: float
+    total_s: float
+
+
+class FilterResult(TypedDict):
+    prediction: Prediction
+    safe_spot_found: bool
+    linf: float  # max |output - input| over pixels, in [0,1] units
+    l2: float  # ||output - input||_2 over all pixels, [0,1] units
+    psnr: float  # dB; null if identical (JSON has no inf): see docs
+    robustness: Robustness
+    ood_score: float | None  # D(x) = mu*MSP(x) + (1-mu)*MSP(x_a*); low means OOD
+    ood_flag: bool | None  # ood_score below the model's threshold
+    model: ModelRef
+    preset: str
+    threat: dict[str, Any]  # {"norm", "eps", "delta"}
+    config: dict[str, Any]  # the SearchConfig that ran
+    grad_evals: int
+    reencode: dict[str, Any] | None  # {"format", "quality", "survives": bool, ...}
+    image: dict[str, Any]  # {"width", "height", "mode"}
+    timings: Timings
+
+
+# ---------------------------------------------------------------- checkpoints
+CheckpointStatus = Literal["validating", "ready", "rejected", "active"]
+
+
+class CheckpointRecord(TypedDict, total=False):
+    id: str  # server-chosen (never the uploaded file name)
+    name: str
+    status: CheckpointStatus
+    sha256: str
+    path: str  # inside SAFESPOT_CHECKPOINT_DIR
+    size_bytes: int
+    uploaded_at: float
+    info: dict[str, Any]  # the checkpoint's own metadata (models.checkpoint.ModelInfo)
+    vetting: dict[str, Any]  # {"clean_acc", "pgd_acc", "safe_spot_rate", "n", "seconds"}
+    error: dict[str, str] | None  # {"code", "message"} when rejected
+    source: str  # "upload", "training:<job id>", "shipped"
+
+
+class VetRequest(TypedDict):
+    checkpoint_id: str
+
+
+class TrainRequest(TypedDict):
+    job_id: str
+    recipe: str
+    norm: Norm
+    eps: float
+    epochs: int
+    data: str  # "cifar10" or a path the trainer can read
+    limit: int | None
+    name: str
+    arch: str
+
+
+class WorkerStatus(TypedDict):
+    name: str
+    queues: list[str]
+    model: ModelRef | None
+    device: str
+    pid: int
+    host: str
+    started_at: float
+    last_seen: float
+    busy: bool
+
+
+# ------------------------------------------------------ the API's job backend
+class JobView(TypedDict, total=False):
+    id: str
+    status: Literal["queued", "started", "finished", "failed", "canceled", "expired"]
+    progress: Progress
+    result: FilterResult | None
+    error: dict[str, str] | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+
+
+class JobBackend(Protocol):
+    """What the API needs from the queue; Redis/RQ in production, in-process in
+    the single-command mode (`safespot serve` without SAFESPOT_REDIS_URL)."""
+
+    def submit_filter(self, request: FilterRequest, image_png: bytes) -> None: ...
+    def get_job(self, job_id: str) -> JobView | None: ...
+    def get_result_image(self, job_id: str) -> bytes | None: ...
+    def queue_depth(self) -> int: ...
+    def ready(self) -> tuple[bool, str]: ...  # (ready, reason)
+    def list_checkpoints(self) -> list[CheckpointRecord]: ...
+    def add_checkpoint(self, record: CheckpointRecord) -> None: ...  # then vetted by a worker
+    def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord: ...
+    def delete_checkpoint(self, checkpoint_id: str) -> None: ...
+    def submit_training(self, request: TrainRequest) -> None: ...
+    def get_training(self, job_id: str) -> JobView | None: ...

@@ -1,0 +1,86 @@
+"""The FilterResult of one image, built from the search's ImageResult (protocol shapes)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import Tensor
+
+from models.checkpoint import ModelInfo
+from safespot import ImageResult, SearchConfig
+from worker.imaging import DecodedImage, distortion
+from worker.protocol import FilterRequest, FilterResult, ModelRef, Robustness
+
+DEFAULT_OOD_MU = 0.5  # weight of MSP(x) in D(x) when the checkpoint names none (SPEC section 5)
+
+
+def attack_description(cfg: SearchConfig) -> str:
+    """The verification attack that decided "found", in words."""
+    step = "eps/4" if cfg.verify_step is None else f"{cfg.verify_alpha:.4g}"
+    restarts = f"{cfg.verify_restarts} restart" + ("s" if cfg.verify_restarts != 1 else "")
+    return f"pgd-{cfg.verify_steps} ({cfg.norm}, eps {cfg.eps:.4g}), {restarts}, step {step}, random start"
+
+
+def ood_score(info: ModelInfo, msp: float, msp_adv: float) -> tuple[float, bool | None]:
+    """D(x) = mu * MSP(x) + (1 - mu) * MSP(x_a*) and whether it is below the model's threshold."""
+    mu = float(info.ood.get("mu", DEFAULT_OOD_MU))
+    score = mu * msp + (1 - mu) * msp_adv
+    threshold = info.ood.get("threshold")
+    return round(score, 6), (None if threshold is None else bool(score < float(threshold)))
+
+
+def build_result(
+    *,
+    request: FilterRequest,
+    image: DecodedImage,
+    found: ImageResult,
+    output: Tensor,
+    cfg: SearchConfig,
+    preset: str,
+    info: ModelInfo,
+    model: ModelRef,
+    started_at: float,
+    finished_at: float,
+    reencode: dict[str, Any] | None = None,
+) -> FilterResult:
+    """Everything the API reports for one filtered image.
+
+    ``output`` is the answer (C, H, W) at full resolution; distances are
+    measured against the upload's own pixels.  Timings are epoch seconds.
+    """
+    label = int(found.label)
+    names = info.class_names
+    score, flag = ood_score(info, found.msp, found.msp_adv)
+    submitted = float(request.get("submitted_at") or started_at)
+    robustness: Robustness = {
+        "attack": attack_description(cfg),
+        "held": bool(found.found),
+        "margin": _finite(found.margin_adv),  # type: ignore[typeddict-item]
+        "confidence_under_attack": _finite(found.msp_adv),  # type: ignore[typeddict-item]
+    }
+    return {
+        "prediction": {"label": label, "class_name": names[label] if label < len(names) else str(label),
+                       "confidence": round(float(found.msp), 6)},
+        "safe_spot_found": bool(found.found),
+        **distortion(output, image.pixels),  # type: ignore[typeddict-item]
+        "robustness": robustness,
+        "ood_score": score,
+        "ood_flag": flag,
+        "model": model,
+        "preset": preset,
+        "threat": {"norm": cfg.norm, "eps": cfg.eps, "delta": cfg.budget},
+        "config": cfg.to_dict(),
+        "grad_evals": int(found.grad_evals),
+        "reencode": reencode,
+        "image": {"width": image.width, "height": image.height, "mode": image.mode},
+        "timings": {"queued_s": round(max(0.0, started_at - submitted), 4),
+                    "search_s": round(finished_at - started_at, 4),
+                    "total_s": round(max(0.0, finished_at - submitted), 4)},
+    }
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no inf/NaN: a margin that no verification step measured is null."""
+    v = float(value)
+    return round(v, 6) if math.isfinite(v) else None

@@ -1,0 +1,153 @@
+"""A training run as a job: TrainRequest in, a registered and vetted CheckpointRecord out.
+
+Shared by :func:`worker.jobs.train_job` (the trainer sidecar, records in
+Redis) and the embedded backend (records in memory): storage and progress
+reporting come in as callbacks.  The result is never activated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from worker import metrics
+from worker.checkpoints import new_checkpoint_id, relative_path
+from worker.errors import JobError
+from worker.logs import fields
+from worker.protocol import CheckpointRecord, TrainRequest
+from worker.settings import WorkerSettings
+from worker.vetting import vet_checkpoint
+
+log = logging.getLogger("safespot.worker.training")
+
+ProgressSink = Callable[[dict[str, Any]], None]
+RecordSink = Callable[[CheckpointRecord], object]
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def train_config(request: TrainRequest, settings: WorkerSettings, checkpoint_id: str, job_id: str) -> Any:
+    """The trainer's TrainConfig for a request; JobError("invalid_request") when it makes no sense."""
+    from safespot.config import DEFAULT_EPS
+    from safespot.training import Recipe
+    from worker.trainer import TrainConfig
+
+    try:
+        norm = request.get("norm") or "linf"
+        eps = float(request.get("eps") or DEFAULT_EPS[norm])
+        recipe = Recipe(name=request.get("recipe") or "s-fgsm-adv", norm=norm, eps=eps)
+        epochs = int(request.get("epochs") or 1)
+        if not 1 <= epochs <= 1000:
+            raise ValueError(f"epochs must be 1..1000, got {epochs}")
+    except (KeyError, TypeError, ValueError) as e:
+        raise JobError("invalid_request", f"invalid training request: {e}") from e
+    run_dir = settings.checkpoint_path / "runs" / (_SAFE_NAME.sub("_", job_id)[:64] or checkpoint_id)
+    return TrainConfig(
+        recipe=recipe, arch=request.get("arch") or "cifar_cnn", data=_data_source(request, settings),
+        data_dir=str(settings.data_dir), limit=request.get("limit"), holdout=settings.train_holdout,
+        eval_pgd=settings.train_eval_pgd, epochs=epochs, batch_size=settings.train_batch_size,
+        run_dir=str(run_dir), out=str(settings.checkpoint_path / f"{checkpoint_id}.safetensors"),
+        name=request.get("name") or checkpoint_id, threads=settings.threads,
+        command=f"training job {job_id}")
+
+
+def _data_source(request: TrainRequest, settings: WorkerSettings) -> str:
+    """'cifar10', or a path inside the data directory (an admin cannot point at other files)."""
+    data = str(request.get("data") or "cifar10")
+    if data == "cifar10":
+        return data
+    root = settings.data_dir.resolve()
+    path = (root / data).resolve()
+    if path != root and root not in path.parents:
+        raise JobError("invalid_request", f"training data {data!r} is outside the data directory")
+    return str(path)
+
+
+def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str,
+                 progress: ProgressSink, register: RecordSink) -> CheckpointRecord:
+    """Train, register the checkpoint as "validating", vet it, register the verdict; return it."""
+    from worker.trainer import train
+
+    checkpoint_id = new_checkpoint_id()
+    cfg = train_config(request, settings, checkpoint_id, job_id)
+    progress({"phase": "training", "fraction": 0.0, "epoch": 0, "epochs": cfg.epochs})
+    watcher = _EpochWatcher(Path(cfg.run_dir) / "log.jsonl", cfg.epochs, progress)
+    watcher.start()
+    started = time.time()
+    try:
+        path = Path(train(cfg, quiet=True))
+    except JobError:
+        metrics.TRAINING_JOBS.labels(outcome="failed").inc()
+        raise
+    except Exception as e:
+        metrics.TRAINING_JOBS.labels(outcome="failed").inc()
+        log.exception("training failed", extra=fields(job_id=job_id))
+        raise JobError("training_failed", f"{type(e).__name__}: {e}") from e
+    finally:
+        watcher.stop()
+    from models.checkpoint import file_sha256
+
+    record: CheckpointRecord = {
+        "id": checkpoint_id, "name": cfg.name, "status": "validating", "sha256": file_sha256(path),
+        "path": relative_path(path, settings.checkpoint_path), "size_bytes": path.stat().st_size,
+        "uploaded_at": round(time.time(), 3), "info": {}, "vetting": {}, "error": None,
+        "source": f"training:{job_id}"}
+    register(record)
+    progress({"phase": "vetting", "fraction": 0.97, "epoch": cfg.epochs, "epochs": cfg.epochs,
+              "checkpoint_id": checkpoint_id, "train_seconds": round(time.time() - started, 1)})
+    record = vet_checkpoint(record, settings)
+    register(record)
+    outcome = "finished" if record.get("status") == "ready" else "rejected"
+    metrics.TRAINING_JOBS.labels(outcome=outcome).inc()
+    progress({"phase": "done", "fraction": 1.0, "epoch": cfg.epochs, "epochs": cfg.epochs,
+              "checkpoint_id": checkpoint_id})
+    log.info("training %s", outcome, extra=fields(job_id=job_id, checkpoint_id=checkpoint_id))
+    return record
+
+
+class _EpochWatcher:
+    """Follows the trainer's log.jsonl (one line per epoch) and reports each new epoch.
+
+    The trainer has no progress callback; its per-epoch log is the contract.
+    """
+
+    def __init__(self, log_path: Path, epochs: int, progress: ProgressSink, period_s: float = 1.0) -> None:
+        self.log_path, self.epochs, self.progress, self.period_s = log_path, epochs, progress, period_s
+        self._seen = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="safespot-train-progress", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._poll()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
+        except OSError:
+            return
+        if len(lines) <= self._seen:
+            return
+        self._seen = len(lines)
+        try:
+            last = json.loads(lines[-1])
+        except ValueError:
+            last = {}
+        try:
+            self.progress({"phase": "training", "fraction": round(0.95 * self._seen / max(1, self.epochs), 3),
+                           "epoch": self._seen, "epochs": self.epochs, "last_epoch": last})
+        except Exception:
+            log.exception("could not report training progress")

@@ -1,0 +1,188 @@
+"""Validate and vet an uploaded (or freshly trained) checkpoint.
+
+:func:`vet_checkpoint` takes a CheckpointRecord whose file lies in the
+checkpoint directory and returns the updated record: ``status: "ready"``
+with a short vetting evaluation, or ``status: "rejected"`` with an error
+code and message.  It never activates anything and never executes code
+from the file:
+
+- ``.safetensors`` files load through :func:`models.checkpoint.load_checkpoint`
+  (no pickle at all; metadata, digest, shapes, finite weights, a probe run);
+- anything else is read as a PyTorch state dict with
+  ``torch.load(weights_only=True)`` (a restricted unpickler: a pickle that
+  would run code is refused before any of it runs), built with the
+  record's metadata (``record["info"]``) and converted to our safetensors
+  format next to it.
+
+The vetting evaluation is the paper's protocol (SPEC section 6) on a fixed
+strided slice of CIFAR-10 test images: clean and PGD-20 accuracy of the
+originals and the S-Full safe-spot rate with the ``fast`` preset.  It is
+skipped, with the reason recorded, when no data fits the model's input size
+and classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from models.checkpoint import (
+    LoadedCheckpoint,
+    ModelInfo,
+    load_checkpoint,
+    load_state_dict_file,
+    model_from_state,
+    save_checkpoint,
+)
+from models.errors import ModelError
+from safespot.threat import Norm
+from worker.checkpoints import checkpoint_file, json_safe, new_checkpoint_id, relative_path
+from worker.errors import JobError
+from worker.protocol import CheckpointRecord
+from worker.settings import WorkerSettings
+
+log = logging.getLogger("safespot.worker.vetting")
+
+VETTING_PRESET = "fast"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SAFETENSORS_HEADER_LIMIT = 16 * 1024**2
+
+
+def vet_checkpoint(record: Mapping[str, Any], settings: WorkerSettings,
+                   device: torch.device | None = None) -> CheckpointRecord:
+    """Validate the record's file, convert it if needed, and vet it; returns the new record."""
+    out: dict[str, Any] = dict(record)
+    try:
+        loaded = _validated(out, settings)
+    except JobError as e:
+        return _rejected(out, e)
+    except ModelError as e:
+        return _rejected(out, JobError(e.code, str(e)))
+    out.update(sha256=loaded.sha256, path=relative_path(loaded.path, settings.checkpoint_path),
+               size_bytes=loaded.path.stat().st_size, info=json_safe(asdict(loaded.info)), error=None)
+    if not out.get("name"):
+        out["name"] = loaded.info.name or str(out.get("id"))
+    if device is not None:
+        loaded.model.to(device)
+    try:
+        out["vetting"] = vetting_evaluation(loaded, settings)
+    except Exception as e:  # a model that loads but cannot be attacked is not servable either
+        log.exception("vetting evaluation of %s failed", out.get("id"))
+        return _rejected(out, JobError("vetting_failed", f"{type(e).__name__}: {e}"))
+    out["status"] = "ready"
+    return cast(CheckpointRecord, out)
+
+
+def _rejected(record: dict[str, Any], error: JobError) -> CheckpointRecord:
+    log.warning("checkpoint %s rejected: %s: %s", record.get("id"), error.code, error.message)
+    record.update(status="rejected", error=error.to_dict())
+    return cast(CheckpointRecord, record)
+
+
+def _validated(record: Mapping[str, Any], settings: WorkerSettings) -> LoadedCheckpoint:
+    path = checkpoint_file(record, settings.checkpoint_path, settings.default_model)
+    if not path.is_file():
+        raise JobError("checkpoint_missing", f"no file for checkpoint {record.get('id')}")
+    size = path.stat().st_size
+    if size > settings.max_checkpoint_bytes:
+        raise JobError("checkpoint_too_large",
+                       f"{size} bytes is over the {settings.max_checkpoint_bytes}-byte limit")
+    if is_safetensors(path):
+        return load_checkpoint(path)
+    return _convert_state_dict(record, path, settings.checkpoint_path)
+
+
+def is_safetensors(path: Path) -> bool:
+    """Sniff the content, not the name: an 8-byte header length then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 0 < n <= _SAFETENSORS_HEADER_LIMIT and head[8:9] == b"{"
+
+
+def _convert_state_dict(record: Mapping[str, Any], path: Path, checkpoint_dir: Path) -> LoadedCheckpoint:
+    raw_info = record.get("info")
+    if not isinstance(raw_info, dict) or not raw_info:
+        raise JobError("missing_metadata",
+                       "a state dict needs its metadata (architecture, classes, input size, normalisation)")
+    info = ModelInfo.from_dict(dict(raw_info))
+    try:
+        state = load_state_dict_file(path)
+    except ModelError as e:
+        if isinstance(e.__cause__, pickle.UnpicklingError):
+            raise JobError("unsafe_checkpoint", f"refused to unpickle: {e}") from e
+        raise
+    model = model_from_state(info, state)
+    record_id = str(record.get("id") or "")
+    stem = record_id if _SAFE_ID.match(record_id) else new_checkpoint_id()
+    target = checkpoint_dir / f"{stem}.safetensors"
+    save_checkpoint(model, info, target)
+    loaded = load_checkpoint(target)  # re-read exactly what workers will load
+    if path.resolve() != target.resolve():
+        path.unlink(missing_ok=True)  # the converted file replaces the upload
+    return loaded
+
+
+# ------------------------------------------------------------------ evaluation
+def vetting_evaluation(loaded: LoadedCheckpoint, settings: WorkerSettings) -> dict[str, Any]:
+    """Clean / PGD-20 accuracy and S-Full safe-spot rate on the fixed slice, or why it was skipped."""
+    from safespot import SearchConfig
+    from safespot.config import DEFAULT_EPS
+    from safespot.evaluation import evaluate_methods
+    from worker.data import strided_indices, to_tensor
+
+    data = vetting_slice(settings, loaded.info)
+    if isinstance(data, str):
+        return {"skipped": data}
+    x_all, y_all, source = data
+    idx = strided_indices(len(x_all), settings.vetting_n)
+    device = next(loaded.model.parameters()).device
+    x = to_tensor(x_all[idx], device)
+    y = torch.from_numpy(y_all[idx]).to(device)
+    threat = loaded.info.threat or {}
+    norm: Norm = "l2" if threat.get("norm") == "l2" else "linf"
+    eps = float(threat.get("eps") or DEFAULT_EPS[norm])
+    cfg = SearchConfig.preset(VETTING_PRESET, norm=norm, eps=eps)
+    started = time.time()
+    reports = evaluate_methods(loaded.model, x, y, cfg, methods=("none", "s-full"))
+    none, full = reports["none"], reports["s-full"]
+    return json_safe({
+        "clean_acc": none.clean_acc, "pgd_acc": none.adv_acc, "safe_spot_rate": full.safe_spot_rate,
+        "s_full_adv_acc": full.adv_acc, "grad_evals_per_image": full.grad_evals_per_image,
+        "n": len(idx), "seconds": round(time.time() - started, 2), "preset": VETTING_PRESET,
+        "threat": {"norm": norm, "eps": eps}, "attack": "pgd-20, step eps/4, random start",
+        "data": source, "indices": f"stride {len(x_all) / len(idx):g} from 0",
+    })
+
+
+def vetting_slice(settings: WorkerSettings, info: ModelInfo) -> tuple[np.ndarray, np.ndarray, str] | str:
+    """Test images (uint8 NHWC) and labels that fit the model, or the reason there are none."""
+    path = settings.vetting_data or settings.data_dir / "cifar10_test.npz"
+    if not Path(path).is_file():
+        return f"no vetting data at {path}"
+    with np.load(path, allow_pickle=False) as f:
+        keys = ("x_test", "y_test") if "x_test" in f.files else ("x", "y")
+        if not all(k in f.files for k in keys):
+            return f"{Path(path).name} has no {keys[0]}/{keys[1]} arrays"
+        x, y = f[keys[0]], f[keys[1]].astype(np.int64)
+    channels, height, width = info.input_size
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        return f"{Path(path).name}: images must be uint8 (N, H, W, C)"
+    if tuple(x.shape[1:3]) != (height, width) or channels != 3:
+        return (f"no vetting data for input size {tuple(info.input_size)} "
+                f"({Path(path).name} holds {x.shape[3]}x{x.shape[1]}x{x.shape[2]} images)")
+    classes = int(y.max()) + 1 if len(y) else 0
+    if classes != info.num_classes:
+        return f"no vetting data for {info.num_classes} classes ({Path(path).name} has {classes})"
+    return x, y, f"{Path(path).name} ({len(x)} images)"
