@@ -9,7 +9,7 @@ to the model's input size, while the perturbation lives at full resolution.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -72,3 +72,12 @@ class ResizeView:
                                     align_corners=False, antialias=True)[0]
             views.append(img)
         return torch.stack(views)
+
+
+def map_rows(fn: Callable[[Tensor], Tensor], rows: Tensor, sizes: Sequence[Size]) -> Tensor:
+    """Apply `fn` to each image's own region of a canvas batch; padding stays zero."""
+    out = torch.zeros_like(rows)
+    for i, size in enumerate(sizes):
+        region = tuple(slice(0, s) for s in size)
+        out[i][region] = fn(rows[i][region])
+    return out

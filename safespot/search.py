@@ -31,6 +31,7 @@ from torch import Tensor
 from safespot.canvas import Size, crop, stack_canvas
 from safespot.config import SearchConfig
 from safespot.losses import Classifier, evaluate, passes_per_call, predict_logits
+from safespot.publish import Reencode
 from safespot.slots import Slots
 from safespot.threat import on_pixel_grid
 
@@ -79,10 +80,12 @@ class SafeSpotSearch:
     drives it over a fixed set; the worker feeds it from a queue.
     """
 
-    def __init__(self, model: Classifier, config: SearchConfig, view: View | None = None) -> None:
+    def __init__(self, model: Classifier, config: SearchConfig, view: View | None = None,
+                 reencode: Reencode | None = None) -> None:
         self.model = model
         self.cfg = config
         self.view = view
+        self.reencode = reencode
         self.cost = passes_per_call(model)
         self._waiting: list[tuple[Any, Tensor, int | None]] = []
         self._slots: Slots | None = None
@@ -170,7 +173,7 @@ class SafeSpotSearch:
         rng_search = [_generator(self.cfg.seed, img, "search") for _, img, _ in batch]
         rng_verify = [_generator(self.cfg.seed, img, "verify") for _, img, _ in batch]
         new = Slots.start(self.cfg, [key for key, _, _ in batch], sizes, x_o, y,
-                          logits.softmax(dim=1).amax(dim=1), rng_search, rng_verify)
+                          logits.softmax(dim=1).amax(dim=1), rng_search, rng_verify, self.reencode)
         self._slots = new if self._slots is None else self._slots.extend(new)
 
 
@@ -193,14 +196,17 @@ def find_safe_spots(
     *,
     labels: Tensor | None = None,
     progress: Progress | None = None,
+    reencode: Reencode | None = None,
 ) -> SearchResult:
     """Find a safe spot for every image of x (N, C, H, W), 8-bit values in [0,1].
 
     `model` maps [0,1] images to logits and must be in eval mode.  Labels
     default to the model's own predictions (all a service knows).  Device and
-    dtype follow x.  Results are in input order.
+    dtype follow x.  Results are in input order.  With `reencode`, the search
+    plans for the platform's JPEG re-encode and "found" means the re-encoded
+    image held.
     """
-    engine = SafeSpotSearch(model, config or SearchConfig.preset("standard"))
+    engine = SafeSpotSearch(model, config or SearchConfig.preset("standard"), reencode=reencode)
     engine.submit(x, labels)
     results = sorted(engine.run(progress), key=lambda r: r.key)
     return collate(results, like=x)

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from safespot.canvas import cat_rows
+from safespot.canvas import cat_rows, map_rows
 from safespot.config import SearchConfig
 from safespot.losses import Evaluation
 from safespot.outer import OuterState, init_outer, outer_step
+from safespot.publish import Reencode
 from safespot.threat import (
     Norm,
     per_sample,
@@ -49,6 +50,7 @@ class Slots:
     rng_search: list[torch.Generator]
     rng_verify: list[torch.Generator]
     outer: OuterState
+    reencode: Reencode | None  # plan for (and verify after) a platform's re-encode
     # Images (rows x C x H x W).
     x_o: Tensor  # the original
     x_s: Tensor  # the outer iterate
@@ -88,7 +90,7 @@ class Slots:
     @classmethod
     def start(cls, cfg: SearchConfig, keys: list[Any], sizes: list[tuple[int, ...]], x_o: Tensor,
               y: Tensor, msp: Tensor, rng_search: list[torch.Generator],
-              rng_verify: list[torch.Generator]) -> Slots:
+              rng_verify: list[torch.Generator], reencode: Reencode | None = None) -> Slots:
         """Rows for new images x_o with labels y: verify x_o first, or start searching.
 
         x_o is a canvas batch: image i fills ``x_o[i, :C, :H, :W]`` for its
@@ -101,7 +103,7 @@ class Slots:
             return torch.full((n,), value, dtype=dtype, device=dev)
 
         slots = cls(
-            cfg, keys, sizes, rng_search, rng_verify, init_outer(cfg, x_o, x_s),
+            cfg, keys, sizes, rng_search, rng_verify, init_outer(cfg, x_o, x_s), reencode,
             x_o=x_o, x_s=x_s, best=x_s.clone(), center=x_o.clone(), x_a=x_o.clone(),
             attached=torch.ones_like(x_o, dtype=torch.bool), grad_acc=torch.zeros_like(x_o),
             candidate=x_o.clone(), y=y, msp=msp.to(x_o.dtype),
@@ -184,9 +186,10 @@ class Slots:
 
     # ---------------------------------------------------------- transitions
     def _begin_verify(self, idx: Tensor, candidate: Tensor, final: bool = False) -> None:
+        """Verify 8-bit candidates (rows idx) — after the re-encode when one is planned for."""
         self.phase[idx] = VERIFY
         self.candidate[idx] = candidate
-        self.center[idx] = candidate
+        self.center[idx] = candidate if self.reencode is None else self._rows_map(self.reencode.published, idx, candidate)
         self.final[idx] = final
         self.r[idx] = 0
         self.worst_loss[idx] = -torch.inf
@@ -195,7 +198,8 @@ class Slots:
 
     def _begin_inner(self, idx: Tensor) -> None:
         self.phase[idx] = INNER
-        self.center[idx] = self.x_s[idx]
+        x_s = self.x_s[idx]
+        self.center[idx] = x_s if self.reencode is None else self._rows_map(self.reencode.surrogate, idx, x_s)
         self.r[idx] = 0
         self.grad_acc[idx] = 0
         self.loss_acc[idx] = 0
@@ -243,11 +247,24 @@ class Slots:
         unbroken = ~self.broke[idx] if cfg.early_exit else torch.zeros_like(self.broke[idx])
         candidates, others = idx[unbroken], idx[~unbroken]
         candidate_x = quantize_toward(self.x_s[candidates], self.x_o[candidates])
-        self.x_s[idx] = outer_step(cfg, self.outer, idx, self.x_s[idx], self.x_o[idx], self.grad_acc[idx])
+        grad = self.grad_acc[idx] if self.reencode is None else self._through_reencode(idx)
+        self.x_s[idx] = outer_step(cfg, self.outer, idx, self.x_s[idx], self.x_o[idx], grad)
         self.k[idx] += 1
         if candidates.numel():
             self._begin_verify(candidates, candidate_x)
         self._continue_or_finalize(others)
+
+    def _rows_map(self, fn: Any, idx: Tensor, rows: Tensor) -> Tensor:
+        return map_rows(fn, rows, [self.sizes[i] for i in idx.tolist()])
+
+    def _through_reencode(self, idx: Tensor) -> Tensor:
+        """The outer gradient w.r.t. x_s when the attack ran on surrogate(x_s): J^T g."""
+        assert self.reencode is not None
+        with torch.enable_grad():
+            x_s = self.x_s[idx].detach().requires_grad_(True)
+            published = self._rows_map(self.reencode.surrogate, idx, x_s)
+            (grad,) = torch.autograd.grad(published, x_s, grad_outputs=self.grad_acc[idx])
+        return grad
 
     def _continue_or_finalize(self, idx: Tensor) -> None:
         """Search on while outer steps remain; otherwise verify the answer one last time."""

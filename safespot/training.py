@@ -39,6 +39,7 @@ class Recipe:
     delta: float | None = None  # safe-spot step budget; None: eps
     attack: Literal["pgd", "fast"] = "fast"  # how x_a* is built from x_s* (or x)
     attack_steps: int = 10  # k for PGD attacks (paper: 10, step eps/4)
+    attack_step: float = 0.25  # PGD step as a fraction of eps (the paper: 1/4)
     safe_steps: int = 10  # s-pgd-adv: targeted PGD steps towards y
     safe_direction: Literal["towards", "away"] = "towards"
     sigma: float = 0.25  # gaussian
@@ -104,6 +105,6 @@ def training_inputs(model: nn.Module, x: Tensor, y: Tensor, recipe: Recipe,
     if recipe.fast_attack:
         return fgsm(model, start, y, norm=recipe.norm, eps=recipe.eps,
                     alpha=FAST_STEP * recipe.eps, random_start=True, generator=generator)
-    return pgd(model, start, y, norm=recipe.norm, eps=recipe.eps, alpha=recipe.eps / 4,
+    return pgd(model, start, y, norm=recipe.norm, eps=recipe.eps, alpha=recipe.attack_step * recipe.eps,
                steps=recipe.attack_steps, random_start=True, stop_on_success=False,
                generator=generator).x_adv

@@ -14,9 +14,19 @@ Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg
 
 
 def _registry() -> list[Register]:
-    from safespot_cli import eval_cmd, serve_cmd, train_cmd, worker_cmd
+    from safespot_cli import (
+        bench_cmd,
+        card_cmd,
+        eval_cmd,
+        ood_calibrate_cmd,
+        ood_eval_cmd,
+        serve_cmd,
+        train_cmd,
+        worker_cmd,
+    )
 
-    return [serve_cmd.register, worker_cmd.register, eval_cmd.register, train_cmd.register]
+    return [serve_cmd.register, worker_cmd.register, eval_cmd.register, ood_eval_cmd.register,
+            ood_calibrate_cmd.register, train_cmd.register, bench_cmd.register, card_cmd.register]
 
 
 REGISTRY: list[Register] = _registry()

@@ -29,6 +29,12 @@ def register(sub: Any) -> None:
     p.add_argument("--delta", type=float, default=None, help="safe-spot step budget (default: eps)")
     p.add_argument("--attack", default="fast", choices=["fast", "pgd"], help="how s-*-adv attack the candidate")
     p.add_argument("--attack-steps", type=int, default=10)
+    p.add_argument("--attack-step", type=float, default=0.25, help="PGD step as a fraction of eps")
+    p.add_argument("--warmup-recipe", default=None,
+                   choices=["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv"],
+                   help="recipe of the first --warmup-epochs epochs (a curriculum)")
+    p.add_argument("--warmup-epochs", type=int, default=0)
+    p.add_argument("--init-from", default=None, help="fine-tune: start from this checkpoint's weights")
     p.add_argument("--safe-direction", default="towards", choices=["towards", "away"],
                    help="'away' reproduces the authors' public script")
     p.add_argument("--sigma", type=float, default=0.25, help="noise level of the gaussian recipe")
@@ -62,11 +68,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from worker.trainer import TrainConfig
 
     eps = args.eps if args.eps is not None else DEFAULT_EPS[args.norm]
-    recipe = Recipe(name=args.recipe, norm=args.norm, eps=eps, delta=args.delta, attack=args.attack,
-                    attack_steps=args.attack_steps, safe_direction=args.safe_direction, sigma=args.sigma)
+    common = dict(norm=args.norm, eps=eps, delta=args.delta, attack=args.attack,
+                  attack_steps=args.attack_steps, attack_step=args.attack_step,
+                  safe_direction=args.safe_direction, sigma=args.sigma)
+    recipe = Recipe(name=args.recipe, **common)
+    warmup = Recipe(name=args.warmup_recipe, **common) if args.warmup_recipe else None
     arch_args = {"width": args.width} if args.width else {}
     out = args.out or f"{args.run_dir}/model.safetensors"
-    return TrainConfig(recipe=recipe, arch=args.arch, arch_args=arch_args, data=args.data,
+    return TrainConfig(recipe=recipe, warmup=warmup, warmup_epochs=args.warmup_epochs,
+                       init_from=args.init_from, arch=args.arch, arch_args=arch_args, data=args.data,
                        data_dir=args.data_dir, limit=args.limit, holdout=args.holdout,
                        eval_pgd=args.eval_pgd, epochs=args.epochs, batch_size=args.batch_size,
                        lr=args.lr, seed=args.seed, run_dir=args.run_dir, out=out, name=args.name,

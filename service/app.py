@@ -16,6 +16,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.responses import FileResponse, Response
+from starlette.types import Scope
 
 from service.body_limit import BodyLimit
 from service.errors import install_error_handlers
@@ -28,6 +30,17 @@ from worker.protocol import JobBackend
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 FORM_OVERHEAD_BYTES = 256 * 1024  # multipart boundaries and the small text fields
 DEFAULT_BODY_BYTES = 1024 * 1024  # JSON bodies of the other routes
+# The page at `/` (service/static, served under /static): revalidated on each load (ETag), so a new deployment's page
+# is seen at once, and confined to this origin: it keeps the API key in localStorage.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 DESCRIPTION = """\
 Protect images before publication: `POST /v1/filter` returns a minimally
@@ -53,6 +66,16 @@ def body_limit_for(settings: Settings) -> Callable[[str, str], int]:
             return settings.max_checkpoint_bytes + FORM_OVERHEAD_BYTES
         return DEFAULT_BODY_BYTES
     return limit
+
+
+class PageFiles(StaticFiles):
+    """StaticFiles with PAGE_HEADERS on what it serves (errors keep the API's JSON shape)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if response.status_code < 400:
+            response.headers.update(PAGE_HEADERS)
+        return response
 
 
 def create_app(settings: Settings, backend: JobBackend | None = None) -> FastAPI:
@@ -96,8 +119,15 @@ def create_app(settings: Settings, backend: JobBackend | None = None) -> FastAPI
     app.include_router(jobs.router)
     app.include_router(checkpoints.router)
     app.include_router(training.router)
-    if STATIC_DIR.is_dir():  # the demo page; mounted last so API routes win
-        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+    if (STATIC_DIR / "index.html").is_file():  # the page at `/`, its files under /static
+        index = STATIC_DIR / "index.html"
+
+        @app.get("/", include_in_schema=False)
+        async def page() -> FileResponse:
+            return FileResponse(index, headers=PAGE_HEADERS)
+
+        # Not mounted at `/`: unknown paths stay 404 "unmatched" in the metrics, not "/".
+        app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=sorted(settings.cors_origins),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,3 +97,22 @@ def distortion(output: Tensor, original: Tensor) -> dict[str, float | None]:
         "l2": math.sqrt(squares) / _LEVELS,
         "psnr": None if mse == 0 else round(10 * math.log10(1.0 / mse), 4),
     }
+
+
+def jpeg_roundtrip(quality: int) -> Callable[[Tensor], Tensor]:
+    """The real re-encode a platform applies: Pillow's JPEG encoder at `quality`
+    (4:2:0 chroma, Pillow's default) and its decoder, on one (C, H, W) image."""
+
+    def roundtrip(image: Tensor) -> Tensor:
+        levels = to_levels(image.detach().cpu())  # (C, H, W)
+        mode = "L" if levels.shape[0] == 1 else "RGB"
+        hwc = levels[0] if mode == "L" else np.ascontiguousarray(np.moveaxis(levels, 0, -1))
+        buf = io.BytesIO()
+        Image.fromarray(hwc, mode=mode).save(buf, format="JPEG", quality=quality)
+        decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(mode), dtype=np.uint8)
+        if decoded.ndim == 2:
+            decoded = decoded[..., None]
+        back = torch.from_numpy(decoded.copy()).permute(2, 0, 1)
+        return back.to(device=image.device, dtype=image.dtype) / 255
+
+    return roundtrip

@@ -31,15 +31,17 @@ import torch
 
 from models.checkpoint import LoadedCheckpoint
 from safespot import SafeSpotSearch, SearchConfig
+from safespot.attacks import pgd
 from safespot.canvas import ResizeView
+from safespot.publish import Reencode
 from worker import results
 from worker.errors import JobError
-from worker.imaging import DecodedImage, decode_png, encode_png
+from worker.imaging import DecodedImage, decode_png, encode_png, jpeg_roundtrip
 from worker.protocol import FilterRequest, FilterResult, ModelRef, Progress
 
 log = logging.getLogger("safespot.worker.processor")
 
-EngineKey = tuple[str, float, float, str, int]  # (norm, eps, delta, preset, size class)
+EngineKey = tuple[str, float, float, str, int, int]  # (norm, eps, delta, preset, size class, jpeg q or 0)
 ProgressCallback = Callable[[str, Progress], None]  # (job id, progress)
 
 
@@ -89,17 +91,14 @@ def search_config(request: FilterRequest, batch_size: int) -> tuple[tuple[str, f
     return (cfg.norm, float(cfg.eps), float(cfg.budget), preset), cfg
 
 
-def check_reencode(request: FilterRequest) -> None:
-    """Re-encode-aware search is not in the engine yet.
-
-    When it lands, the re-encode spec joins the engine key (its own engine
-    optimises through the re-encode), and :func:`worker.results.build_result`
-    receives the survival check as ``reencode=``.
-    """
-    if request.get("reencode"):
-        raise JobError("reencode_unavailable",
-                       "searching through a re-encode (reencode=...) is not available yet; "
-                       "submit without it to get a lossless PNG")
+def reencode_quality(request: FilterRequest) -> int:
+    """The JPEG quality the platform re-encodes with, or 0 for none."""
+    spec = request.get("reencode")
+    if not spec:
+        return 0
+    if spec.get("format") != "jpeg" or not 1 <= int(spec.get("quality", 0)) <= 100:
+        raise JobError("invalid_request", f"unsupported re-encode {spec!r}; use jpeg:1..100")
+    return int(spec["quality"])
 
 
 class FilterProcessor:
@@ -156,10 +155,10 @@ class FilterProcessor:
         """Decode the upload and queue it for its engine; raises JobError for a bad request."""
         if job_id in self._jobs:
             raise JobError("duplicate_job", f"job {job_id} is already in flight")
-        check_reencode(request)
+        quality = reencode_quality(request)
         threat, cfg = search_config(request, self.max_batch)
         image = decode_png(png, self.max_image_pixels)
-        key = (*threat, max(image.height, image.width).bit_length())
+        key = (*threat, max(image.height, image.width).bit_length(), quality)
         self._seq += 1
         self._jobs[job_id] = _Job(job_id, request, image, key, cfg, self.clock(), self._seq)
 
@@ -215,7 +214,10 @@ class FilterProcessor:
         engine = self._engines.get(key)
         if engine is None:
             cfg = next(j.cfg for j in self._jobs.values() if j.key == key)
-            engine = self._engines[key] = SafeSpotSearch(self.checkpoint.model, cfg, view=self.view)
+            quality = key[5]
+            reencode = Reencode(quality, exact=jpeg_roundtrip(quality)) if quality else None
+            engine = self._engines[key] = SafeSpotSearch(self.checkpoint.model, cfg, view=self.view,
+                                                         reencode=reencode)
         members = [j for j in self._jobs.values() if j.key == key and j.submitted]
         held = sorted((j for j in self._jobs.values() if j.key == key and not j.submitted),
                       key=lambda j: j.seq)
@@ -227,9 +229,7 @@ class FilterProcessor:
                             or len(candidate) * height * width > self.max_batch_pixels):
                 break  # first come, first served: later jobs wait behind this one
             x = job.image.pixels.to(self.device, self.dtype)
-            # One (1, C, H, W) batch per image: submit() with a list of images reads x.shape
-            # and fails (safespot/search.py), while a one-image batch works for any size.
-            engine.submit(x[None], keys=[job.job_id])
+            engine.submit([x], keys=[job.job_id])
             job.submitted = True
             members.append(job)
 
@@ -243,7 +243,8 @@ class FilterProcessor:
             result = results.build_result(
                 request=job.request, image=job.image, found=found, output=output, cfg=job.cfg,
                 preset=job.key[3], info=self.checkpoint.info, model=self.model_ref,
-                started_at=job.added_at, finished_at=self.clock())
+                started_at=job.added_at, finished_at=self.clock(),
+                reencode=self._reencode_report(job, found) if job.key[5] else None)
         except JobError as e:
             return FinishedJob(job.job_id, error=e, batch_size=job.batch_size)
         except Exception as e:
@@ -251,6 +252,24 @@ class FilterProcessor:
             return FinishedJob(job.job_id, error=JobError("internal_error", f"{type(e).__name__}: {e}"),
                                batch_size=job.batch_size)
         return FinishedJob(job.job_id, result=result, png=png, batch_size=job.batch_size)
+
+    def _reencode_report(self, job: _Job, found: Any) -> dict[str, Any]:
+        """With a planned re-encode, "found" is the verdict on the re-encoded image; also say
+        whether the PNG itself (published without re-encoding) holds, by one more attack."""
+        cfg, size = job.cfg, [tuple(found.x_safe.shape)]
+        model, view = self.checkpoint.model, self.view
+
+        def classify(z: torch.Tensor) -> torch.Tensor:
+            return model(view(z, size))
+
+        attack = pgd(classify, found.x_safe[None], torch.tensor([found.label], device=self.device),
+                     norm=cfg.norm, eps=cfg.eps, alpha=cfg.verify_alpha, steps=cfg.verify_steps,
+                     restarts=cfg.verify_restarts,
+                     generator=torch.Generator(device=self.device).manual_seed(cfg.seed + 1))
+        return {"format": "jpeg", "quality": job.key[5], "survives": bool(found.found),
+                "verified_with": "Pillow JPEG encoder",
+                "safe_without_reencode": not bool(attack.success[0]),
+                "extra_grad_evals": attack.grad_evals}
 
     def _report_progress(self, members: list[_Job], outer: dict[Any, int], batch: int) -> None:
         if self.progress is None:

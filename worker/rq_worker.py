@@ -58,6 +58,7 @@ log = logging.getLogger("safespot.worker")
 
 IDLE_POLL_S = 5  # an idle worker wakes this often (heartbeat, maintenance, activations)
 ACTIVATION_CHECK_S = 1.0  # between passes, read the activation version at most this often
+REDIS_WAIT_CAP_S = 5.0  # after a job, retry an unreachable Redis at least this often
 
 
 @dataclass
@@ -144,14 +145,37 @@ class BatchingWorker(SimpleWorker):
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if job.func_name != FILTER_FUNC or self.processor is None:
-            super().execute_job(job, queue)  # vetting, training: in process, one at a time
+            try:
+                super().execute_job(job, queue)  # vetting, training: in process, one at a time
+            finally:
+                self._wait_for_redis()
             return
         try:
             if self.models.changed():  # activated while we waited for this job: serve it the new model
                 self._reload_model()
             self._run_batch(job, queue)
         finally:
+            self._wait_for_redis()
             self.set_state(WorkerStatus.IDLE)
+
+    def _wait_for_redis(self) -> None:
+        """Block until Redis answers again (backoff up to REDIS_WAIT_CAP_S).
+
+        RQ's work loop quits the process on any Redis error raised outside the
+        dequeue (``set_state``, ``heartbeat``, maintenance), so a batch that ended
+        because Redis went away would otherwise take the worker down with it.
+        The in-flight jobs were already failed or abandoned by ``_run_batch``."""
+        backoff = 0.5
+        while True:
+            try:
+                self.connection.ping()
+                return
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                if self._stop_requested:
+                    return
+                log.error("Redis unreachable after a job (%s); retrying in %.1f s", e, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, REDIS_WAIT_CAP_S)
 
     # ------------------------------------------------------------ the batch
     def _run_batch(self, first: Job, queue: Queue) -> None:

@@ -46,6 +46,11 @@ ExtraLoss = Callable[[nn.Module, int], tuple[Tensor, dict[str, float]]]  # (mode
 @dataclass
 class TrainConfig:
     recipe: Recipe = field(default_factory=Recipe)
+    # Optional curriculum: the first `warmup_epochs` use `warmup` (e.g. plain adversarial
+    # training), the rest `recipe` (e.g. safe-spot-aware fine-tuning).
+    warmup: Recipe | None = None
+    warmup_epochs: int = 0
+    init_from: str | None = None  # start from this checkpoint's weights (fine-tuning)
     arch: str = "cifar_cnn"
     arch_args: dict[str, Any] = field(default_factory=dict)
     data: str = "cifar10"
@@ -58,7 +63,7 @@ class TrainConfig:
     lr: float = 0.15  # peak of the one-cycle schedule
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup: float = 0.4  # fraction of steps spent rising to the peak
+    lr_rise: float = 0.4  # fraction of steps spent rising to the peak learning rate
     augment: bool = True
     seed: int = 0
     run_dir: str = "runs/train"
@@ -71,7 +76,13 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["recipe"] = self.recipe.to_dict()
+        d["warmup"] = None if self.warmup is None else self.warmup.to_dict()
         return d
+
+    def recipe_for(self, epoch: int) -> Recipe:
+        if self.warmup is not None and epoch < self.warmup_epochs:
+            return self.warmup
+        return self.recipe
 
 
 def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = False) -> Path:
@@ -85,6 +96,12 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
     train_idx, held_idx = _split(len(data), cfg.holdout, cfg.seed, cfg.limit)
     info = _model_info(cfg, data)
     model = build_model(info).to(device)
+    if cfg.init_from:
+        from models import load_checkpoint
+
+        start = load_checkpoint(cfg.init_from)
+        model.network.load_state_dict(start.model.network.state_dict())
+        info.data["init_from"] = {"path": str(cfg.init_from), "sha256": start.sha256}
     net: nn.Module = dist.wrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=True)
@@ -112,9 +129,9 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
             if cfg.augment:
                 x = _augment(x, gen)
             model.eval()  # attacks see fixed BatchNorm statistics and touch no running stats
-            x_train = training_inputs(model, x, y, cfg.recipe, gen).detach()
+            x_train = training_inputs(model, x, y, cfg.recipe_for(epoch), gen).detach()
             model.train()
-            lr = _one_cycle(epoch * per_rank + step, total_steps, cfg.lr, cfg.warmup)
+            lr = _one_cycle(epoch * per_rank + step, total_steps, cfg.lr, cfg.lr_rise)
             for group in opt.param_groups:
                 group["lr"] = lr
             logits = net(x_train)
@@ -144,9 +161,10 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
                   "holdout_pgd_acc": robust, "seconds": seconds,
                   "images_per_s": dist.world * seen / seconds, "lr": lr}
         state["seconds"] += seconds
-        score = robust if cfg.recipe.robust else clean
+        score = robust if cfg.recipe.robust and not math.isnan(robust) else clean
         if dist.rank == 0:
-            if score >= state["best"]:
+            # Only epochs of the final recipe compete: a curriculum's warm-up is not the product.
+            if epoch >= cfg.warmup_epochs and score >= state["best"]:
                 state["best"], state["best_epoch"] = score, epoch + 1
                 _atomic_torch_save(run_dir / "best.pt", {k: v.cpu() for k, v in model.network.state_dict().items()})
             with open(log, "a") as f:
@@ -169,6 +187,8 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
                          "threads": torch.get_num_threads(), "torch": torch.__version__,
                          "device": str(device), "command": cfg.command, "config": cfg.to_dict()}
         info.metrics = {"holdout": _read_log(log)[state["best_epoch"] - 1] if state["best_epoch"] > 0 else {}}
+        # An extra loss may describe itself (the OOD outlier terms: gamma, lambda, outlier split).
+        info.ood = dict(getattr(extra_loss, "params", None) or {})
         save_checkpoint(model, info, out)
     dist.barrier()
     dist.close()
@@ -183,7 +203,8 @@ def _model_info(cfg: TrainConfig, data: ImageSet) -> ModelInfo:
     return ModelInfo(arch=cfg.arch, arch_args=dict(cfg.arch_args), num_classes=len(data.class_names),
                      input_size=(3, *data.x.shape[1:3]), class_names=list(data.class_names),
                      mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD), threat=threat,
-                     recipe=r.to_dict(), data=dict(data.provenance) | {"holdout": cfg.holdout,
+                     recipe=r.to_dict() | ({"warmup": cfg.warmup.to_dict(), "warmup_epochs": cfg.warmup_epochs}
+                                          if cfg.warmup is not None else {}), data=dict(data.provenance) | {"holdout": cfg.holdout,
                                                                        "limit": cfg.limit},
                      name=cfg.name)
 
@@ -205,9 +226,9 @@ def _augment(x: Tensor, gen: torch.Generator) -> Tensor:
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
-def _one_cycle(step: int, total: int, peak: float, warmup: float) -> float:
+def _one_cycle(step: int, total: int, peak: float, rise_fraction: float) -> float:
     """Linear rise to `peak` over the warm-up fraction, then linear decay to zero."""
-    rise = max(1, int(total * warmup))
+    rise = max(1, int(total * rise_fraction))
     if step < rise:
         return peak * step / rise
     return peak * max(0.0, (total - step) / max(1, total - rise))

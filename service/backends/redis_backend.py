@@ -112,7 +112,7 @@ class RedisJobBackend:
         upload_ttl = s.job_ttl_s + s.job_timeout_s * (1 + s.job_retries) + 60
         self.redis.set(upload_key(job_id), image_png, ex=upload_ttl)
         try:
-            queue.enqueue_call(
+            job = queue.enqueue_call(
                 FILTER_FUNC, args=(request,), job_id=job_id, timeout=s.job_timeout_s,
                 result_ttl=s.result_ttl_s, failure_ttl=s.result_ttl_s, ttl=s.job_ttl_s,
                 meta={"submitted_at": request["submitted_at"]},
@@ -121,6 +121,15 @@ class RedisJobBackend:
         except BaseException:
             self.redis.delete(upload_key(job_id))  # no orphaned upload without a job
             raise
+        # The depth check above races with concurrent submissions (every request of a
+        # burst may read the same depth): admit by position instead.  A job queued
+        # behind max_queue others takes itself back, unless a worker already took it.
+        position = self.redis.lpos(queue.key, job_id, rank=-1)
+        if position is not None and position >= s.max_queue and self.redis.lrem(queue.key, 1, job_id):
+            job.delete(remove_from_queue=False)
+            self.redis.delete(upload_key(job_id))
+            raise QueueFull(f"the filter queue is full ({position} jobs waiting)",
+                            retry_after_s=self.retry_after_s(position))
 
     @_redis_errors_as_503
     def get_job(self, job_id: str) -> JobView | None:

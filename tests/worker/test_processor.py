@@ -126,7 +126,8 @@ def test_ood_score_and_flag_follow_the_checkpoint(tiny_checkpoint, cifar_mini) -
     (b"not a png", {}, "invalid_image"),
     (None, {}, "upload_missing"),
     ("cmyk", {}, "unsupported_image_mode"),
-    ("ok", {"reencode": {"format": "jpeg", "quality": 85}}, "reencode_unavailable"),
+    ("ok", {"reencode": {"format": "webp", "quality": 85}}, "invalid_request"),
+    ("ok", {"reencode": {"format": "jpeg", "quality": 0}}, "invalid_request"),
     ("ok", {"preset": "turbo"}, "invalid_request"),
     ("ok", {"norm": "l1"}, "invalid_request"),
     ("ok", {"eps": 5.0}, "invalid_request"),
@@ -157,3 +158,14 @@ def test_identical_output_has_no_psnr() -> None:
     y[0, 0, 0] = (y[0, 0, 0] * 255 + (1 if y[0, 0, 0] < 1 else -1)) / 255
     d = distortion(y, x)
     assert d["linf"] == pytest.approx(1 / 255) and d["psnr"] > 60
+
+
+def test_reencode_plans_for_the_platforms_jpeg_and_reports_survival(processor, cifar_mini) -> None:
+    processor.add("jq", filter_request("jq", preset="fast", reencode={"format": "jpeg", "quality": 80}),
+                  cifar_png(cifar_mini, 5))
+    result = processor.drain()[0].result
+    report = result["reencode"]
+    assert report["format"] == "jpeg" and report["quality"] == 80
+    assert report["survives"] is result["safe_spot_found"]
+    assert isinstance(report["safe_without_reencode"], bool)
+    assert result["linf"] <= 8 / 255 + 1e-6

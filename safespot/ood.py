@@ -1,0 +1,241 @@
+"""Out-of-distribution detection with safe spots (SPEC section 5), and its baselines.
+
+Every score here is an *in-distribution* score: higher means "looks like the
+training distribution", low means OOD.  Metrics then treat in-distribution
+as the positive class (AUROC, AUPR-in, FPR at 95% TPR).
+
+Scores, for logits f(x) (N, K):
+
+- ``safespot_score``: the paper's D(x) = mu * MSP(x) + (1 - mu) * MSP(x_a*),
+  where x_a* is the verification attack's worst point on the safe spot the
+  search found for x (``SearchResult.msp`` and ``.msp_adv``);
+- ``msp_score``: max softmax probability (Hendrycks & Gimpel, 2017); the
+  Outlier Exposure baseline is this score on an OE-trained model;
+- ``energy_score``: T * logsumexp(f(x) / T), the negative free energy (Liu et
+  al., 2020), so that low energy (in-distribution) gives a high score;
+- ``MahalanobisDetector``: minus the smallest squared Mahalanobis distance of
+  the penultimate features to the class means under one tied covariance
+  (Lee et al., 2018; no input preprocessing, no feature ensemble: those need
+  OOD validation data).
+
+Training (the outlier part of the paper's objective), for outliers x~:
+
+    gamma * KL(uniform || softmax f(x~))  -  lambda * CE(f(x~_a*), c(x~))
+
+with c(x~) the model's prediction on x~ and x~_a* the adversarial example of
+x~'s cheap safe-spot candidate, built exactly as the safe-spot-aware training
+recipes build it for training images (:func:`safespot.training.training_inputs`:
+a targeted step towards c(x~), then the recipe's attack): outliers should get
+low confidence *and* no safe spot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from safespot.training import Recipe, training_inputs
+
+# ------------------------------------------------------------------ scores
+
+
+def msp_score(logits: Tensor) -> Tensor:
+    """Maximum softmax probability (N,) in [1/K, 1]."""
+    return logits.softmax(dim=1).amax(dim=1)
+
+
+def energy_score(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Negative free energy T * logsumexp(f / T) (N,): high in-distribution, low OOD."""
+    return temperature * torch.logsumexp(logits / temperature, dim=1)
+
+
+def safespot_score(msp: Tensor, msp_adv: Tensor, mu: float) -> Tensor:
+    """D(x) = mu * MSP(x) + (1 - mu) * MSP(x_a*), in [1/K, 1]; low means OOD."""
+    if not 0.0 <= mu <= 1.0:
+        raise ValueError(f"mu must lie in [0, 1], got {mu}")
+    return mu * msp + (1.0 - mu) * msp_adv
+
+
+def threshold_for_tpr(scores_in: Tensor, tpr: float = 0.95) -> float:
+    """The largest threshold t with at least `tpr` of in-distribution scores >= t.
+
+    The service flags ``score < t``; ties only raise the true-positive rate.
+    """
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr must lie in (0, 1], got {tpr}")
+    s = scores_in.detach().flatten().double().sort().values
+    if s.numel() == 0:
+        raise ValueError("need at least one in-distribution score")
+    # At most floor((1 - tpr) * n) scores may fall below the threshold.
+    k = math.floor((1.0 - tpr) * s.numel() + 1e-9)
+    return float(s[min(k, s.numel() - 1)])
+
+
+# ------------------------------------------------------- penultimate features
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The classification layer: the last ``nn.Linear`` registered in `model`.
+
+    True of every architecture in :mod:`models.architectures` (cifar_cnn's
+    ``classifier[-1]``, PreAct-ResNet's ``linear``, WRN's and ResNet-50's ``fc``).
+    """
+    found = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to read features from")
+    return found[-1]
+
+
+@contextmanager
+def capture_features(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Collect the input of the last Linear layer (the penultimate features) of each forward.
+
+    Yields a list that receives one detached (N, D) tensor per call of the model.
+    """
+    store: list[Tensor] = []
+
+    def hook(_module: nn.Module, inputs: tuple[Tensor, ...], _output: Tensor) -> None:
+        store.append(inputs[0].detach().flatten(1))
+
+    handle = last_linear(model).register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def logits_and_features(model: nn.Module, x: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor]:
+    """Logits (N, K) and penultimate features (N, D) in one pass, chunked, without a graph."""
+    logits = []
+    with capture_features(model) as feats:
+        for chunk in x.split(batch_size):
+            logits.append(model(chunk))
+    return torch.cat(logits), torch.cat(feats)
+
+
+# --------------------------------------------------------------- Mahalanobis
+
+
+@dataclass(frozen=True)
+class MahalanobisDetector:
+    """Class-conditional Gaussians with a tied covariance on penultimate features.
+
+    score(z) = - min_k (z - m_k)^T P (z - m_k), with m_k the class means and P
+    the (pseudo-)inverse of the shared covariance; computed in float64.
+    """
+
+    means: Tensor  # (K, D)
+    precision: Tensor  # (D, D)
+
+    @classmethod
+    def fit(cls, features: Tensor, labels: Tensor, ridge: float = 1e-6) -> MahalanobisDetector:
+        """Fit on in-distribution features (N, D) with labels 0..K-1 (all present).
+
+        `ridge` (relative to the mean variance) keeps the covariance invertible
+        when features are low-rank (ReLU outputs often are).
+        """
+        z = features.detach().double()
+        y = labels.detach().long().to(z.device)
+        classes = int(y.max()) + 1 if y.numel() else 0
+        counts = torch.bincount(y, minlength=classes)
+        if classes < 2 or bool((counts == 0).any()):
+            raise ValueError(f"need samples of every class 0..K-1 (K >= 2); got counts {counts.tolist()}")
+        means = torch.zeros(classes, z.shape[1], dtype=z.dtype, device=z.device)
+        means.index_add_(0, y, z)
+        means /= counts[:, None].to(z.dtype)
+        centered = z - means[y]
+        cov = centered.T @ centered / z.shape[0]
+        cov += torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device) * (
+            ridge * float(cov.diagonal().mean().clamp_min(1e-12)))
+        return cls(means, torch.linalg.pinv(cov, hermitian=True))
+
+    def distances(self, features: Tensor) -> Tensor:
+        """Squared Mahalanobis distances (N, K) to every class mean."""
+        z = features.detach().to(self.means)
+        d = z[:, None, :] - self.means[None]  # (N, K, D)
+        return torch.einsum("nkd,de,nke->nk", d, self.precision, d)
+
+    def score(self, features: Tensor) -> Tensor:
+        """In-distribution score (N,): minus the distance to the closest class mean."""
+        return -self.distances(features).amin(dim=1)
+
+
+# ------------------------------------------------------ outlier training terms
+
+
+def kl_to_uniform(logits: Tensor) -> Tensor:
+    """KL(uniform || softmax(logits)) per sample (N,): 0 exactly for uniform predictions.
+
+    Equals the Outlier Exposure loss (cross-entropy to the uniform label) minus log K.
+    """
+    k = logits.shape[1]
+    return -math.log(k) - logits.log_softmax(dim=1).mean(dim=1)
+
+
+def default_ce_cap(num_classes: int) -> float:
+    """log K: the adversarial cross-entropy of an outlier whose attacked point is no
+    more confident in c(x~) than a uniform guess."""
+    return math.log(num_classes)
+
+
+def outlier_recipe(recipe: Recipe) -> Recipe:
+    """How outliers' x~_a* are built under `recipe`: its own construction for the
+    safe-spot-aware recipes, else S-FGSM followed by the recipe's kind of attack
+    (PGD for adv-pgd, the fast FGSM-RS step otherwise) at the recipe's budget."""
+    if recipe.name in ("s-fgsm-adv", "s-pgd-adv"):
+        return recipe
+    return Recipe(name="s-fgsm-adv", norm=recipe.norm, eps=recipe.eps, delta=recipe.delta,
+                  attack="pgd" if recipe.name == "adv-pgd" else "fast",
+                  attack_steps=recipe.attack_steps, attack_step=recipe.attack_step,
+                  safe_direction=recipe.safe_direction)
+
+
+def outlier_terms(logits_out: Tensor, logits_adv: Tensor | None, labels: Tensor | None,
+                  gamma: float, lam: float, ce_cap: float | None = None) -> tuple[Tensor, dict[str, float]]:
+    """gamma * mean KL(uniform || softmax f(x~)) - lam * mean CE(f(x~_a*), c(x~)).
+
+    `ce_cap` bounds each outlier's adversarial cross-entropy (``min(CE, cap)``):
+    once an outlier's attacked point gives c(x~) less than ``exp(-cap)``, the
+    term stops pushing.  The paper's term is unbounded (``ce_cap=None``);
+    maximising it without bound rewards *confident wrong* predictions at x~_a*,
+    which raise MSP(x~_a*) and so work against the score D, and can diverge.
+    Returns the scalar loss and floats for logging.
+    """
+    kl = kl_to_uniform(logits_out)
+    loss = gamma * kl.mean()
+    logs = {"ood_kl": float(kl.detach().mean())}
+    if lam != 0.0:
+        if logits_adv is None or labels is None:
+            raise ValueError("the safe-spot term needs the attacked outliers' logits and labels")
+        ce = F.cross_entropy(logits_adv, labels, reduction="none")
+        capped = ce if ce_cap is None else ce.clamp(max=ce_cap)
+        loss = loss - lam * capped.mean()
+        logs |= {"ood_adv_ce": float(ce.detach().mean()),
+                 "ood_safe": float((logits_adv.detach().argmax(1) == labels).float().mean())}
+    return loss, logs
+
+
+def outlier_loss(model: nn.Module, x_out: Tensor, recipe: Recipe, *, gamma: float, lam: float,
+                 ce_cap: float | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The outlier part of the paper's training objective for a batch of outliers.
+
+    `x_out` (N, C, H, W) in [0,1].  Call with the model in eval mode (the attack
+    must not update BatchNorm statistics, and the loss then sees the outliers
+    as the deployed model will); the returned loss carries the parameters'
+    graph.  Costs one forward+backward pass when ``lam == 0`` (Outlier
+    Exposure), plus the recipe's attack passes and a second one otherwise.
+    """
+    logits_out = model(x_out)
+    if lam == 0.0:
+        return outlier_terms(logits_out, None, None, gamma, lam)
+    labels = logits_out.detach().argmax(dim=1)
+    x_adv = training_inputs(model, x_out, labels, outlier_recipe(recipe), generator).detach()
+    return outlier_terms(logits_out, model(x_adv), labels, gamma, lam, ce_cap)

@@ -1,0 +1,180 @@
+"""`safespot bench`: performance benchmarks (a measurement, not a test).
+
+Sections (``--sections``, comma-separated):
+- ``limit``: forward+backward passes per second of the model alone (inputs
+  requiring grad, as in the search) at several batch sizes; the best is the
+  limit every other figure is compared with.
+- ``search``: continuous-batching search throughput (images/s) and its
+  efficiency = passes actually spent per second / the limit, per batch size.
+- ``presets``: passes per image and safe-spot rate of each preset on fixed
+  test images (the cost/quality curve of early exit against ``paper``).
+- ``memory``: peak resident memory (CPU) or peak allocated memory (GPU) of a
+  search per batch size.
+- ``service``: the service end to end (see :mod:`safespot_cli.bench_service`).
+
+All ratios come from one run on one machine, because a shared machine's
+absolute speed drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import threading
+import time
+from typing import Any
+
+from safespot_cli.common import add_model_args, write_json
+
+HELP = """Measure the search's speed against the model's own forward+backward limit,
+against batch size 1, and the presets' cost and safe-spot rate against `paper`.
+
+examples:
+  safespot bench --model default --json bench.json
+  safespot bench --sections limit,search --batch-sizes 1,8,32,128 --json quick.json
+  safespot bench --arch wrn-34-10 --device cuda --sections limit,search --json gpu.json"""
+
+SECTIONS = ("limit", "search", "presets", "memory", "service")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="performance benchmarks (JSON)", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--arch", default=None, help="benchmark a randomly initialised architecture instead, "
+                                               "e.g. wrn-34-10 (speed only)")
+    p.add_argument("--sections", default="limit,search,presets,memory")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128,256")
+    p.add_argument("--preset-n", type=int, default=200, help="test images for the presets section")
+    p.add_argument("--presets", default="fast,standard,paper")
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--data", default="cifar10")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seconds", type=float, default=20.0, help="time budget per batch size (search)")
+    p.add_argument("--service-seconds", type=float, default=60.0)
+    p.add_argument("--json", dest="json_out", required=True, metavar="OUT")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from safespot_cli.bench_search import (
+        measure_limit,
+        measure_memory,
+        measure_presets,
+        measure_search,
+        open_bench_model,
+    )
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        from safespot_cli.commands import UsageError
+
+        raise UsageError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, model_meta, input_size = open_bench_model(args, device)
+    out: dict[str, Any] = {"device": describe_device(device), "model": model_meta,
+                           "torch": torch.__version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def save() -> None:
+        write_json(args.json_out, out)
+
+    if "limit" in sections or "search" in sections:
+        out["limit"] = measure_limit(model, input_size, device, [b for b in batch_sizes if b >= 8] or batch_sizes)
+        out["limit_passes_per_s"] = out["limit"]["best_passes_per_s"]
+        save()
+    if "search" in sections:
+        out["search"] = measure_search(model, input_size, device, batch_sizes, out["limit_passes_per_s"],
+                                       args.seconds, args.norm, args.data, args.data_dir)
+        save()
+    if "memory" in sections:
+        out["memory"] = measure_memory(model, input_size, device, batch_sizes, args.norm)
+        save()
+    if "presets" in sections:
+        out["presets"] = measure_presets(model, device, args.presets.split(","), args.preset_n, args.norm,
+                                         args.data, args.data_dir)
+        save()
+    if "service" in sections:
+        from safespot_cli import bench_service
+
+        out["service"] = bench_service.run_e2e(duration_s=args.service_seconds, model=args.model)
+        save()
+    out["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    save()
+    print(summary(out))
+    return 0
+
+
+def describe_device(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu: {cpu}, {torch.get_num_threads()} threads of {os.cpu_count()} cores"
+
+
+def summary(out: dict[str, Any]) -> str:
+    lines = [f"device {out['device']}, model {out['model'].get('name')}"]
+    if "limit_passes_per_s" in out:
+        lines.append(f"limit: {out['limit_passes_per_s']:.0f} passes/s")
+    for row in out.get("search", []):
+        lines.append(f"search batch {row['batch']:>4}: {row['images_per_s']:8.2f} images/s, "
+                     f"efficiency {row['efficiency']:.3f}")
+    for name, p in out.get("presets", {}).items():
+        lines.append(f"preset {name:>8}: safe-spot rate {p['safe_spot_rate']:.4f}, "
+                     f"{p['grad_evals_per_image']:.1f} passes/image")
+    if "service" in out:
+        s = out["service"]
+        lines.append(f"service: e2e/library {s.get('e2e_vs_library')}, batching gain {s.get('batching_gain')}")
+    return "\n".join(lines)
+
+
+class PeakMemory:
+    """Peak resident set size (CPU) sampled in a thread, or CUDA's peak allocation."""
+
+    def __init__(self, device: Any) -> None:
+        self.device, self.peak, self._stop = device, 0, threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self._stop.set()
+            self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(0.01)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0

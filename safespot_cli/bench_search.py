@@ -1,0 +1,164 @@
+"""The library measurements behind `safespot bench` (limit, search, memory, presets)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from safespot import SafeSpotSearch, SearchConfig
+from safespot.losses import evaluate
+
+
+def open_bench_model(args: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any], tuple[int, ...]]:
+    """The model to measure: a checkpoint, or a random architecture (speed only)."""
+    if args.arch:
+        from models.checkpoint import ModelInfo, build_model
+        from models.normalize import CIFAR10_MEAN, CIFAR10_STD
+
+        arch, kwargs = {"wrn-34-10": ("wide_resnet", {"depth": 34, "widen_factor": 10}),
+                        "preact-resnet-18": ("preact_resnet18", {}),
+                        "cifar-cnn": ("cifar_cnn", {})}.get(args.arch, (args.arch, {}))
+        info = ModelInfo(arch=arch, arch_args=kwargs, num_classes=10, input_size=(3, 32, 32),
+                         class_names=[], mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD))
+        model = build_model(info).to(device).eval()
+        params = sum(p.numel() for p in model.parameters())
+        return model, {"name": args.arch, "random_weights": True, "parameters": params}, info.input_size
+    from models import load_checkpoint
+
+    loaded = load_checkpoint(args.model, device)
+    params = sum(p.numel() for p in loaded.model.parameters())
+    return loaded.model, {"name": args.model, "sha256": loaded.sha256, "arch": loaded.info.arch,
+                          "parameters": params}, loaded.info.input_size
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_limit(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
+                  batch_sizes: list[int], seconds: float = 4.0) -> dict[str, Any]:
+    """Forward+backward passes per second (input gradient only), per batch size."""
+    rows = []
+    for b in batch_sizes:
+        x = torch.rand(b, *input_size, device=device)
+        y = torch.randint(0, 10, (b,), device=device)
+        evaluate(model, x, y)  # warm-up (allocator, kernels)
+        _sync(device)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or n < 3:
+            evaluate(model, x, y)
+            n += 1
+        _sync(device)
+        rows.append({"batch": b, "passes_per_s": round(n * b / (time.perf_counter() - start), 1)})
+    best = max(rows, key=lambda r: r["passes_per_s"])
+    return {"per_batch": rows, "best_batch": best["batch"], "best_passes_per_s": best["passes_per_s"]}
+
+
+def _test_images(n: int, data: str, data_dir: str | None, device: torch.device,
+                 input_size: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed test images (stride over the set), or random 8-bit images if no data set is at hand."""
+    from worker.data import DataError, load_dataset, strided_indices, to_tensor
+
+    try:
+        ds = load_dataset(data, "test", data_dir)
+        idx = strided_indices(len(ds), n)
+        return to_tensor(ds.x[idx], device), torch.from_numpy(ds.y[idx]).to(device)
+    except DataError:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (n, *input_size), generator=g).float().div(255).to(device)
+        return x, torch.zeros(n, dtype=torch.long, device=device)
+
+
+def measure_search(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
+                   batch_sizes: list[int], limit: float, seconds: float, norm: str, data: str,
+                   data_dir: str | None) -> list[dict[str, Any]]:
+    """Steady-state throughput of the continuous-batching engine (standard preset).
+
+    The engine gets a stream of test images much longer than the batch, so
+    finished images are replaced at once; we time a window after warm-up.
+    """
+    pool_x, _ = _test_images(1000, data, data_dir, device, input_size)
+    rows = []
+    for b in batch_sizes:
+        cfg = SearchConfig.preset("standard", norm=norm, batch_size=b)  # type: ignore[arg-type]
+        engine = SafeSpotSearch(model, cfg)
+        fed = _feed(engine, pool_x, 0, 3 * b)
+        warm_until = time.perf_counter() + min(2.0, seconds / 4)
+        while time.perf_counter() < warm_until:
+            engine.step()
+            fed = _feed(engine, pool_x, fed, 3 * b)
+        _sync(device)
+        passes = images = steps = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            active = engine.active
+            done = engine.step()
+            passes += active * engine.cost
+            images += len(done)
+            steps += 1
+            fed = _feed(engine, pool_x, fed, 3 * b)
+        _sync(device)
+        wall = time.perf_counter() - start
+        rows.append({"batch": b, "images_per_s": round(images / wall, 3),
+                     "passes_per_s": round(passes / wall, 1),
+                     "efficiency": round(passes / wall / limit, 4), "steps": steps,
+                     "images": images})
+    if rows and rows[0]["batch"] == 1 and rows[0]["images_per_s"]:
+        for r in rows:
+            r["speedup_vs_batch_1"] = round(r["images_per_s"] / rows[0]["images_per_s"], 2)
+    return rows
+
+
+def _feed(engine: SafeSpotSearch, pool: torch.Tensor, fed: int, target: int) -> int:
+    """Keep `target` images pending (the pool cycles); returns the running count fed."""
+    while engine.pending < target:
+        start = fed % len(pool)
+        take = pool[start:start + max(1, target - engine.pending)]
+        engine.submit(take, keys=list(range(fed, fed + len(take))))
+        fed += len(take)
+    return fed
+
+
+def measure_memory(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
+                   batch_sizes: list[int], norm: str) -> list[dict[str, Any]]:
+    """Peak memory while searching 2 x batch images (standard preset)."""
+    from safespot import find_safe_spots
+    from safespot_cli.bench_cmd import PeakMemory
+
+    rows = []
+    g = torch.Generator().manual_seed(1)
+    for b in batch_sizes:
+        x = torch.randint(0, 256, (2 * b, *input_size), generator=g).float().div(255).to(device)
+        with PeakMemory(device) as mem:
+            find_safe_spots(model, x, SearchConfig.preset("standard", norm=norm, batch_size=b,  # type: ignore[arg-type]
+                                                          outer_steps=2))
+        rows.append({"batch": b, "peak_bytes": mem.peak,
+                     "kind": "peak allocated (CUDA)" if device.type == "cuda" else "peak RSS"})
+    return rows
+
+
+def measure_presets(model: nn.Module, device: torch.device, presets: list[str], n: int, norm: str,
+                    data: str, data_dir: str | None) -> dict[str, Any]:
+    """Safe-spot rate (paper protocol) and passes per image of each preset on n test images."""
+    from safespot.evaluation import evaluate_methods
+
+    x, y = _test_images(n, data, data_dir, device, (3, 32, 32))
+    out: dict[str, Any] = {}
+    for name in presets:
+        cfg = SearchConfig.preset(name.strip(), norm=norm)  # type: ignore[arg-type]
+        start = time.perf_counter()
+        report = evaluate_methods(model, x, y, cfg, methods=("s-full",))["s-full"]
+        out[name.strip()] = {"safe_spot_rate": report.safe_spot_rate,
+                             "grad_evals_per_image": round(report.grad_evals_per_image, 2),
+                             "adv_acc": report.adv_acc, "seconds": round(time.perf_counter() - start, 1),
+                             "n": n}
+    if "paper" in out:
+        paper = out["paper"]
+        for row in out.values():
+            row["passes_vs_paper"] = round(row["grad_evals_per_image"] / paper["grad_evals_per_image"], 4)
+            row["rate_minus_paper_pp"] = round(100 * (row["safe_spot_rate"] - paper["safe_spot_rate"]), 2)
+    return out

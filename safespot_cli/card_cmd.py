@@ -1,0 +1,75 @@
+"""`safespot model-card`: measure a checkpoint on a test set and write its card."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = """Measure clean and PGD-20 (step eps/4, random start) accuracy of a checkpoint on a
+test set, store them in the checkpoint's metadata (metrics.test; the file and its
+sha256 change) and write the markdown model card next to it (NAME.md).
+
+examples:
+  safespot model-card models/zoo/default.safetensors --n 10000
+  safespot model-card models/zoo/gaussian.safetensors --n 10000 --norm l2 --eps 0.5"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("model-card", help="measure a checkpoint and write its model card",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a .safetensors checkpoint")
+    p.add_argument("--data", default="cifar10")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--norm", default=None, choices=["linf", "l2"], help="default: the checkpoint's threat model")
+    p.add_argument("--eps", type=float, default=None)
+    p.add_argument("--note", default=None, help="a note on how the training time was measured")
+    p.add_argument("--render-only", action="store_true", help="only regenerate the markdown")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.cards import render_card
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    from safespot import SearchConfig
+    from safespot.config import DEFAULT_EPS
+    from safespot.evaluation import evaluation_attack
+    from safespot.losses import predict_logits
+    from worker.data import load_dataset, strided_indices, to_tensor
+
+    path = Path(args.checkpoint)
+    loaded = load_checkpoint(path)
+    info = loaded.info
+    if args.note:
+        info.training["note"] = args.note
+    if not args.render_only:
+        norm = args.norm or info.threat.get("norm", "linf")
+        eps = args.eps if args.eps is not None else float(info.threat.get("eps", DEFAULT_EPS[norm]))
+        if "sigma" in info.threat and args.eps is None:
+            eps = DEFAULT_EPS[norm]
+        data = load_dataset(args.data, "test", args.data_dir)
+        idx = strided_indices(len(data), args.n)
+        x, y = to_tensor(data.x[idx]), torch.from_numpy(data.y[idx])
+        correct = predict_logits(loaded.model, x).argmax(1) == y
+        cfg = SearchConfig(norm=norm, eps=eps)
+        robust = correct & ~evaluation_attack(loaded.model, x, y, cfg)
+        info.metrics["test"] = {
+            "data": f"{data.provenance.get('source')} ({data.provenance.get('note', 'as given')})",
+            "n": len(idx), "clean_acc": round(float(correct.float().mean()), 4),
+            "pgd20_acc": round(float(robust.float().mean()), 4),
+            "attack": f"PGD-20, {norm} eps={eps:.4g}, step eps/4, random start, true labels",
+            "command": "safespot " + shlex.join(sys.argv[1:]),
+        }
+        save_checkpoint(loaded.model, info, path)
+        loaded = load_checkpoint(path)
+        print(f"{path.name}: clean {info.metrics['test']['clean_acc']:.4f}, "
+              f"PGD-20 {info.metrics['test']['pgd20_acc']:.4f} on {len(idx)} images")
+    card = path.with_suffix(".md")
+    card.write_text(render_card(loaded.info, loaded.sha256, path.name))
+    print(card)
+    return 0

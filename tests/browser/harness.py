@@ -1,0 +1,285 @@
+"""A real SafeSpot service for the browser, and Debian's headless Chromium to drive it.
+
+Used by the browser tests (`test_page.py`) and by `screenshot.py` (the README's
+screenshot).  Everything runs as subprocesses of the current interpreter
+(`python -m safespot_cli.main serve|worker`), so it exercises exactly what a
+user starts; the network is never used (Selenium Manager is bypassed by
+naming the driver and the browser binary).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures"
+CHROMIUM = Path(os.environ.get("SAFESPOT_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("SAFESPOT_CHROMEDRIVER", "/usr/bin/chromedriver"))
+CHROME_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--no-first-run", "--disable-extensions", "--hide-scrollbars",
+               "--force-color-profile=srgb", "--force-device-scale-factor=1")
+INSTALL_HINT = ("install Debian's Chromium and its driver: "
+                "apt-get install -y chromium chromium-driver (scripts/test does this)")
+READY_TIMEOUT_S = 120.0
+
+
+class BrowserMissing(RuntimeError):
+    """Chromium or chromedriver is not installed (the tests fail on it, never skip)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_db(redis_url: str, db: int) -> str:
+    """The same server, another database number (keeps this stack's keys apart)."""
+    parts = urlsplit(redis_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+# ------------------------------------------------------------------ service
+@dataclass
+class Stack:
+    """A running service: its base URL and the processes behind it."""
+
+    url: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        out = []
+        for log in self.logs:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            out.append(f"--- {log.name} (last {chars} chars)\n{text[-chars:]}")
+        return "\n".join(out)
+
+
+def stack_env(workdir: Path, *, redis_url: str | None, model: str | None, api_keys: str = "",
+              admin_keys: str = "", extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the service processes: only the SAFESPOT_* settings given here."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFESPOT_")}
+    env.update({
+        "SAFESPOT_DATA_DIR": str(workdir / "data"),
+        "SAFESPOT_CHECKPOINT_DIR": str(workdir / "checkpoints"),
+        "SAFESPOT_API_KEYS": api_keys,
+        "SAFESPOT_ADMIN_KEYS": admin_keys,
+        "SAFESPOT_METRICS_PORT": "0",  # the worker's own metrics server: not needed here
+        "SAFESPOT_THREADS": env.get("OMP_NUM_THREADS", "1"),
+        "SAFESPOT_LOG_LEVEL": "info",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    if redis_url:
+        env["SAFESPOT_REDIS_URL"] = redis_url
+    if model:
+        env["SAFESPOT_DEFAULT_MODEL"] = str(model)
+    env.update(extra or {})
+    return env
+
+
+@contextmanager
+def running_service(workdir: Path, *, redis_url: str | None = None, model: str | None = None,
+                    api_keys: str = "", admin_keys: str = "", extra_env: dict[str, str] | None = None,
+                    ready_timeout_s: float = READY_TIMEOUT_S) -> Iterator[Stack]:
+    """`safespot serve` (plus `safespot worker` when `redis_url` is given) until /readyz is 200.
+
+    Without `redis_url`, serve runs its embedded worker (the single-command mode).  Logs go to
+    files in `workdir`; their tails are in the error when the stack does not come up."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = stack_env(workdir, redis_url=redis_url, model=model, api_keys=api_keys,
+                    admin_keys=admin_keys, extra=extra_env)
+    port = free_port()
+    stack = Stack(url=f"http://127.0.0.1:{port}/")
+    commands = []
+    if redis_url:
+        commands.append(("worker", ["worker", "--max-wait-ms", "20", "--name", f"browser-test-{port}"]))
+    commands.append(("serve", ["serve", "--host", "127.0.0.1", "--port", str(port)]))
+    try:
+        for name, args in commands:
+            log = workdir / f"{name}.log"
+            stack.logs.append(log)
+            with open(log, "wb") as out:
+                stack.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "safespot_cli.main", *args], cwd=REPO, env=env,
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        wait_ready(stack, ready_timeout_s)
+        yield stack
+    finally:
+        stop(stack.procs)
+
+
+def wait_ready(stack: Stack, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            for proc in stack.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}\n{stack.log_tail()}")
+            try:
+                answer = client.get(stack.url + "readyz")
+                if answer.status_code == 200:
+                    return
+                last = f"{answer.status_code} {answer.text[:200]}"
+            except httpx.HTTPError as e:
+                last = f"{type(e).__name__}: {e}"
+            time.sleep(0.25)
+    raise RuntimeError(f"the service was not ready within {timeout_s:.0f} s ({last})\n{stack.log_tail()}")
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process group we started, then SIGKILL what is left."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+# ------------------------------------------------------------------ browser
+def check_browser() -> None:
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not path.exists():
+            raise BrowserMissing(f"{path} not found: {INSTALL_HINT}")
+    try:
+        import selenium  # noqa: F401
+    except ImportError as e:
+        raise BrowserMissing("selenium is not installed: pip install -e '.[dev]'") from e
+
+
+@contextmanager
+def chromium(download_dir: Path | None = None, width: int = 1280, height: int = 900) -> Iterator[Any]:
+    """A headless Chromium (Debian's binary and driver) with a fresh profile."""
+    check_browser()
+    os.environ.setdefault("SE_AVOID_STATS", "true")  # Selenium Manager: never phone home
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="safespot-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in CHROME_ARGS:
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_argument(f"--window-size={width},{height}")
+    if download_dir is not None:
+        options.add_experimental_option("prefs", {
+            "download.default_directory": str(download_dir), "download.prompt_for_download": False,
+            "download.directory_upgrade": True, "safebrowsing.enabled": False})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        if download_dir is not None:
+            driver.execute_cdp_cmd("Browser.setDownloadBehavior",
+                                   {"behavior": "allow", "downloadPath": str(download_dir)})
+        yield driver
+    finally:
+        driver.quit()
+        import shutil
+
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+# -------------------------------------------------------------- page steps
+def wait_for(driver: Any, condition: Any, timeout_s: float, message: str) -> Any:
+    """Poll `condition(driver)`; elements that the page re-renders meanwhile are looked up again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout_s, poll_frequency=0.1, ignored_exceptions=(
+        NoSuchElementException, StaleElementReferenceException)).until(condition, message)
+
+
+def page_state(driver: Any) -> str:
+    return str(driver.execute_script("return document.body.dataset.state || ''"))
+
+
+def filter_on_page(driver: Any, photo: Path, *, preset: str = "standard", norm: str = "linf",
+                   eps: str = "8/255", api_key: str | None = None, timeout_s: float = 60.0) -> str:
+    """Fill in the form on the loaded page, submit, wait until it ends; returns 'done' or 'error'."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    if api_key is not None:
+        if driver.find_element(By.ID, "key-box").get_attribute("open") is None:
+            driver.find_element(By.CSS_SELECTOR, "#key-box summary").click()
+        key = driver.find_element(By.ID, "api-key")
+        key.clear()
+        key.send_keys(api_key)
+    driver.find_element(By.ID, "file").send_keys(str(photo))
+    Select(driver.find_element(By.ID, "preset")).select_by_value(preset)
+    Select(driver.find_element(By.ID, "norm")).select_by_value(norm)
+    field_ = driver.find_element(By.ID, "eps")
+    field_.clear()
+    field_.send_keys(eps)
+    wait_for(driver, lambda d: d.find_element(By.ID, "submit").is_enabled(), 5, "submit stays disabled")
+    driver.find_element(By.ID, "submit").click()
+    wait_for(driver, lambda d: page_state(d) in ("done", "error"), timeout_s,
+             f"the page did not finish filtering {photo.name} within {timeout_s:.0f} s")
+    return page_state(driver)
+
+
+def image_sizes(driver: Any) -> dict[str, list[int]]:
+    """Natural sizes of the three result images, by element id."""
+    return dict(driver.execute_script("""
+        const out = {};
+        for (const id of ["img-original", "img-filtered", "img-diff"]) {
+          const img = document.getElementById(id);
+          out[id] = [img.naturalWidth, img.naturalHeight];
+        }
+        return out;"""))
+
+
+def blob_bytes(driver: Any, url: str) -> bytes:
+    """The bytes behind a URL as the page sees it (blob: URLs included)."""
+    encoded = driver.execute_async_script("""
+        const [url, done] = arguments;
+        fetch(url).then(r => r.blob()).then(b => {
+          const reader = new FileReader();
+          reader.onload = () => done(reader.result.split(",")[1]);
+          reader.readAsDataURL(b);
+        }).catch(e => done("ERROR " + e));""", url)
+    if encoded.startswith("ERROR"):
+        raise RuntimeError(encoded)
+    return base64.b64decode(encoded)
+
+
+def full_page_screenshot(driver: Any, path: Path, width: int = 1280) -> bytes:
+    """A PNG of the whole page at `width` CSS pixels (Chromium's DevTools capture beyond the
+    viewport: no stitching, no window-size guesswork)."""
+    driver.set_window_size(width, 900)
+    driver.execute_script("window.scrollTo(0, 0)")
+    time.sleep(0.2)  # one frame for the resize to lay out
+    size = driver.execute_script(
+        "const e = document.documentElement; return [e.clientWidth, Math.ceil(e.scrollHeight)]")
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True, "fromSurface": True,
+        "clip": {"x": 0, "y": 0, "width": int(size[0]), "height": int(size[1]), "scale": 1}})
+    png = base64.b64decode(shot["data"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    return png

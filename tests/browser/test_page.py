@@ -1,0 +1,279 @@
+"""The page at `/` in a real headless Chromium, against a real service with a real worker.
+
+One stack for the module: Redis (the session's `redis_url`, on a database of its own),
+`safespot worker` and `safespot serve` as subprocesses with the tiny model, a client key
+and an admin key.  Chromium is Debian's (`apt-get install -y chromium chromium-driver`);
+when it is missing these tests FAIL, they never skip.  Screenshots are kept in
+test-artifacts/ (page.png, admin.png).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.browser.harness import (
+    REPO,
+    BrowserMissing,
+    Stack,
+    check_browser,
+    chromium,
+    filter_on_page,
+    full_page_screenshot,
+    image_sizes,
+    running_service,
+    wait_for,
+    with_db,
+)
+from tests.conftest import FIXTURES, PHOTOS, TINY_MODEL
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(240)]
+
+CLIENT_KEY = "browser-test-client-key-0001"
+ADMIN_KEY = "browser-test-admin-key-00001"
+PHOTO = PHOTOS / "chelsea.jpg"  # a real 451x300 photograph
+PHOTO_SIZE = (451, 300)
+EPS = "16/255"  # the tiny model leaves this photo unchanged at 8/255: ask for a visible change
+EPS_LEVELS = 16
+ARTIFACTS = REPO / "test-artifacts"
+STACK_DB = 11  # this module's Redis database: its keys never meet other tests'
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    try:
+        check_browser()  # before minutes of start-up: say at once what is missing
+    except BrowserMissing as e:
+        pytest.fail(f"the browser tests need Chromium: {e}")
+    import redis
+
+    url = with_db(redis_url, STACK_DB)
+    conn = redis.Redis.from_url(url)
+    conn.flushdb()
+    extra = {"SAFESPOT_VETTING_DATA": str(FIXTURES / "cifar10_mini.npz"), "SAFESPOT_VETTING_N": "20"}
+    try:
+        with running_service(tmp_path_factory.mktemp("stack"), redis_url=url, model=str(TINY_MODEL),
+                             api_keys=CLIENT_KEY, admin_keys=ADMIN_KEY, extra_env=extra) as running:
+            yield running
+    finally:
+        conn.flushdb()
+        conn.close()
+
+
+@pytest.fixture
+def downloads(tmp_path: Path) -> Path:
+    path = tmp_path / "downloads"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def driver(downloads: Path) -> Iterator[Any]:
+    with chromium(download_dir=downloads) as browser:
+        yield browser
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    return str(driver.find_element("id", element_id).text)
+
+
+def wait_for_file(path: Path, timeout_s: float = 10.0) -> bytes:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        partial = list(path.parent.glob("*.crdownload"))
+        if path.exists() and not partial:
+            return path.read_bytes()
+        time.sleep(0.1)
+    raise AssertionError(f"{path.name} was not downloaded; found {sorted(p.name for p in path.parent.iterdir())}")
+
+
+def assert_nontrivial_png(png: bytes, min_width: int, min_height: int) -> None:
+    assert png.startswith(PNG_SIGNATURE)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    assert image.width >= min_width and image.height >= min_height, image.size
+    pixels = np.asarray(image)
+    colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
+    assert colours > 2000, f"the screenshot has only {colours} colours: is the page blank?"
+    assert pixels.std() > 20
+
+
+# ------------------------------------------------------------------- filter
+def test_filter_a_photo_in_the_browser(stack: Stack, driver: Any, downloads: Path, tmp_path: Path) -> None:
+    driver.get(stack.url)
+    assert driver.title.startswith("SafeSpot")
+    assert not driver.find_element("id", "view-filter").get_attribute("hidden")
+
+    # No key: the API's 401 is shown with what to do about it.
+    assert filter_on_page(driver, PHOTO, eps=EPS) == "error"
+    error = text_of(driver, "error")
+    assert "401" in error and "API key" in error, error
+
+    # A file that is not an image: 415, with the accepted formats.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image at all")
+    assert filter_on_page(driver, notes, eps=EPS, api_key=CLIENT_KEY) == "error"
+    error = text_of(driver, "error")
+    assert "415" in error and "unsupported_format" in error and "JPEG, PNG" in error, error
+
+    # The photograph, all the way through the worker.
+    outcome = filter_on_page(driver, PHOTO, eps=EPS, api_key=CLIENT_KEY, timeout_s=90)
+    assert outcome == "done", f"{text_of(driver, 'error')}\n{stack.log_tail()}"
+    assert text_of(driver, "error") == ""
+    assert not driver.find_element("id", "progress-box").is_displayed()
+
+    # Three images, each at the photo's size.
+    sizes = image_sizes(driver)
+    assert sizes == {name: list(PHOTO_SIZE) for name in ("img-original", "img-filtered", "img-diff")}, sizes
+    for name in ("img-original", "img-filtered", "img-diff"):
+        image = driver.find_element("id", name)
+        assert image.is_displayed() and image.get_attribute("alt")
+
+    # The scores, as the API reported them.
+    job = json.loads(driver.find_element("id", "raw-json").get_attribute("textContent"))
+    result = job["result"]
+    scores = text_of(driver, "scores")
+    for label in ("PREDICTION", "SAFE SPOT FOUND", "ROBUSTNESS", "PSNR", "L-INF", "L2", "OOD SCORE",
+                  "MODEL", "PRESET", "PASSES", "TIME"):
+        assert label in scores.upper(), f"{label} missing from the scores:\n{scores}"
+    assert result["prediction"]["class_name"] in scores
+    assert f"{100 * result['prediction']['confidence']:.1f}% confidence" in scores
+    assert ("yes" if result["safe_spot_found"] else "no") in scores
+    levels = round(result["linf"] * 255)
+    assert f"{levels}/255 levels" in scores and f"{result['l2']:.3f}" in scores
+    assert (f"{result['psnr']:.2f} dB" if result["psnr"] is not None else "∞ dB") in scores
+    assert result["model"]["sha256"][:12] in scores and result["model"]["name"] in scores
+    assert str(result["grad_evals"]) in scores and result["preset"] == "standard"
+
+    # The difference was computed in the browser and agrees with the server's L-inf.
+    diff = driver.find_element("id", "img-diff")
+    assert int(diff.get_attribute("data-max-diff")) == levels
+    assert 0 < levels <= EPS_LEVELS
+    assert f"×{diff.get_attribute('data-amplification')}" in text_of(driver, "amp-text")
+
+    # The download is the API's PNG, under the original name, at the original size, within budget.
+    link = driver.find_element("id", "download")
+    assert link.get_attribute("download") == "chelsea.safe.png"
+    assert "JPEG" in driver.find_element("css selector", ".note").text
+    link.click()
+    downloaded = wait_for_file(downloads / "chelsea.safe.png")
+    served = httpx.get(f"{stack.url}v1/jobs/{job['job_id']}/image",
+                       headers={"Authorization": f"Bearer {CLIENT_KEY}"}, timeout=10)
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    assert downloaded == served.content
+    with Image.open(io.BytesIO(downloaded)) as out, Image.open(PHOTO) as original:
+        assert out.format == "PNG" and out.size == PHOTO_SIZE
+        change = np.abs(np.asarray(out.convert("RGB"), np.int16) - np.asarray(original.convert("RGB"), np.int16))
+    assert change.max() == levels <= EPS_LEVELS
+
+    png = full_page_screenshot(driver, ARTIFACTS / "page.png")
+    assert_nontrivial_png(png, 1000, 900)
+
+    # The key is remembered (localStorage) across a reload.
+    driver.refresh()
+    assert driver.find_element("id", "api-key").get_attribute("value") == CLIENT_KEY
+
+
+def test_the_page_is_served_with_its_headers(stack: Stack) -> None:
+    for path in ("", "static/app.js", "static/style.css", "static/favicon.svg"):
+        answer = httpx.get(stack.url + path, timeout=10)
+        assert answer.status_code == 200, path
+        assert answer.headers["cache-control"] == "no-cache"
+        assert "default-src 'self'" in answer.headers["content-security-policy"]
+    missing = httpx.get(stack.url + "static/nothing.js", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+# -------------------------------------------------------------------- admin
+def variant_checkpoint(path: Path) -> Path:
+    """The tiny model under another name: another file, another sha256, the same weights."""
+    from models.checkpoint import load_checkpoint, save_checkpoint
+
+    loaded = load_checkpoint(TINY_MODEL)
+    save_checkpoint(loaded.model, dataclasses.replace(loaded.info, name="tiny variant"), path)
+    return path
+
+
+def wait_until_vetted(client: httpx.Client, checkpoint_id: str, timeout_s: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    record: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        records = client.get("v1/checkpoints").json()["checkpoints"]
+        record = next(r for r in records if r["id"] == checkpoint_id)
+        if record["status"] != "validating":
+            return record
+        time.sleep(0.25)
+    raise AssertionError(f"checkpoint {checkpoint_id} still validating after {timeout_s} s: {record}")
+
+
+def test_admin_lists_checkpoints_and_activates_one(stack: Stack, driver: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    with httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                      timeout=30) as client:
+        upload = client.post("v1/checkpoints", data={"name": "tiny variant"}, files={
+            "file": ("variant.safetensors", variant_checkpoint(tmp_path / "v.safetensors").read_bytes(),
+                     "application/octet-stream")})
+        assert upload.status_code == 202, upload.text
+        checkpoint_id = upload.json()["id"]
+        record = wait_until_vetted(client, checkpoint_id)
+    assert record["status"] == "ready", record
+    vetting = record["vetting"]
+    assert {"clean_acc", "pgd_acc", "safe_spot_rate"} <= vetting.keys(), vetting
+
+    # The tabs work from the keyboard, and #admin links to the admin view.
+    driver.get(stack.url)
+    driver.find_element(By.ID, "tab-filter").send_keys(Keys.ARROW_RIGHT)
+    assert driver.find_element(By.ID, "view-admin").is_displayed()
+    assert not driver.find_element(By.ID, "view-filter").is_displayed()
+    assert driver.current_url.endswith("#admin")
+    assert driver.switch_to.active_element.get_attribute("id") == "tab-admin"
+    driver.refresh()
+    assert driver.find_element(By.ID, "view-admin").is_displayed()
+
+    # A client key is not an admin key: the API's refusal is shown.
+    key = driver.find_element(By.ID, "admin-key")
+    key.send_keys(CLIENT_KEY)
+    driver.find_element(By.ID, "admin-load").click()
+    wait_for(driver, lambda d: d.find_element(By.ID, "admin-error").is_displayed(), 10, "no admin error shown")
+    assert "403" in text_of(driver, "admin-error"), text_of(driver, "admin-error")
+
+    key.clear()
+    key.send_keys(ADMIN_KEY)
+    driver.find_element(By.ID, "admin-load").click()
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ckpt-rows tr")) == 2, 10,
+             "the two checkpoints (shipped default + upload) are not listed")
+    assert not driver.find_element(By.ID, "admin-error").is_displayed()
+
+    def row(checkpoint: str) -> Any:
+        return driver.find_element(By.CSS_SELECTOR, f'#ckpt-rows tr[data-id="{checkpoint}"]')
+
+    uploaded = row(checkpoint_id)
+    assert uploaded.get_attribute("data-status") == "ready"
+    assert row("default").get_attribute("data-status") == "active"
+    for number in ("clean_acc", "pgd_acc", "safe_spot_rate"):
+        assert f"{100 * vetting[number]:.1f}%" in uploaded.text, (number, uploaded.text)
+    assert "tiny variant" in uploaded.text and record["sha256"][:12] in uploaded.text
+
+    uploaded.find_element(By.CSS_SELECTOR, "button").click()
+    wait_for(driver, lambda d: "Activated tiny variant" in text_of(d, "admin-status"), 10,
+             "no word of the activation")  # written once the list is reloaded
+    assert row(checkpoint_id).get_attribute("data-status") == "active"
+    assert row("default").get_attribute("data-status") == "ready"  # one active checkpoint
+    listed = httpx.get(stack.url + "v1/checkpoints", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                       timeout=10).json()
+    assert listed["active"] == checkpoint_id
+
+    png = full_page_screenshot(driver, ARTIFACTS / "admin.png")
+    assert png.startswith(PNG_SIGNATURE)

@@ -1,0 +1,166 @@
+"""`safespot ood-eval` and `safespot ood-calibrate` on the tiny model and tiny synthetic sets."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.checkpoint import load_checkpoint, read_info, save_checkpoint
+from safespot import find_safe_spots
+from safespot.ood import safespot_score
+from safespot_cli import ood_calibrate_cmd, ood_eval_cmd
+from safespot_cli.commands import UsageError
+from worker.data import to_tensor
+from worker.results import ood_score
+
+TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny.safetensors"
+SEARCH = ["--preset", "fast", "--batch-size", "32"]
+
+
+def cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="safespot")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ood_eval_cmd.register(sub)
+    ood_calibrate_cmd.register(sub)
+    args = parser.parse_args(list(argv))
+    return int(args.run(args))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, cifar_mini: dict[str, np.ndarray]) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("ood")
+    rng = np.random.default_rng(0)
+    np.savez(d / "in.npz", x=cifar_mini["x_test"], y=cifar_mini["y_test"])
+    np.savez(d / "fit.npz", x=cifar_mini["x_train"], y=cifar_mini["y_train"])
+    # Stand-ins for Tiny ImageNet: CIFAR images with their pixels shuffled (natural colours, no objects).
+    shuffled = cifar_mini["x_train"][:40].reshape(40, -1, 3)[:, rng.permutation(1024)].reshape(40, 32, 32, 3)
+    np.savez(d / "tiny.npz", x_ood_test=shuffled, x_outlier_train=rng.integers(0, 256, (80, 32, 32, 3), np.uint8))
+    np.savez(d / "extra.npz", x=(rng.random((20, 32, 32, 1)) * 255).astype(np.uint8))
+    fm = d / "fashion"
+    fm.mkdir()
+    images = rng.integers(0, 256, (30, 28, 28), np.uint8)
+    header = b"".join(v.to_bytes(4, "big") for v in (2051, 30, 28, 28))
+    with gzip.open(fm / ood_eval_cmd.FASHION_MNIST_TEST, "wb") as f:
+        f.write(header + images.tobytes())
+    return {"dir": d, "in": d / "in.npz", "fit": d / "fit.npz", "tiny": d / "tiny.npz",
+            "extra": d / "extra.npz", "fashion": fm}
+
+
+def test_metrics_of_a_separable_toy_and_its_mirror() -> None:
+    ins, outs = np.linspace(0.6, 1.0, 50), np.linspace(0.0, 0.4, 70)
+    assert ood_eval_cmd.ood_metrics(ins, outs) == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}
+    mirrored = ood_eval_cmd.ood_metrics(outs, ins)
+    assert mirrored["auroc"] == 0.0 and mirrored["fpr95"] == 1.0
+    half = ood_eval_cmd.ood_metrics(np.arange(100.0), np.arange(100.0) + 0.5)  # interleaved
+    assert half["auroc"] == pytest.approx(0.495, abs=0.01)
+
+
+def test_fashion_mnist_idx_is_padded_to_three_channels(files: dict[str, Path]) -> None:
+    raw = ood_eval_cmd.read_idx_images(files["fashion"] / ood_eval_cmd.FASHION_MNIST_TEST)
+    x = ood_eval_cmd.pad_gray_to_rgb(raw, (32, 32))
+    assert x.shape == (30, 32, 32, 3) and x.dtype == np.uint8
+    assert np.array_equal(x[:, 2:30, 2:30, 1], raw) and x[:, :2].max() == 0 and x[:, :, 30:].max() == 0
+
+
+def test_ood_eval_reports_every_set_and_method(files: dict[str, Path], tmp_path: Path) -> None:
+    out, png = tmp_path / "ood.json", tmp_path / "ood.png"
+    rc = cli("ood-eval", "--model", str(TINY), "--oe-model", str(TINY), "--data", str(files["in"]),
+             "--fit-data", str(files["fit"]), "--n", "12", "--n-ood", "8", "--tinyimagenet", str(files["tiny"]),
+             "--fashion-mnist", str(files["fashion"]), "--ood-set", f"extra={files['extra']}",
+             *SEARCH, "--json", str(out), "--plot", str(png))
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert set(report) >= {"model", "in_distribution", "sets"} and isinstance(report["model"], dict)
+    assert isinstance(report["in_distribution"], str)
+    assert set(report["sets"]) == {"tinyimagenet", "fashion-mnist", "gaussian", "uniform", "extra"}
+    for per in report["sets"].values():
+        assert set(per) == set(ood_eval_cmd.METHODS)
+        for m in per.values():
+            assert set(m) == {"auroc", "aupr", "fpr95"} and all(0.0 <= v <= 1.0 for v in m.values())
+    assert report["missing"] == {} and report["skipped"] == {}
+    assert report["sets"]["gaussian"]["oe"] == report["sets"]["gaussian"]["msp"]  # same model as OE here
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_absent_sets_are_skipped_and_a_missing_oe_model_is_reported(
+        files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ood.json"
+    rc = cli("ood-eval", "--model", str(TINY), "--data", str(files["in"]), "--n", "16",
+             "--methods", "msp,oe,energy", "--data-dir", str(tmp_path / "nowhere"),
+             "--fashion-mnist", str(tmp_path / "no-fashion"), "--json", str(out))
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert set(report["sets"]) == {"gaussian", "uniform"}
+    assert set(report["skipped"]) == {"tinyimagenet", "fashion-mnist"}
+    assert "dataset-fashion-mnist" in report["skipped"]["fashion-mnist"]
+    assert "oe" in report["missing"] and all("oe" not in per for per in report["sets"].values())
+    printed = capsys.readouterr()
+    assert "skipping OOD set fashion-mnist" in printed.err and "missing" in printed.out
+    with pytest.raises(UsageError, match="NAME=PATH"):
+        cli("ood-eval", "--model", str(TINY), "--data", str(files["in"]), "--ood-set", "nonsense")
+
+
+def _calibratable(tmp_path: Path, **ood: Any) -> Path:
+    """A copy of the tiny checkpoint as if trained with outliers (a 20-outlier validation split)."""
+    ck = load_checkpoint(TINY)
+    ck.info.ood = {"gamma": 0.5, "lambda": 0.1, "training": {"val_outliers": 20, "split_seed": 0}} | ood
+    path = tmp_path / "ood.safetensors"
+    save_checkpoint(ck.model, ck.info, path)
+    return path
+
+
+def test_calibration_stores_mu_and_a_threshold_with_95_percent_tpr(
+        files: dict[str, Path], tmp_path: Path, cifar_mini: dict[str, np.ndarray]) -> None:
+    path = _calibratable(tmp_path)
+    before = load_checkpoint(path).sha256
+    report = tmp_path / "cal.json"
+    assert cli("ood-calibrate", "--model", str(path), "--outliers", str(files["tiny"]), "--val-data",
+               str(files["fit"]), "--n-in", "20", *SEARCH, "--json", str(report)) == 0
+    ck = load_checkpoint(path)
+    ood = ck.info.ood
+    assert ck.sha256 != before and ood["gamma"] == 0.5 and ood["lambda"] == 0.1
+    assert ood["mu"] in ood_calibrate_cmd.MU_GRID and ood["tpr"] >= 0.95 and 0 <= ood["val_auroc"] <= 1
+    assert "never trained on" in ood["chosen_on"]["outliers"] and ood["search"]["preset"] == "fast"
+    assert set(json.loads(report.read_text())["scores"]) == {"in", "out"}
+    # Recompute D on the same validation images: the threshold keeps >= 95% of them unflagged.
+    from safespot_cli.ood_eval_cmd import search_config, strided
+
+    args = argparse.Namespace(preset=None, norm=None, eps=None, delta=None, batch_size=32, seed=0)
+    cfg, _ = search_config(args, ck.info)
+    x_val = to_tensor(strided(cifar_mini["x_train"], 20))
+    res = find_safe_spots(ck.model, x_val, cfg)
+    d = safespot_score(res.msp.double(), res.msp_adv.double(), ood["mu"])
+    assert float((d >= ood["threshold"]).double().mean()) >= 0.95
+    flags = [ood_score(ck.info, float(m), float(a))[1] for m, a in zip(res.msp, res.msp_adv, strict=True)]
+    assert sum(flags) <= 0.05 * len(flags)  # the service's flag agrees
+
+
+def test_calibration_finds_the_trainers_holdout(tmp_path: Path, cifar_mini: dict[str, np.ndarray]) -> None:
+    from worker.trainer import _split
+
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "cifar10_train.npz", x=cifar_mini["x_train"], y=cifar_mini["y_train"])
+    info = read_info(TINY)
+    info.data = info.data | {"images": 400, "holdout": 30, "limit": None}
+    x, desc = ood_calibrate_cmd.heldout_images(info, str(tmp_path / "data"), n=25)
+    _, held = _split(400, 30, info.training["config"]["seed"], None)
+    assert np.array_equal(x, cifar_mini["x_train"][held[:25]]) and "held out" in desc
+    info.data["images"] = 50_000
+    with pytest.raises(UsageError, match="same data"):
+        ood_calibrate_cmd.heldout_images(info, str(tmp_path / "data"), n=25)
+    info.training = {}
+    with pytest.raises(UsageError, match="--val-data"):
+        ood_calibrate_cmd.heldout_images(info, str(tmp_path / "data"), n=25)
+
+
+def test_calibration_refuses_contradicting_weights(files: dict[str, Path], tmp_path: Path) -> None:
+    path = _calibratable(tmp_path)
+    with pytest.raises(UsageError, match="gamma"):
+        cli("ood-calibrate", "--model", str(path), "--outliers", str(files["tiny"]), "--val-data",
+            str(files["fit"]), "--gamma", "2.0", "--n-in", "4", *SEARCH)

@@ -1,0 +1,348 @@
+"""Fixtures of the reliability tests: real processes, real sockets, real Redis.
+
+- `RedisServer`: a private `redis-server` on a fixed port that a test may stop
+  and start again (the session's shared server must not be restarted);
+- `LiveApi`: the FastAPI app served by uvicorn on a real socket, in a thread
+  of the test process (cheap: no torch, starts in well under a second);
+- `WorkerPool`: `python -m worker.rq_worker` subprocesses on the tiny test
+  model (the same helper environment as tests/worker).
+
+The package shares one Redis, one API and one worker (`stack`) across its
+modules where a test does not need to break them; the fault tests start their
+own.  Workers import torch (seconds on a busy machine), so they are few.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from PIL import Image
+
+from tests.conftest import FIXTURES, PHOTOS, REPO, TINY_MODEL, free_port
+from tests.worker.conftest import worker_env
+from worker.protocol import FILTER_QUEUE, PREFIX
+
+CLIENT_KEY = "reliability-client-key-0123456789"
+ADMIN_KEY = "reliability-admin-key-0123456789"
+TERMINAL = frozenset({"finished", "failed", "canceled", "expired"})
+
+
+def client_auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {CLIENT_KEY}"}
+
+
+def admin_auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def small_photo(name: str = "chelsea.jpg", size: tuple[int, int] = (48, 32), fmt: str = "PNG") -> bytes:
+    """A real photograph, shrunk so the tiny model filters it in well under a second."""
+    with Image.open(PHOTOS / name) as im:
+        image = im.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------- Redis
+class RedisServer:
+    """A private redis-server that keeps nothing on disk (like the session one)."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("the reliability tests need redis-server on PATH")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+
+# ----------------------------------------------------------------------- API
+class LiveApi:
+    """`create_app(settings)` served by uvicorn on 127.0.0.1:<port> in a daemon thread."""
+
+    def __init__(self, settings: Any, port: int | None = None) -> None:
+        import uvicorn
+
+        from service.app import create_app
+
+        self.port = port or free_port()
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
+                                access_log=False, lifespan="on", log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="live-api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LiveApi:
+        self.thread.start()
+        wait_for(lambda: self.server.started, 15, "uvicorn to start", interval=0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30.0), **kw)
+
+
+def api_settings(redis_url: str, tmp: Path, **overrides: Any) -> Any:
+    from service.settings import Settings
+
+    values: dict[str, Any] = dict(
+        redis_url=redis_url, api_keys=CLIENT_KEY, admin_keys=ADMIN_KEY, data_dir=tmp / "data",
+        checkpoint_dir=tmp / "checkpoints", max_upload_bytes=1024 * 1024, max_pixels=4_000_000,
+        max_checkpoint_bytes=1024 * 1024, max_wait_s=30, redis_timeout_s=1.0, seconds_per_job=1)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def serve_subprocess(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`safespot serve` (Redis mode: the API only) as its own process."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "safespot_cli.main", "serve", "--port", str(port),
+                                 "--log-level", "warning"], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"safespot serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 30, "safespot serve to answer /healthz", interval=0.1)
+    return proc
+
+
+def service_env(redis_url: str, tmp: Path, **settings: Any) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFESPOT_")}
+    env.update({"PYTHONPATH": str(REPO), "SAFESPOT_REDIS_URL": redis_url,
+                "SAFESPOT_API_KEYS": CLIENT_KEY, "SAFESPOT_ADMIN_KEYS": ADMIN_KEY,
+                "SAFESPOT_DATA_DIR": str(tmp / "data"), "SAFESPOT_CHECKPOINT_DIR": str(tmp / "checkpoints"),
+                "SAFESPOT_REDIS_TIMEOUT_S": "1"})
+    env.update({f"SAFESPOT_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ------------------------------------------------------------------- workers
+@dataclass
+class WorkerPool:
+    logdir: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, redis_url: str, checkpoint_dir: Path, *args: str, **settings: Any) -> subprocess.Popen[bytes]:
+        env = worker_env(redis_url, checkpoint_dir, **settings)
+        log = open(self.logdir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 (lives with the process)
+        proc = subprocess.Popen([sys.executable, "-m", "worker.rq_worker", *args], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def log(self, index: int) -> str:
+        return (self.logdir / f"worker-{index}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+
+
+def wait_ready(api: httpx.Client, timeout: float = 90) -> None:
+    """Until /readyz says a worker holds a model (the worker imports torch first)."""
+    wait_for(lambda: api.get("/readyz").status_code == 200, timeout, "a ready worker", interval=0.25)
+
+
+# --------------------------------------------------------------- Redis state
+def queue_state(conn: redis.Redis) -> dict[str, int]:
+    """What a request costs the queue: queued ids, jobs, uploads, started executions."""
+    return {
+        "queued": int(conn.llen(f"rq:queue:{FILTER_QUEUE}")),
+        "jobs": sum(1 for _ in conn.scan_iter("rq:job:*", count=1000)),
+        "uploads": sum(1 for _ in conn.scan_iter(f"{PREFIX}upload:*", count=1000)),
+        "started": int(conn.zcard(f"rq:wip:{FILTER_QUEUE}")),
+    }
+
+
+def poll_job(api: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body = api.get(f"/v1/jobs/{job_id}", headers=client_auth()).json()
+        return body if body.get("status") in TERMINAL else None
+
+    return wait_for(done, timeout, f"job {job_id} to end", interval=0.1)
+
+
+# ------------------------------------------------------- raw-socket uploads
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, headers, json.loads(body[:length] or b"{}")
+
+
+def stream_upload(port: int, path: str, field_name: str, auth: dict[str, str], total: int, *,
+                  chunked: bool, first_bytes: bytes = b"\xff\xd8\xff") -> tuple[int, int, dict[str, Any]]:
+    """POST a multipart body with a file part of about `total` bytes to `path`
+    over a raw socket (httpx would buffer it), stopping as soon as the server
+    answers or stops reading.  Returns (file bytes sent, status, JSON body)."""
+    head = (f"--b\r\nContent-Disposition: form-data; name=\"{field_name}\"; filename=\"big.bin\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + first_bytes
+    tail = b"\r\n--b--\r\n"
+    framing = ("Transfer-Encoding: chunked" if chunked
+               else f"Content-Length: {len(head) + total + len(tail)}")
+    request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth['Authorization']}\r\n"
+               f"Content-Type: multipart/form-data; boundary=b\r\n{framing}\r\n\r\n").encode()
+
+    def frame(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
+
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answered_early = not chunked and bool(select.select([sock], [], [], 1.0)[0])
+        if not answered_early:  # a declared length over the limit is answered before any body
+            sock.sendall(frame(head))
+        sock.settimeout(2)
+        while not answered_early and sent < total and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(frame(b"\0" * min(65536, total - sent)))
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                break  # the server stopped reading: what we want
+            sent += min(65536, total - sent)
+        if sent >= total:
+            with contextlib.suppress(OSError):
+                sock.sendall(frame(tail) + (b"0\r\n\r\n" if chunked else b""))
+        sock.settimeout(10)
+        status, _headers, body = _read_response(sock)
+    return sent, status, body
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True)
+def _no_safespot_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read SAFESPOT_*; the developer's own environment must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("SAFESPOT_"):
+            monkeypatch.delenv(name)
+
+
+@dataclass
+class Stack:
+    """One Redis, one worker and one API shared by the non-destructive tests."""
+
+    redis: RedisServer
+    api: LiveApi
+    workers: WorkerPool
+    tmp: Path
+
+    @property
+    def conn(self) -> redis.Redis:
+        return self.redis.client()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.tmp / "checkpoints"
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    server = RedisServer(tmp / "redis").start()
+    workers = WorkerPool(tmp)
+    workers.start(server.url, tmp / "checkpoints", max_wait_ms=50, job_heartbeat_ttl_s=10,
+                  max_checkpoint_bytes=1024 * 1024)
+    api = LiveApi(api_settings(server.url, tmp)).start()
+    try:
+        with api.client() as client:
+            wait_ready(client)
+        yield Stack(server, api, workers, tmp)
+    finally:
+        api.stop()
+        workers.stop_all()
+        server.stop()
+
+
+__all__ = ["ADMIN_KEY", "CLIENT_KEY", "FIXTURES", "TINY_MODEL", "LiveApi", "RedisServer", "WorkerPool"]
