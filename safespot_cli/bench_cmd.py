@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
-        from safespot_cli.commands import UsageError
+        from safespot_cli.errors import UsageError
 
         raise UsageError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]

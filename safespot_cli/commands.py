@@ -1,23 +1,25 @@
-"""Subcommand registry: each module adds its parser; imports stay inside `run`."""
+"""Subcommand registry: each module adds its parser; heavy imports stay inside `run`."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 
-
-class UsageError(Exception):
-    """A mistake the user can fix; printed without a traceback, exit status 2."""
-
+from safespot_cli.errors import UsageError
 
 Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 
+__all__ = ["Register", "UsageError", "registry"]
 
-def _registry() -> list[Register]:
+
+def registry() -> list[Register]:
+    """Every subcommand's `register`, imported when the parser is built (never at import
+    time: a subcommand module importing this one must not find it half-loaded)."""
     from safespot_cli import (
         bench_cmd,
         card_cmd,
         eval_cmd,
+        filter_cmd,
         ood_calibrate_cmd,
         ood_eval_cmd,
         serve_cmd,
@@ -25,8 +27,6 @@ def _registry() -> list[Register]:
         worker_cmd,
     )
 
-    return [serve_cmd.register, worker_cmd.register, eval_cmd.register, ood_eval_cmd.register,
-            ood_calibrate_cmd.register, train_cmd.register, bench_cmd.register, card_cmd.register]
-
-
-REGISTRY: list[Register] = _registry()
+    return [filter_cmd.register, serve_cmd.register, worker_cmd.register, eval_cmd.register,
+            ood_eval_cmd.register, ood_calibrate_cmd.register, train_cmd.register,
+            bench_cmd.register, card_cmd.register]

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from safespot_cli.commands import UsageError
+from safespot_cli.errors import UsageError
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

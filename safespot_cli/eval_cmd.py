@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from safespot_cli.commands import UsageError
 from safespot_cli.common import (
     add_model_args,
     add_threat_args,
@@ -15,6 +14,7 @@ from safespot_cli.common import (
     search_config,
     write_json,
 )
+from safespot_cli.errors import UsageError
 
 HELP = """Measure clean and adversarial accuracy of the images each method would publish
 (none, s-fgsm, s-pgd, s-full), the safe-spot rate, passes per image and wall

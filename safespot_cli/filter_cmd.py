@@ -14,7 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from safespot_cli.commands import UsageError
+from safespot_cli.errors import UsageError
 
 HELP = """Filter image files on this machine (no server, no Redis).  Each image gets a nearby
 "safe spot": a copy on which the model keeps its label under attack, written as a
@@ -202,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
     single = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
     plan_outputs(items, out, single)
     check_report_path(args.json_out, items)
+    # Like the service: the default model (SAFESPOT_DEFAULT_MODEL, else the shipped one) is "default".
+    args.model_id = Path(args.model).stem if args.model else "default"
     args.model = args.model or os.environ.get("SAFESPOT_DEFAULT_MODEL") or "default"
     return Filtering(args, items, failures).run()
 
@@ -230,13 +232,16 @@ class Filtering:
         args = self.args
         for f in self.failures:
             self.say_failure(f.input, f.code, f.message)
-        loaded, device = open_model(args)
+        try:
+            loaded, device = open_model(args)
+        except UsageError as e:
+            raise UsageError(f"{e} (choose one with --model NAME or --model PATH.safetensors, "
+                             "or set SAFESPOT_DEFAULT_MODEL)") from None
         Image.MAX_IMAGE_PIXELS = args.max_pixels  # our own check in decode_upload answers first
         eps = args.eps if args.eps is not None else DEFAULT_EPS[args.norm]
         self.settings = {"preset": args.preset, "norm": args.norm, "eps": eps,
                          "delta": args.delta if args.delta is not None else eps, "device": str(device)}
-        model_id = Path(args.model).stem if args.model.endswith(".safetensors") else args.model
-        self.processor = FilterProcessor(loaded, model_id, max_batch=args.batch_size,
+        self.processor = FilterProcessor(loaded, args.model_id, max_batch=args.batch_size,
                                          max_image_pixels=args.max_pixels, progress=self.on_progress)
         started = time.time()
         self.bar = tqdm(total=len(self.items), unit="img", desc="filter", file=sys.stderr,
@@ -250,7 +255,7 @@ class Filtering:
         self.entries.sort(key=lambda e: order.get(e["input"], -1))  # inputs not found first
         written = [e for e in self.entries if e["status"] == "ok"]
         failed = len(self.entries) - len(written)
-        summary = {"images": len(self.items), "written": len(written), "failed": failed,
+        summary = {"images": len(self.entries), "written": len(written), "failed": failed,
                    "safe_spot_found": sum(bool(e["result"]["safe_spot_found"]) for e in written),
                    "seconds": round(time.time() - started, 2)}
         report = {"model": {**self.processor.model_ref, "arch": loaded.info.arch},

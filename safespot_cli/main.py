@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from safespot_cli import commands
+from safespot_cli.errors import UsageError
 
 EPILOG = """examples:
   safespot filter photo.jpg -o out/            filter one image with the default model
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="safespot", description="Protect images with safe spots: filter, serve, evaluate, train.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in commands.REGISTRY:
+    for register in commands.registry():
         register(sub)
     return parser
 
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except commands.UsageError as e:
+    except UsageError as e:
         print(f"safespot {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from safespot_cli.commands import UsageError
 from safespot_cli.common import add_model_args, open_model, write_json
+from safespot_cli.errors import UsageError
 from safespot_cli.ood_eval_cmd import (
     add_search_args,
     ood_metrics,

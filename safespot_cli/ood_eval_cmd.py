@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from safespot_cli.commands import UsageError
 from safespot_cli.common import add_model_args, open_model, write_json
+from safespot_cli.errors import UsageError
 
 METHODS = ("msp", "oe", "energy", "mahalanobis", "safespot")
 BUILTIN_SETS = ("tinyimagenet", "fashion-mnist", "gaussian", "uniform")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from safespot_cli.commands import UsageError
+from safespot_cli.errors import UsageError
 
 HELP = """Run the filter API.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from safespot_cli.commands import UsageError
+from safespot_cli.errors import UsageError
 
 HELP = """Process queued jobs from Redis (SAFESPOT_REDIS_URL).  The worker loads the active
 checkpoint once (the shipped default model when none is active), searches the

@@ -41,14 +41,14 @@ def activate(connection: redis.Redis, checkpoint_id: str) -> CheckpointRecord:
                 if record.get("status") not in ("ready", "active"):
                     raise Conflict(f"checkpoint {checkpoint_id} is {record.get('status')}, "
                                    "only a ready checkpoint can be activated")
-                previous_raw = pipe.get(ACTIVE_CHECKPOINT_KEY)
-                previous = _text(previous_raw) if previous_raw else None
-                previous_record = (_record(pipe, previous, missing_ok=True)
-                                   if previous and previous != checkpoint_id else None)
+                # Demote every other record marked active (not only the one the active key
+                # names): a worker registers the shipped default as active without the key.
+                demoted = [r for r in (json.loads(raw) for raw in pipe.hvals(CHECKPOINTS_KEY))
+                           if r.get("status") == "active" and r.get("id") != checkpoint_id]
                 pipe.multi()
-                if previous_record:
+                for previous_record in demoted:
                     previous_record["status"] = "ready"
-                    pipe.hset(CHECKPOINTS_KEY, previous, json.dumps(previous_record))
+                    pipe.hset(CHECKPOINTS_KEY, previous_record["id"], json.dumps(previous_record))
                 record["status"] = "active"
                 pipe.hset(CHECKPOINTS_KEY, checkpoint_id, json.dumps(record))
                 pipe.set(ACTIVE_CHECKPOINT_KEY, checkpoint_id)

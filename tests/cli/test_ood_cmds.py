@@ -15,7 +15,7 @@ from models.checkpoint import load_checkpoint, read_info, save_checkpoint
 from safespot import find_safe_spots
 from safespot.ood import safespot_score
 from safespot_cli import ood_calibrate_cmd, ood_eval_cmd
-from safespot_cli.commands import UsageError
+from safespot_cli.errors import UsageError
 from worker.data import to_tensor
 from worker.results import ood_score
 

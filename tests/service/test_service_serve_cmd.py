@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 
 from safespot_cli import serve_cmd
-from safespot_cli.commands import UsageError
+from safespot_cli.errors import UsageError
 
 
 def parse(*argv: str) -> argparse.Namespace:

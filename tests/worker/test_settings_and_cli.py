@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from safespot_cli import worker_cmd
-from safespot_cli.commands import UsageError
+from safespot_cli.errors import UsageError
 from worker.protocol import ADMIN_QUEUE, FILTER_QUEUE, TRAIN_QUEUE
 from worker.settings import WorkerSettings
 

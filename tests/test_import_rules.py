@@ -1,0 +1,81 @@
+"""The dependency rules of DESIGN.md, checked on the source (every import statement).
+
+    safespot  <- models <- worker        service talks to workers only through Redis
+    safespot: torch, numpy (scipy for the certification's binomial tests)
+    models:   safespot, torch (+ safetensors, torchvision for ResNet-50)
+    worker:   safespot, models, rq, redis (+ the wire contract, image and HTTP helpers)
+    service:  rq, redis, pydantic, fastapi ... never torch, never the computing packages
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+ALLOWED: dict[str, set[str]] = {
+    "safespot": {"safespot", "torch", "numpy", "scipy"},
+    "models": {"models", "safespot", "torch", "torchvision", "safetensors"},
+    "worker": {"worker", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",
+               "pydantic", "pydantic_settings", "prometheus_client", "tqdm"},
+    "service": {"service", "worker.protocol", "worker.errors", "fastapi", "starlette", "pydantic",
+                "pydantic_settings", "rq", "redis", "PIL", "prometheus_client", "anyio", "uvicorn",
+                "multipart", "python_multipart", "httpx"},
+}
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append(node.module)
+    return found
+
+
+def _allowed(name: str, allowed: set[str]) -> bool:
+    top = name.split(".")[0]
+    return top in STDLIB or top in allowed or any(name == a or name.startswith(a + ".") for a in allowed)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_packages_import_only_what_the_design_allows(package: str) -> None:
+    offenders = []
+    for path in sorted((REPO / package).rglob("*.py")):
+        for name in _imports(path):
+            if not _allowed(name, ALLOWED[package]):
+                offenders.append(f"{path.relative_to(REPO)}: {name}")
+    assert not offenders, "imports outside the design's rules:\n" + "\n".join(offenders)
+
+
+def test_service_uses_only_the_torch_free_parts_of_worker() -> None:
+    for path in (REPO / "service").rglob("*.py"):
+        for name in _imports(path):
+            if name.split(".")[0] == "worker":
+                assert name in ("worker.protocol", "worker.errors"), f"{path}: {name}"
+    for module in ("protocol", "errors"):
+        for name in _imports(REPO / "worker" / f"{module}.py"):
+            assert name.split(".")[0] in STDLIB, f"worker/{module}.py must stay standard-library only: {name}"
+
+
+def test_algorithm_package_does_no_io_setup() -> None:
+    # The method is pure computation: no logging configuration, no file or network access.
+    for path in (REPO / "safespot").rglob("*.py"):
+        text = path.read_text()
+        for banned in ("logging.basicConfig", "open(", "requests.", "urllib", ".cuda()"):
+            assert banned not in text, f"{path.relative_to(REPO)} uses {banned!r}"
+
+
+def test_cli_help_imports_no_torch() -> None:
+    code = ("import sys; from safespot_cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'safespot', 'models')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
