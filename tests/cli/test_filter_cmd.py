@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from safespot_cli import commands, filter_cmd, main
+from safespot_cli import main
 from tests.conftest import PHOTOS, REPO, TINY_MODEL
 from worker.protocol import FilterResult
 
@@ -25,10 +25,7 @@ FAST = ["--model", str(TINY_MODEL), "--preset", "fast", "--eps", f"{EPS_LEVELS}/
 
 
 @pytest.fixture(autouse=True)
-def registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`safespot filter` in the CLI's registry (whether or not it is registered already)."""
-    others = [r for r in commands.REGISTRY if r is not filter_cmd.register]
-    monkeypatch.setattr(commands, "REGISTRY", [*others, filter_cmd.register])
+def no_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SAFESPOT_DEFAULT_MODEL", raising=False)
 
 
