@@ -19,6 +19,7 @@ from PIL import Image
 from starlette.responses import FileResponse, Response
 from starlette.types import Scope
 
+from service.auth import EarlyClientAuth
 from service.body_limit import BodyLimit
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
@@ -134,5 +135,6 @@ def create_app(settings: Settings, backend: JobBackend | None = None) -> FastAPI
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(BodyLimit, limit_for=body_limit_for(settings), metrics=app.state.metrics)
+    app.add_middleware(EarlyClientAuth, settings=settings, paths=frozenset({"/v1/filter"}))
     app.add_middleware(RequestObserver, metrics=app.state.metrics)  # outermost: sees every answer
     return app

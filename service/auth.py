@@ -19,8 +19,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import Forbidden, Unauthorized
+from service.errors import Forbidden, Unauthorized, error_response
 from service.settings import Settings
 
 
@@ -68,13 +69,8 @@ def _presented_key(credentials: HTTPAuthorizationCredentials | None) -> str | No
     return credentials.credentials
 
 
-def require_client(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Role:
-    """Dependency of client routes."""
-    settings = _settings(request)
-    key = _presented_key(credentials)
+def client_role(key: str | None, settings: Settings) -> Role:
+    """The role of a client route's caller; Unauthorized when the key is missing or wrong."""
     role = role_of(key, settings)
     if role is not None:
         return role
@@ -83,6 +79,41 @@ def require_client(
     if key is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     raise Unauthorized("invalid API key")
+
+
+def require_client(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Role:
+    """Dependency of client routes."""
+    return client_role(_presented_key(credentials), _settings(request))
+
+
+class EarlyClientAuth:
+    """Refuse uploads without a valid client key *before* their body is read.
+
+    FastAPI parses a multipart form before it runs the route's dependencies,
+    so without this an unauthenticated client could make us read and spool
+    a whole upload (up to the byte limit) just to be told 401.  Pure ASGI:
+    it looks only at the header, then hands the untouched request on.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings, paths: frozenset[str]) -> None:
+        self.app, self.settings, self.paths = app, settings, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            scheme, _, key = header.partition(" ")
+            presented = key.strip() if scheme.lower() == "bearer" and key.strip() else None
+            try:
+                client_role(presented, self.settings)
+            except Unauthorized as refused:
+                response = error_response(refused.status, refused.code, refused.message,
+                                          headers=refused.headers)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def require_admin(

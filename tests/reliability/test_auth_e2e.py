@@ -109,10 +109,6 @@ def test_an_admin_upload_is_refused_before_its_body_is_read(stack: Stack, key: s
     assert (sent, answered) == (0, status) and body["error"]["code"] in ("forbidden", "unauthorized")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known weakness: FastAPI parses the multipart form of POST /v1/filter before running the "
-    "auth dependency, so a request without a valid key costs reading and spooling up to "
-    "SAFESPOT_MAX_UPLOAD_BYTES before its 401 (bounded by the body limit; see docs/reliability.md)"))
 def test_an_unauthenticated_filter_upload_is_refused_before_its_body_is_read(stack: Stack) -> None:
     sent, answered, _ = stream_upload(stack.api.port, "/v1/filter", "image", bearer("wrong-key"),
                                       900 * 1024, chunked=False)
