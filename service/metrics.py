@@ -62,6 +62,8 @@ class ServiceMetrics:
             "safespot_uploads_rejected_total", "Uploads refused before queueing, by reason.",
             ["reason"], registry=self.registry)
         self.registry.register(_BackendCollector(backend))
+        # Single-process mode: the in-process worker's own registry joins this endpoint.
+        self.worker_registry = getattr(backend, "metrics_registry", None)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, method=method, status=str(status)).inc()
@@ -75,7 +77,10 @@ class ServiceMetrics:
         self.jobs_submitted.labels(preset=preset).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        body = generate_latest(self.registry)
+        if self.worker_registry is not None:
+            body += generate_latest(self.worker_registry)
+        return body
 
 
 class _BackendCollector(Collector):

@@ -117,3 +117,19 @@ def test_a_static_page_is_served_at_the_root_without_shadowing_the_api(settings,
         missing = client.get("/nothing-here.js")
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
         assert 'route="/"' in client.get("/metrics").text
+
+
+def test_metrics_include_the_in_process_workers_registry(settings, backend) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+    from prometheus_client import CollectorRegistry, Counter
+
+    from service.app import create_app
+
+    worker_registry = CollectorRegistry()
+    Counter("safespot_worker_search_passes_total", "passes", ["model"], registry=worker_registry).labels(
+        model="m").inc(3)
+    backend.metrics_registry = worker_registry  # what EmbeddedBackend exposes
+    with TestClient(create_app(settings, backend)) as client:
+        text = client.get("/metrics").text
+    assert 'safespot_worker_search_passes_total{model="m"} 3.0' in text
+    assert "safespot_http_requests_total" in text
