@@ -42,9 +42,15 @@ class Recipe:
     attack_step: float = 0.25  # PGD step as a fraction of eps (the paper: 1/4)
     safe_steps: int = 10  # s-pgd-adv: targeted PGD steps towards y
     safe_direction: Literal["towards", "away"] = "towards"
+    # s-*-adv: the share of each batch attacked from its safe-spot candidate; the rest is
+    # attacked from the image itself (plain adversarial training), which keeps the
+    # robustness *at* the image that the safe-spot objective alone gives up.
+    safe_fraction: float = 1.0
     sigma: float = 0.25  # gaussian
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.safe_fraction <= 1.0:
+            raise ValueError("safe_fraction must be in [0, 1]")
         if self.name not in RECIPES:
             raise ValueError(f"unknown recipe {self.name!r}; choose one of {RECIPES}")
         check_norm(self.norm)
@@ -101,7 +107,9 @@ def training_inputs(model: nn.Module, x: Tensor, y: Tensor, recipe: Recipe,
         return x + recipe.sigma * noise
     start = x
     if recipe.name in ("s-fgsm-adv", "s-pgd-adv"):
-        start = safe_spot_candidate(model, x, y, recipe, generator)
+        k = round(recipe.safe_fraction * x.shape[0])
+        if k > 0:
+            start = torch.cat([safe_spot_candidate(model, x[:k], y[:k], recipe, generator), x[k:]])
     if recipe.fast_attack:
         return fgsm(model, start, y, norm=recipe.norm, eps=recipe.eps,
                     alpha=FAST_STEP * recipe.eps, random_start=True, generator=generator)

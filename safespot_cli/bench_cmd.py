@@ -133,6 +133,9 @@ def summary(out: dict[str, Any]) -> str:
         lines.append(f"search batch {row['batch']:>4}: {row['images_per_s']:8.2f} images/s, "
                      f"efficiency {row['efficiency']:.3f}")
     for name, p in out.get("presets", {}).items():
+        if not isinstance(p, dict):
+            lines.append(f"presets: {p}")
+            continue
         lines.append(f"preset {name:>8}: safe-spot rate {p['safe_spot_rate']:.4f}, "
                      f"{p['grad_evals_per_image']:.1f} passes/image")
     if "service" in out:

@@ -59,8 +59,9 @@ def measure_limit(model: nn.Module, input_size: tuple[int, ...], device: torch.d
 
 
 def _test_images(n: int, data: str, data_dir: str | None, device: torch.device,
-                 input_size: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed test images (stride over the set), or random 8-bit images if no data set is at hand."""
+                 input_size: tuple[int, ...], required: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed test images (stride over the set); for speed alone, random 8-bit images
+    when no data set is at hand (`required` raises instead)."""
     from worker.data import DataError, load_dataset, strided_indices, to_tensor
 
     try:
@@ -68,6 +69,8 @@ def _test_images(n: int, data: str, data_dir: str | None, device: torch.device,
         idx = strided_indices(len(ds), n)
         return to_tensor(ds.x[idx], device), torch.from_numpy(ds.y[idx]).to(device)
     except DataError:
+        if required:
+            raise
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (n, *input_size), generator=g).float().div(255).to(device)
         return x, torch.zeros(n, dtype=torch.long, device=device)
@@ -146,7 +149,12 @@ def measure_presets(model: nn.Module, device: torch.device, presets: list[str], 
     """Safe-spot rate (paper protocol) and passes per image of each preset on n test images."""
     from safespot.evaluation import evaluate_methods
 
-    x, y = _test_images(n, data, data_dir, device, (3, 32, 32))
+    from worker.data import DataError
+
+    try:
+        x, y = _test_images(n, data, data_dir, device, (3, 32, 32), required=True)
+    except DataError as e:
+        return {"skipped": f"no labelled test data: {e}"}
     out: dict[str, Any] = {}
     for name in presets:
         cfg = SearchConfig.preset(name.strip(), norm=norm)  # type: ignore[arg-type]

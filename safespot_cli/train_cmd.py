@@ -37,6 +37,9 @@ def register(sub: Any) -> None:
     p.add_argument("--init-from", default=None, help="fine-tune: start from this checkpoint's weights")
     p.add_argument("--safe-direction", default="towards", choices=["towards", "away"],
                    help="'away' reproduces the authors' public script")
+    p.add_argument("--safe-fraction", type=float, default=1.0,
+                   help="s-*-adv: share of each batch attacked from its safe-spot candidate "
+                        "(the rest from the image itself)")
     p.add_argument("--sigma", type=float, default=0.25, help="noise level of the gaussian recipe")
     p.add_argument("--arch", default="cifar_cnn", help="cifar_cnn, preact_resnet18, wide_resnet, resnet50")
     p.add_argument("--width", type=int, default=None, help="cifar_cnn width")
@@ -70,7 +73,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     eps = args.eps if args.eps is not None else DEFAULT_EPS[args.norm]
     common = dict(norm=args.norm, eps=eps, delta=args.delta, attack=args.attack,
                   attack_steps=args.attack_steps, attack_step=args.attack_step,
-                  safe_direction=args.safe_direction, sigma=args.sigma)
+                  safe_direction=args.safe_direction, safe_fraction=args.safe_fraction, sigma=args.sigma)
     recipe = Recipe(name=args.recipe, **common)
     warmup = Recipe(name=args.warmup_recipe, **common) if args.warmup_recipe else None
     arch_args = {"width": args.width} if args.width else {}

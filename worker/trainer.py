@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import socket
 import sys
 import tempfile
@@ -174,6 +175,10 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
         state.update(epoch=epoch + 1, step=0)
         if dist.rank == 0:
             _save_state(run_dir, model, opt, state)
+            if cfg.warmup is not None and epoch + 1 == cfg.warmup_epochs:
+                # Kept: a run with the warm-up's recipe throughout shares these epochs
+                # exactly (same seed, same data order), so it can resume from here.
+                shutil.copyfile(run_dir / "state.pt", run_dir / "state-after-warmup.pt")
         dist.barrier()
 
     out = Path(cfg.out)
