@@ -148,7 +148,6 @@ def measure_presets(model: nn.Module, device: torch.device, presets: list[str], 
                     data: str, data_dir: str | None) -> dict[str, Any]:
     """Safe-spot rate (paper protocol) and passes per image of each preset on n test images."""
     from safespot.evaluation import evaluate_methods
-
     from worker.data import DataError
 
     try:
