@@ -1,0 +1,87 @@
+"""The training sidecar: a fresh tiny run, kill-and-resume, and two-process DDP (gloo, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+from tests.conftest import REPO
+from worker.trainer import _one_cycle
+
+
+@pytest.fixture(scope="module")
+def train_npz(tmp_path_factory: pytest.TempPathFactory, cifar_mini: dict[str, np.ndarray]) -> Path:
+    path = tmp_path_factory.mktemp("data") / "train.npz"
+    np.savez(path, x=cifar_mini["x_train"], y=cifar_mini["y_train"])
+    return path
+
+
+def _command(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "safespot_cli.main", "train", "--data", str(data), "--width", "4",
+            "--holdout", "64", "--eval-pgd", "32", "--batch-size", "32", "--run-dir", str(run_dir),
+            "--threads", "1", "--quiet", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def test_a_fresh_one_epoch_run_writes_a_self_describing_checkpoint(train_npz: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = subprocess.run(_command(train_npz, run, "--recipe", "s-fgsm-adv", "--epochs", "1",
+                                   "--safe-fraction", "0.5"),
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = load_checkpoint(run / "model.safetensors")
+    info = loaded.info
+    assert info.recipe["name"] == "s-fgsm-adv" and info.recipe["safe_fraction"] == 0.5
+    assert info.threat == {"norm": "linf", "eps": 8 / 255}
+    assert info.training["epochs"] == 1 and "safespot train" in info.training["command"]
+    assert info.data["holdout"] == 64 and info.class_names
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert {"holdout_clean_acc", "holdout_pgd_acc", "train_loss", "images_per_s"} <= set(log[0])
+
+
+def test_a_killed_run_resumes_from_its_last_saved_state(train_npz: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cmd = _command(train_npz, run, "--recipe", "adv-fast", "--epochs", "2", "--save-every", "2")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 240
+    while not (run / "state.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert (run / "state.pt").exists(), "no state was saved"
+    os.kill(proc.pid, signal.SIGKILL)  # mid-epoch: no chance to clean up
+    proc.wait()
+    saved = torch.load(run / "state.pt", weights_only=True)["progress"]
+    assert saved["epoch"] == 0 and saved["step"] >= 2
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming {run} at epoch 1, step {saved['step']}" in done.stderr
+    assert load_checkpoint(run / "model.safetensors").info.training["epochs"] == 2
+
+
+def test_two_process_ddp_on_cpu(train_npz: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(29500 + os.getpid() % 1000), "-m", "safespot_cli.main",
+           *_command(train_npz, run, "--recipe", "adv-fast", "--epochs", "1")[3:]]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = load_checkpoint(run / "model.safetensors").info
+    assert info.training["world_size"] == 2
+
+
+def test_one_cycle_schedule_rises_then_falls_to_zero() -> None:
+    lrs = [_one_cycle(step, 100, 0.2, 0.4) for step in range(101)]
+    assert lrs[0] == 0 and max(lrs) == pytest.approx(0.2) and lrs[100] == 0
+    assert lrs.index(max(lrs)) == 40
