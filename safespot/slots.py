@@ -123,7 +123,7 @@ class Slots:
         return slots
 
     def extend(self, other: Slots) -> Slots:
-        rows = {name: cat_rows(getattr(self, name), getattr(other, name)) for name in self.ROWS}
+        rows: dict[str, Any] = {name: cat_rows(getattr(self, name), getattr(other, name)) for name in self.ROWS}
         return dataclasses.replace(
             self, keys=self.keys + other.keys, sizes=self.sizes + other.sizes,
             rng_search=self.rng_search + other.rng_search,
@@ -132,7 +132,7 @@ class Slots:
 
     def keep_only(self, keep: list[int]) -> Slots:
         idx = torch.tensor(keep, dtype=torch.long, device=self.y.device)
-        rows = {name: getattr(self, name).index_select(0, idx) for name in self.ROWS}
+        rows: dict[str, Any] = {name: getattr(self, name).index_select(0, idx) for name in self.ROWS}
         return dataclasses.replace(
             self, keys=[self.keys[i] for i in keep], sizes=[self.sizes[i] for i in keep],
             rng_search=[self.rng_search[i] for i in keep],

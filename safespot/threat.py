@@ -26,7 +26,7 @@ _TINY = 1e-12  # guards divisions by a zero norm
 def check_norm(norm: str) -> Norm:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    return norm  # type: ignore[return-value]
+    return norm
 
 
 def per_sample(value: float | Tensor, x: Tensor) -> Tensor:

@@ -52,7 +52,9 @@ def register(sub: Any) -> None:
     p.add_argument("--data", default="cifar10")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seconds", type=float, default=20.0, help="time budget per batch size (search)")
-    p.add_argument("--service-seconds", type=float, default=60.0)
+    p.add_argument("--service-images", type=int, default=128, help="uploads for the service section")
+    p.add_argument("--service-clients", type=int, default=8)
+    p.add_argument("--redis-url", default=None, help="service section: an existing Redis (default: start one)")
     p.add_argument("--json", dest="json_out", required=True, metavar="OUT")
     p.set_defaults(run=run)
 
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if "service" in sections:
         from safespot_cli import bench_service
 
-        out["service"] = bench_service.run_e2e(duration_s=args.service_seconds, model=args.model)
+        out["service"] = bench_service.run_e2e(args.service_images, args.service_clients, args.redis_url,
+                                               args.model, {}, threads=args.threads or 2)
         save()
     out["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     save()

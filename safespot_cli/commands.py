@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from safespot_cli.errors import UsageError
 
-Register = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
+Register = Callable[[argparse._SubParsersAction], None]
 
 __all__ = ["Register", "UsageError", "registry"]
 

@@ -124,7 +124,7 @@ class RedisJobBackend:
         # The depth check above races with concurrent submissions (every request of a
         # burst may read the same depth): admit by position instead.  A job queued
         # behind max_queue others takes itself back, unless a worker already took it.
-        position = self.redis.lpos(queue.key, job_id, rank=-1)
+        position = cast(int | None, self.redis.lpos(queue.key, job_id, rank=-1))
         if position is not None and position >= s.max_queue and self.redis.lrem(queue.key, 1, job_id):
             job.delete(remove_from_queue=False)
             self.redis.delete(upload_key(job_id))
