@@ -63,3 +63,16 @@ def test_search_against_the_smoothed_classifier(tiny_model, test_images) -> None
     res = find_safe_spots(smoothed, x, SearchConfig.preset("fast", norm="l2", eps=0.5, outer_steps=2))
     assert res.grad_evals % 2 == 0 and res.grad_evals > 0
     assert float((res.x_safe - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-6
+
+
+def test_certified_radii_before_and_after_the_search(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+    from safespot.evaluation import certify_before_after
+
+    x, y = test_images[0][:4], test_images[1][:4]
+    cfg = SearchConfig.preset("fast", norm="l2", eps=0.25, outer_steps=2)
+    out = certify_before_after(tiny_model, x, y, cfg, sigma=0.12, samples=2, n0=10, num=50)
+    for side in ("original", "safe_spot"):
+        accs = [out[side][f"certified_acc@{r:g}"] for r in (0.0, 0.25, 0.5, 0.75)]
+        assert accs == sorted(accs, reverse=True)  # certified accuracy falls with the radius
+        assert 0 <= out[side]["abstain_rate"] <= 1
+    assert out["grad_evals_per_image"] > 0 and out["n"] == 50
