@@ -116,6 +116,9 @@ def quantize_toward(x: Tensor, center: Tensor) -> Tensor:
     perturbation shrinks in magnitude: the result is never farther from
     `center` than x in any Lp norm, and it stays in [0,1].  Rounding to the
     nearest value instead could push an L2 perturbation past its budget.
+    The one exception is float noise: a value within `_GRID_TOLERANCE` of a
+    grid value is taken to be that value (so k/255 in float32 stays k/255),
+    which may move it away from `center` by at most that tolerance.
     """
     levels = x * PIXEL_LEVELS
     anchor = snap_to_grid(center) * PIXEL_LEVELS

@@ -214,7 +214,6 @@ class BatchingWorker(SimpleWorker):
         """Fill free slots from the filter queue, waiting up to ``wait_s`` for jobs to arrive."""
         assert self.processor is not None
         deadline = time.monotonic() + wait_s
-        checked = False
         while self.processor.free_slots and not self._draining:
             taken = self._dequeue_filter_job()
             if taken is None:
@@ -223,12 +222,12 @@ class BatchingWorker(SimpleWorker):
                 time.sleep(0.002)
                 continue
             job, queue = taken
-            if not checked:  # a job that arrives after an activation must get the new model
-                checked = True
-                if self.models.changed():
-                    self._put_back(job, queue)
-                    self._reload_pending = True
-                    return
+            # A job that arrives after an activation must get the new model.  Checked
+            # per job (one GET): an activation may land while this call waits for more.
+            if self.models.changed():
+                self._put_back(job, queue)
+                self._reload_pending = True
+                return
             if job.func_name == FILTER_FUNC:
                 self._admit(job, queue)
             else:  # something else was put on the filter queue: run it as RQ would

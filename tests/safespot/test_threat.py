@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from safespot.threat import (
+    _GRID_TOLERANCE,
     flat_norm,
     on_pixel_grid,
     project,
@@ -42,7 +43,8 @@ def test_quantize_toward_never_grows_the_perturbation(seed: int, radius: float, 
                     center, radius, norm)  # type: ignore[arg-type]
     q = quantize_toward(x, center)
     assert bool(on_pixel_grid(q).all())
-    assert bool(((q - center).abs() <= (x - center).abs() + 1e-7).all())
+    # Coordinates shrink, up to the float-noise tolerance that keeps on-grid values put.
+    assert bool(((q - center).abs() <= (x - center).abs() + _GRID_TOLERANCE / 255 + 1e-7).all())
     assert float(flat_norm(q - center, norm).max()) <= radius * (1 + 1e-5)  # type: ignore[arg-type]
     assert q.min() >= 0 and q.max() <= 1
 
