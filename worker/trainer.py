@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.checkpoint import ModelInfo, build_model, file_sha256, save_checkpoint
+from models.checkpoint import ModelInfo, build_model, save_checkpoint
 from models.normalize import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from safespot.attacks import pgd
 from safespot.training import Recipe, training_inputs
@@ -98,12 +98,13 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
     info = _model_info(cfg, data)
     model = build_model(info).to(device)
     if cfg.init_from:
-        from models import load_checkpoint, resolve
+        from models import load_checkpoint
 
-        start = load_checkpoint(cfg.init_from).model
+        loaded = load_checkpoint(cfg.init_from)  # its sha256 is the file's: no second read
+        start = loaded.model
         assert isinstance(start, Classifier)
         model.network.load_state_dict(start.network.state_dict())
-        info.data["init_from"] = {"path": str(cfg.init_from), "sha256": file_sha256(resolve(cfg.init_from))}
+        info.data["init_from"] = {"path": str(cfg.init_from), "sha256": loaded.sha256}
     net: nn.Module = dist.wrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=True)
