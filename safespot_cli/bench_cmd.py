@@ -10,7 +10,7 @@ Sections (``--sections``, comma-separated):
   test images (the cost/quality curve of early exit against ``paper``).
 - ``memory``: peak resident memory (CPU) or peak allocated memory (GPU) of a
   search per batch size.
-- ``service``: the service end to end (see :mod:`safespot_cli.bench_service`).
+- ``service``: the service end to end (see :mod:`safespot_cli.bench_e2e`).
 
 All ratios come from one run on one machine, because a shared machine's
 absolute speed drifts.
@@ -103,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
                                          args.data, args.data_dir)
         save()
     if "service" in sections:
-        from safespot_cli import bench_service
+        from safespot_cli.bench_e2e import run_e2e
 
-        out["service"] = bench_service.run_e2e(args.service_images, args.service_clients, args.redis_url,
-                                               args.model, {}, threads=args.threads or 2)
+        out["service"] = run_e2e(args.service_images, args.service_clients, args.redis_url,
+                                 args.model, {}, threads=args.threads or 2)
         save()
     out["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     save()
