@@ -38,8 +38,6 @@ from typing import Any
 from safespot_cli.bench_e2e import run_e2e
 from safespot_cli.bench_soak import run_soak
 
-__all__ = ["main", "run_e2e", "run_soak"]
-
 
 # ---------------------------------------------------------------------- CLI
 def _size(text: str) -> tuple[int, int]:

@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -249,15 +250,10 @@ def percentiles(values: list[float]) -> dict[str, Any]:
 
 def slope_per_min(series: list[tuple[float, float]]) -> float | None:
     """Least-squares slope of (seconds, MiB) samples, in MiB per minute."""
-    if len(series) < 3:
+    if len(series) < 3 or len({t for t, _ in series}) < 2:
         return None
-    n = len(series)
-    mean_t = sum(t for t, _ in series) / n
-    mean_v = sum(v for _, v in series) / n
-    var = sum((t - mean_t) ** 2 for t, _ in series)
-    if var == 0:
-        return None
-    return round(60 * sum((t - mean_t) * (v - mean_v) for t, v in series) / var, 3)
+    times, values = zip(*series, strict=True)
+    return round(60 * statistics.linear_regression(times, values).slope, 3)
 
 
 class MemorySampler:
