@@ -57,9 +57,11 @@ def render_card(info: ModelInfo, sha256: str, file_name: str) -> str:
     lines += ["## Training", ""]
     if training:
         minutes = float(training.get("seconds", 0)) / 60
+        precision = (training.get("config") or {}).get("precision", "fp32")  # older runs: fp32
         lines += [f"- Time: {minutes:.1f} min of training epochs ({training.get('epochs')} epochs, "
                   f"best epoch {training.get('best_epoch')}), {training.get('threads')} threads, "
-                  f"{training.get('device')}, torch {training.get('torch')}, on {training.get('host')}",
+                  f"{training.get('device')}, {'bf16 autocast' if precision == 'bf16' else 'float32'}, "
+                  f"torch {training.get('torch')}, on {training.get('host')}",
                   "- Command:", "", "```", str(training.get("command", "")), "```", ""]
         if training.get("note"):
             lines += [f"- Note: {training['note']}", ""]

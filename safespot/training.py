@@ -71,11 +71,12 @@ class Recipe:
         return self.name == "adv-fast" or (self.name.startswith("s-") and self.attack == "fast")
 
     @property
-    def passes_per_image(self) -> int:
-        """Input-gradient passes per training image before the training pass."""
+    def passes_per_image(self) -> float:
+        """Input-gradient passes per training image before the training pass (on average:
+        only the `safe_fraction` share of a batch gets the safe-spot passes)."""
         if not self.robust:
-            return 0
-        safe = {"s-fgsm-adv": 1, "s-pgd-adv": self.safe_steps}.get(self.name, 0)
+            return 0.0
+        safe = {"s-fgsm-adv": 1, "s-pgd-adv": self.safe_steps}.get(self.name, 0) * self.safe_fraction
         return safe + (1 if self.fast_attack else self.attack_steps)
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,8 @@ Sections (``--sections``, comma-separated):
 - ``memory``: peak resident memory (CPU) or peak allocated memory (GPU) of a
   search per batch size.
 - ``service``: the service end to end (see :mod:`safespot_cli.bench_e2e`).
+- ``train``: the trainer's step per recipe, precision and memory layout
+  (see :mod:`safespot_cli.bench_train`); not in the default sections.
 
 All ratios come from one run on one machine, because a shared machine's
 absolute speed drifts.
@@ -33,9 +35,10 @@ against batch size 1, and the presets' cost and safe-spot rate against `paper`.
 examples:
   safespot bench --model default --json bench.json
   safespot bench --sections limit,search --batch-sizes 1,8,32,128 --json quick.json
-  safespot bench --arch wrn-34-10 --device cuda --sections limit,search --json gpu.json"""
+  safespot bench --arch wrn-34-10 --device cuda --sections limit,search --json gpu.json
+  safespot bench --arch cifar-cnn --sections limit,train --batch-sizes 128 --json train.json"""
 
-SECTIONS = ("limit", "search", "presets", "memory", "service")
+SECTIONS = ("limit", "search", "presets", "memory", "service", "train")
 
 
 def register(sub: Any) -> None:
@@ -54,6 +57,8 @@ def register(sub: Any) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="time budget per batch size (search)")
     p.add_argument("--service-images", type=int, default=128, help="uploads for the service section")
     p.add_argument("--service-clients", type=int, default=8)
+    p.add_argument("--train-recipes", default="adv-fast,s-fgsm-adv-pgd5", help="train section's recipes")
+    p.add_argument("--train-batch", type=int, default=128, help="train section's batch size")
     p.add_argument("--redis-url", default=None, help="service section: an existing Redis (default: start one)")
     p.add_argument("--json", dest="json_out", required=True, metavar="OUT")
     p.set_defaults(run=run)
@@ -108,6 +113,14 @@ def run(args: argparse.Namespace) -> int:
         out["service"] = run_e2e(args.service_images, args.service_clients, args.redis_url,
                                  args.model, {}, threads=args.threads or 2)
         save()
+    if "train" in sections:
+        from safespot_cli.bench_search import fixed_test_images
+        from safespot_cli.bench_train import measure_training
+
+        x, y = fixed_test_images(args.train_batch, args.data, args.data_dir, device, input_size)
+        out["train"] = measure_training(model, x, y, args.train_recipes.split(","),
+                                        limit=out.get("limit_passes_per_s"))
+        save()
     out["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     save()
     print(summary(out))
@@ -141,6 +154,10 @@ def summary(out: dict[str, Any]) -> str:
             continue
         lines.append(f"preset {name:>8}: safe-spot rate {p['safe_spot_rate']:.4f}, "
                      f"{p['grad_evals_per_image']:.1f} passes/image")
+    for row in out.get("train", {}).get("rows", []):
+        layout = "channels-last" if row["channels_last"] else "NCHW"
+        lines.append(f"train {row['recipe']:>16} {row['precision']} {layout:>13}: "
+                     f"{row['images_per_s']:8.1f} images/s, x{row['vs_default']:.2f} of fp32 channels-last")
     if "service" in out:
         s = out["service"]
         lines.append(f"service: e2e/library {s.get('e2e_vs_library')}, batching gain {s.get('batching_gain')}")

@@ -58,7 +58,7 @@ def measure_limit(model: nn.Module, input_size: tuple[int, ...], device: torch.d
     return {"per_batch": rows, "best_batch": best["batch"], "best_passes_per_s": best["passes_per_s"]}
 
 
-def _test_images(n: int, data: str, data_dir: str | None, device: torch.device,
+def fixed_test_images(n: int, data: str, data_dir: str | None, device: torch.device,
                  input_size: tuple[int, ...], required: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed test images (stride over the set); for speed alone, random 8-bit images
     when no data set is at hand (`required` raises instead)."""
@@ -84,7 +84,7 @@ def measure_search(model: nn.Module, input_size: tuple[int, ...], device: torch.
     The engine gets a stream of test images much longer than the batch, so
     finished images are replaced at once; we time a window after warm-up.
     """
-    pool_x, _ = _test_images(1000, data, data_dir, device, input_size)
+    pool_x, _ = fixed_test_images(1000, data, data_dir, device, input_size)
     rows = []
     for b in batch_sizes:
         cfg = SearchConfig.preset("standard", norm=norm, batch_size=b)  # type: ignore[arg-type]
@@ -151,7 +151,7 @@ def measure_presets(model: nn.Module, device: torch.device, presets: list[str], 
     from worker.data import DataError
 
     try:
-        x, y = _test_images(n, data, data_dir, device, (3, 32, 32), required=True)
+        x, y = fixed_test_images(n, data, data_dir, device, (3, 32, 32), required=True)
     except DataError as e:
         return {"skipped": f"no labelled test data: {e}"}
     out: dict[str, Any] = {}

@@ -12,7 +12,7 @@ Standard library and pydantic only: no torch, so ``--help`` stays instant.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -65,6 +65,9 @@ class WorkerSettings(BaseSettings):
     train_holdout: int = Field(default=1000, ge=1)
     train_eval_pgd: int = Field(default=500, ge=0)
     train_batch_size: int = Field(default=128, ge=1)
+    # Trainer speed-ups (docs/performance.md): bf16 autocast and channels-last convolutions.
+    train_precision: Literal["fp32", "bf16"] = "fp32"
+    train_channels_last: bool = True
 
     @field_validator("queues", "webhook_allowed_hosts", mode="before")
     @classmethod
@@ -100,6 +103,7 @@ class WorkerSettings(BaseSettings):
                   "max_wait_ms", "max_batch_pixels", "device", "threads", "webhook_allowed_hosts",
                   "webhook_timeout_s", "webhook_retries", "vetting_data", "vetting_n",
                   "max_checkpoint_bytes", "train_holdout", "train_eval_pgd", "train_batch_size",
+                  "train_precision", "train_channels_last",
                   "progress_interval_s")
         values = {k: getattr(service_settings, k) for k in shared
                   if getattr(service_settings, k, None) is not None}

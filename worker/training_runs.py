@@ -53,6 +53,7 @@ def train_config(request: TrainRequest, settings: WorkerSettings, checkpoint_id:
         eval_pgd=settings.train_eval_pgd, epochs=epochs, batch_size=settings.train_batch_size,
         run_dir=str(run_dir), out=str(settings.checkpoint_path / f"{checkpoint_id}.safetensors"),
         name=request.get("name") or checkpoint_id, threads=settings.threads,
+        precision=settings.train_precision, channels_last=settings.train_channels_last,
         command=f"training job {job_id}")
 
 

@@ -36,6 +36,18 @@ def test_service_settings_override_the_environment(tmp_path: Path) -> None:
     assert s.max_checkpoint_bytes == 1234 and s.metrics_port == 0 and s.queues == [FILTER_QUEUE, ADMIN_QUEUE]
 
 
+def test_queued_training_takes_the_trainer_speed_settings(monkeypatch, tmp_path: Path) -> None:
+    from worker.training_runs import train_config
+
+    monkeypatch.setenv("SAFESPOT_TRAIN_PRECISION", "bf16")
+    monkeypatch.setenv("SAFESPOT_TRAIN_CHANNELS_LAST", "false")
+    cfg = train_config({"recipe": "adv-fast"}, WorkerSettings(data_dir=tmp_path), "ck1", "job1")
+    assert cfg.precision == "bf16" and cfg.channels_last is False
+    monkeypatch.setenv("SAFESPOT_TRAIN_PRECISION", "fp16")  # needs loss scaling: not offered
+    with pytest.raises(ValueError):
+        WorkerSettings()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="safespot")
     worker_cmd.register(p.add_subparsers(dest="command"))

@@ -16,7 +16,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from tests.conftest import REPO
-from worker.trainer import _one_cycle
+from worker.trainer import TrainConfig, _one_cycle
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,28 @@ def test_a_fresh_one_epoch_run_writes_a_self_describing_checkpoint(train_npz: Pa
     assert info.data["holdout"] == 64 and info.class_names
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert {"holdout_clean_acc", "holdout_pgd_acc", "train_loss", "images_per_s"} <= set(log[0])
+
+
+def test_a_bf16_curriculum_saves_float32_weights(train_npz: Path, tmp_path: Path) -> None:
+    # --save-every above the epoch's steps: the warm-up epoch's log line comes before any
+    # snapshot or best.pt exists (the run directory must still be there for it).
+    run = tmp_path / "fresh" / "run"
+    done = subprocess.run(_command(train_npz, run, "--recipe", "s-fgsm-adv", "--attack", "pgd",
+                                   "--attack-steps", "2", "--warmup-recipe", "adv-fast", "--warmup-epochs", "1",
+                                   "--epochs", "2", "--save-every", "100000", "--precision", "bf16",
+                                   "--channels-last"),
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    loaded = load_checkpoint(run / "model.safetensors")
+    config = loaded.info.training["config"]
+    assert config["precision"] == "bf16" and config["channels_last"] is True
+    assert {w.dtype for w in loaded.model.state_dict().values()} == {torch.float32, torch.int64}
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2 and loaded.info.training["best_epoch"] == 2
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
 
 
 def test_a_killed_run_resumes_from_its_last_saved_state(train_npz: Path, tmp_path: Path) -> None:

@@ -1,0 +1,81 @@
+"""The trainer's speed behind `safespot bench --sections train`.
+
+Images per second of :func:`worker.trainer.train_step` (the recipe's attack
+passes plus the training pass, no data loading) for each recipe, precision
+(fp32, bf16 autocast) and memory layout (channels-last, NCHW).  Configurations
+are measured in interleaved rounds and each keeps its median, so a shared
+machine's drift hits every row alike; ratios are against the trainer's default
+(fp32, channels-last) of the same recipe in the same run.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from safespot.training import Recipe
+from worker.trainer import train_step
+
+# The recipes we train with: the warm-up of the shipped models and the default's
+# safe-spot-aware epochs (a 5-step PGD attack, a quarter of each batch from x_s*).
+TRAIN_RECIPES = {
+    "adv-fast": Recipe("adv-fast"),
+    "s-fgsm-adv-pgd5": Recipe("s-fgsm-adv", attack="pgd", attack_steps=5, attack_step=0.35, safe_fraction=0.25),
+}
+
+
+def measure_training(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipes: list[str],
+                     limit: float | None = None, rounds: int = 3, seconds: float = 3.0) -> dict[str, Any]:
+    """Training-step throughput per (recipe, precision, layout); `limit` in passes/s."""
+    unknown = sorted(set(recipes) - set(TRAIN_RECIPES))
+    if unknown:
+        raise ValueError(f"unknown training recipes {unknown}; choose from {sorted(TRAIN_RECIPES)}")
+    configs = [(r, p, cl) for r in recipes for p in ("fp32", "bf16") for cl in (True, False)]
+    runners = {c: _Runner(model, images, labels, TRAIN_RECIPES[c[0]], c[1], c[2]) for c in configs}
+    samples: dict[tuple[str, str, bool], list[float]] = {c: [] for c in configs}
+    for _ in range(rounds):
+        for c in configs:
+            samples[c].append(runners[c].images_per_s(seconds))
+    rows = []
+    for recipe, precision, channels_last in configs:
+        rate = statistics.median(samples[(recipe, precision, channels_last)])
+        reference = statistics.median(samples[(recipe, "fp32", True)])
+        passes = TRAIN_RECIPES[recipe].passes_per_image + 1  # the training pass counted as one
+        row = {"recipe": recipe, "precision": precision, "channels_last": channels_last,
+               "images_per_s": round(rate, 1), "vs_default": round(rate / reference, 3),
+               "passes_per_image": passes, "passes_per_s": round(rate * passes, 1)}
+        if limit:
+            row["vs_fp32_limit"] = round(rate * passes / limit, 3)
+        rows.append(row)
+    return {"batch": len(images), "rounds": rounds, "seconds_per_sample": seconds, "rows": rows}
+
+
+class _Runner:
+    """A private copy of the model and its optimiser, stepping on one fixed batch."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe,
+                 precision: str, channels_last: bool) -> None:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = copy.deepcopy(model).to(memory_format=layout)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.x, self.y = x.contiguous(memory_format=layout), y
+        self.recipe, self.precision = recipe, precision
+        self.gen = torch.Generator(device=x.device).manual_seed(0)
+        self._step()  # warm-up: kernels, allocator, autocast caches
+
+    def _step(self) -> None:
+        train_step(self.model, self.model, self.opt, self.x, self.y, self.recipe, self.gen, self.precision)
+
+    def images_per_s(self, seconds: float) -> float:
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or n < 2:
+            self._step()
+            n += 1
+        if self.x.device.type == "cuda":
+            torch.cuda.synchronize(self.x.device)
+        return n * len(self.x) / (time.perf_counter() - start)

@@ -1,0 +1,30 @@
+"""Model cards are rendered from the checkpoint's own metadata."""
+
+from __future__ import annotations
+
+from models.cards import render_card
+from models.checkpoint import ModelInfo
+
+
+def _info(**training: object) -> ModelInfo:
+    return ModelInfo(arch="cifar_cnn", num_classes=2, input_size=(3, 32, 32), class_names=["cat", "dog"],
+                     mean=[0.5] * 3, std=[0.25] * 3, threat={"norm": "linf", "eps": 8 / 255},
+                     recipe={"name": "adv-fast"}, name="m", data={"source": "cifar10_train.npz"},
+                     metrics={"test": {"n": 10000, "clean_acc": 0.7327, "pgd20_acc": 0.3783,
+                                       "command": "safespot model-card m.safetensors --n 10000"}},
+                     training={"seconds": 1800.0, "epochs": 3, "best_epoch": 3, "threads": 2, "device": "cpu",
+                               "torch": "2.14.1", "host": "x86_64 vm", "command": "safespot train --epochs 3",
+                               **training})
+
+
+def test_the_card_states_accuracy_time_precision_and_the_exact_command() -> None:
+    card = render_card(_info(config={"precision": "bf16"}), "ab" * 32, "m.safetensors")
+    assert "| clean accuracy | 73.27% |" in card and "| PGD-20 accuracy | 37.83% |" in card
+    assert "30.0 min of training epochs (3 epochs, best epoch 3)" in card and "bf16 autocast" in card
+    assert "safespot train --epochs 3" in card and "safespot model-card m.safetensors --n 10000" in card
+    assert "JPEG-derived" in card
+
+
+def test_runs_recorded_before_the_precision_option_read_as_float32() -> None:
+    card = render_card(_info(config={}), "ab" * 32, "m.safetensors")
+    assert "float32" in card and "bf16" not in card
