@@ -47,7 +47,10 @@ class _ContiguousGrad(torch.autograd.Function):
 
 class Classifier(nn.Module):
     """Normalize + network.  Runs in channels-last layout (faster convolutions on
-    CPU and on tensor cores); callers pass ordinary NCHW tensors."""
+    CPU and on tensor cores); callers pass ordinary NCHW tensors.  Set
+    ``channels_last = False`` (and convert the weights) to run in NCHW."""
+
+    channels_last = True
 
     def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -58,6 +61,6 @@ class Classifier(nn.Module):
         if x.requires_grad:
             x = _ContiguousGrad.apply(x)
         x = self.normalize(x)
-        if x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if x.ndim == 4:  # callers' tensors come in either layout (an NHWC array's view is channels-last)
+            x = x.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return self.network(x)

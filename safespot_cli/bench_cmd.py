@@ -114,9 +114,11 @@ def run(args: argparse.Namespace) -> int:
                                  args.model, {}, threads=args.threads or 2)
         save()
     if "train" in sections:
+        from models.normalize import Classifier
         from safespot_cli.bench_search import fixed_test_images
         from safespot_cli.bench_train import measure_training
 
+        assert isinstance(model, Classifier)  # checkpoints and --arch both build one
         x, y = fixed_test_images(args.train_batch, args.data, args.data_dir, device, input_size)
         out["train"] = measure_training(model, x, y, args.train_recipes.split(","),
                                         limit=out.get("limit_passes_per_s"))

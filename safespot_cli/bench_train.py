@@ -16,10 +16,10 @@ import time
 from typing import Any
 
 import torch
-from torch import nn
 
+from models.normalize import Classifier
 from safespot.training import Recipe
-from worker.trainer import train_step
+from worker.trainer import train_step, use_layout
 
 # The recipes we train with: the warm-up of the shipped models and the default's
 # safe-spot-aware epochs (a 5-step PGD attack, a quarter of each batch from x_s*).
@@ -29,7 +29,7 @@ TRAIN_RECIPES = {
 }
 
 
-def measure_training(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, recipes: list[str],
+def measure_training(model: Classifier, images: torch.Tensor, labels: torch.Tensor, recipes: list[str],
                      limit: float | None = None, rounds: int = 3, seconds: float = 3.0) -> dict[str, Any]:
     """Training-step throughput per (recipe, precision, layout); `limit` in passes/s."""
     unknown = sorted(set(recipes) - set(TRAIN_RECIPES))
@@ -58,12 +58,11 @@ def measure_training(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 class _Runner:
     """A private copy of the model and its optimiser, stepping on one fixed batch."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe,
+    def __init__(self, model: Classifier, x: torch.Tensor, y: torch.Tensor, recipe: Recipe,
                  precision: str, channels_last: bool) -> None:
-        layout = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = copy.deepcopy(model).to(memory_format=layout)
+        self.model = use_layout(copy.deepcopy(model), channels_last)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        self.x, self.y = x.contiguous(memory_format=layout), y
+        self.x, self.y = x, y
         self.recipe, self.precision = recipe, precision
         self.gen = torch.Generator(device=x.device).manual_seed(0)
         self._step()  # warm-up: kernels, allocator, autocast caches

@@ -75,8 +75,8 @@ class TrainConfig:
     threads: int | None = None
     # Speed: bf16 autocast for the attack and training passes (CPUs with AVX512-BF16 or AMX,
     # Ampere+ GPUs; no loss scaling needed); the held-out check and the saved weights stay
-    # float32.  Channels-last is build_model's layout (the fast one for mkldnn on CPU);
-    # False trains in NCHW.  Measured in docs/performance.md.
+    # float32.  Channels-last is build_model's layout; False trains in NCHW (weights and
+    # activations).  Both measured in docs/performance.md.
     precision: str = "fp32"  # "fp32" or "bf16"
     channels_last: bool = True
     command: str = ""
@@ -108,7 +108,6 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
     train_idx, held_idx = _split(len(data), cfg.holdout, cfg.seed, cfg.limit)
     info = _model_info(cfg, data)
     model = build_model(info).to(device)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     if cfg.init_from:
         from models import load_checkpoint
 
@@ -117,7 +116,7 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
         assert isinstance(start, Classifier)
         model.network.load_state_dict(start.network.state_dict())
         info.data["init_from"] = {"path": str(cfg.init_from), "sha256": loaded.sha256}
-    model = model.to(memory_format=memory_format)
+    model = use_layout(model, cfg.channels_last)
     net: nn.Module = dist.wrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay, nesterov=True)
@@ -149,7 +148,7 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
             lr = _one_cycle(epoch * per_rank + step, total_steps, cfg.lr, cfg.lr_rise)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss, logits, logs = train_step(model, net, opt, x.contiguous(memory_format=memory_format), y,
+            loss, logits, logs = train_step(model, net, opt, x, y,
                                             cfg.recipe_for(epoch), gen, cfg.precision,
                                             extra_loss, epoch * per_rank + step)
             seen += len(batch)
@@ -247,6 +246,12 @@ def _model_info(cfg: TrainConfig, data: ImageSet) -> ModelInfo:
                                           if cfg.warmup is not None else {}), data=dict(data.provenance) | {"holdout": cfg.holdout,
                                                                        "limit": cfg.limit},
                      name=cfg.name)
+
+
+def use_layout(model: Classifier, channels_last: bool) -> Classifier:
+    """Weights and activations in channels-last (build_model's default) or NCHW."""
+    model.channels_last = channels_last
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from tests.conftest import REPO
-from worker.trainer import TrainConfig, _one_cycle
+from worker.trainer import TrainConfig, _one_cycle, use_layout
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,24 @@ def test_a_bf16_curriculum_saves_float32_weights(train_npz: Path, tmp_path: Path
     assert config["precision"] == "bf16" and config["channels_last"] is True
     assert {w.dtype for w in loaded.model.state_dict().values()} == {torch.float32, torch.int64}
     assert len((run / "log.jsonl").read_text().splitlines()) == 2 and loaded.info.training["best_epoch"] == 2
+
+
+def test_the_layout_switch_covers_weights_and_activations(tiny_model, cifar_mini) -> None:
+    seen: list[torch.Tensor] = []
+    x = torch.from_numpy(cifar_mini["x_test"][:4]).permute(0, 3, 1, 2).float() / 255
+    outputs = {}
+    for channels_last in (True, False):
+        model = use_layout(copy.deepcopy(tiny_model), channels_last)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        handle = conv.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+        with torch.no_grad():
+            outputs[channels_last] = model(x)
+        handle.remove()
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert conv.weight.is_contiguous(memory_format=layout)
+        assert seen[-1].is_contiguous(memory_format=layout) and not seen[-1].is_contiguous(
+            memory_format=torch.contiguous_format if channels_last else torch.channels_last)
+    torch.testing.assert_close(outputs[True], outputs[False], rtol=1e-4, atol=1e-4)
 
 
 def test_an_unknown_precision_is_refused() -> None:
