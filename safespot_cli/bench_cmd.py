@@ -79,10 +79,16 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
-    if unknown:
-        from safespot_cli.errors import UsageError
+    from safespot_cli.errors import UsageError
 
+    if unknown:
         raise UsageError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    if "train" in sections:  # before any measuring: a typo should not cost the first sections' minutes
+        from safespot_cli.bench_train import TRAIN_RECIPES
+
+        bad = sorted(set(args.train_recipes.split(",")) - set(TRAIN_RECIPES))
+        if bad:
+            raise UsageError(f"unknown --train-recipes {bad}; choose from {sorted(TRAIN_RECIPES)}")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, model_meta, input_size = open_bench_model(args, device)

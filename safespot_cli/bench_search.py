@@ -59,7 +59,7 @@ def measure_limit(model: nn.Module, input_size: tuple[int, ...], device: torch.d
 
 
 def fixed_test_images(n: int, data: str, data_dir: str | None, device: torch.device,
-                 input_size: tuple[int, ...], required: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      input_size: tuple[int, ...], required: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed test images (stride over the set); for speed alone, random 8-bit images
     when no data set is at hand (`required` raises instead)."""
     from worker.data import DataError, load_dataset, strided_indices, to_tensor

@@ -37,3 +37,13 @@ def test_passes_per_image_counts_only_the_safe_fraction_of_the_batch() -> None:
     assert Recipe("adv-pgd", attack_steps=10).passes_per_image == 10
     assert Recipe("s-fgsm-adv", safe_fraction=0.5).passes_per_image == 1.5
     assert Recipe("s-pgd-adv", attack="pgd", attack_steps=10, safe_steps=10).passes_per_image == 20
+
+
+def test_a_mistyped_recipe_stops_the_bench_before_it_measures_anything(tmp_path, capsys) -> None:
+    from safespot_cli.main import main
+
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--arch", "cifar-cnn", "--sections", "limit,train", "--train-recipes", "adv-fats",
+                 "--json", str(out)])
+    assert code == 2 and not out.exists()
+    assert "unknown --train-recipes ['adv-fats']" in capsys.readouterr().err
