@@ -34,7 +34,7 @@ def open_bench_model(args: Any, device: torch.device) -> tuple[nn.Module, dict[s
                           "parameters": params}, loaded.info.input_size
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -47,12 +47,12 @@ def measure_limit(model: nn.Module, input_size: tuple[int, ...], device: torch.d
         x = torch.rand(b, *input_size, device=device)
         y = torch.randint(0, 10, (b,), device=device)
         evaluate(model, x, y)  # warm-up (allocator, kernels)
-        _sync(device)
+        sync_device(device)
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds or n < 3:
             evaluate(model, x, y)
             n += 1
-        _sync(device)
+        sync_device(device)
         rows.append({"batch": b, "passes_per_s": round(n * b / (time.perf_counter() - start), 1)})
     best = max(rows, key=lambda r: r["passes_per_s"])
     return {"per_batch": rows, "best_batch": best["batch"], "best_passes_per_s": best["passes_per_s"]}
@@ -94,7 +94,7 @@ def measure_search(model: nn.Module, input_size: tuple[int, ...], device: torch.
         while time.perf_counter() < warm_until:
             engine.step()
             fed = _feed(engine, pool_x, fed, 3 * b)
-        _sync(device)
+        sync_device(device)
         passes = images = steps = 0
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -104,7 +104,7 @@ def measure_search(model: nn.Module, input_size: tuple[int, ...], device: torch.
             images += len(done)
             steps += 1
             fed = _feed(engine, pool_x, fed, 3 * b)
-        _sync(device)
+        sync_device(device)
         wall = time.perf_counter() - start
         rows.append({"batch": b, "images_per_s": round(images / wall, 3),
                      "passes_per_s": round(passes / wall, 1),
