@@ -42,6 +42,11 @@ def render_card(info: ModelInfo, sha256: str, file_name: str) -> str:
             if key in test:
                 value = test[key] if key == "attack" else _pct(test[key])
                 lines.append(f"| {label} | {value} |")
+        if "autoattack_acc" in test:
+            lines.append(f"| AutoAttack accuracy ({test.get('autoattack_n')} of the images) | "
+                         f"{_pct(test['autoattack_acc'])} (PGD-20 on the same images: "
+                         f"{_pct(test.get('pgd20_acc_same_images'))}) |")
+            lines.append(f"| AutoAttack | {test.get('autoattack', '')} |")
         for key, value in test.items():
             if key.startswith("certified"):
                 lines.append(f"| {key.replace('_', ' ')} | {_pct(value) if isinstance(value, float) else value} |")

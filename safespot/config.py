@@ -10,6 +10,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+from torch import Tensor
+
 from safespot.threat import Norm, check_norm
 
 Optimizer = Literal["pgd", "rmsprop-tanh", "sgd"]
@@ -44,11 +47,20 @@ class SearchConfig:
     inner_steps: int = 10  # T
     inner_step: float | None = None  # alpha; None: eps/4
     inner_starts: int = 1  # N random starts, their losses averaged
-    # Verification: an independent PGD on the 8-bit output decides "found".
+    candidate_margin: float = 0.0  # x_s is a candidate only if no inner iterate came this close
+    # Verification: independent attacks on the 8-bit output decide "found".  First a
+    # cheap untargeted PGD filter on the cross-entropy, then one targeted margin attack
+    # (logit[target] - logit[label], steps eps/2 -> eps/4 -> eps/8) per most likely
+    # other class, each from a fresh random start of the verification's own stream.
+    # The candidate holds only if no iterate of any run is misclassified or comes
+    # within `verify_margin` (a logit margin) of it.
     early_exit: bool = True  # verify candidates during the search, stop once one holds
     verify_steps: int = 20
     verify_restarts: int = 1
     verify_step: float | None = None  # None: eps/4
+    verify_targets: int = 3  # targeted runs, toward the top other classes (0: the filter only)
+    verify_target_steps: int = 30
+    verify_margin: float = 0.0
     # Execution.
     batch_size: int = 64  # images searched at once; finished ones are replaced at once
     seed: int = 0
@@ -61,9 +73,12 @@ class SearchConfig:
             if not 0 < float(getattr(self, name)) <= _MAX_BUDGET[self.norm]:
                 raise ValueError(f"{name} out of range for {self.norm}: {getattr(self, name)}")
         for name in ("outer_steps", "inner_steps", "inner_starts", "verify_steps",
-                     "verify_restarts", "batch_size"):
-            if int(getattr(self, name)) < (0 if name == "outer_steps" else 1):
+                     "verify_restarts", "verify_targets", "verify_target_steps", "batch_size"):
+            if int(getattr(self, name)) < (0 if name in ("outer_steps", "verify_targets") else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("verify_margin", "candidate_margin"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.optimizer not in ("pgd", "rmsprop-tanh", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.optimizer == "rmsprop-tanh" and self.norm != "linf":
@@ -87,6 +102,41 @@ class SearchConfig:
     @property
     def verify_alpha(self) -> float:
         return self.eps / 4 if self.verify_step is None else self.verify_step
+
+    def target_alpha(self, t: int | Tensor, steps: int | None = None) -> Tensor | float:
+        """Step size of the targeted verification runs at step t: eps/2, eps/4, eps/8 in thirds.
+
+        A large first step crosses the ball quickly, the small last ones settle on
+        the boundary of the target region (the role of APGD's step-size halving).
+        """
+        steps = self.verify_target_steps if steps is None else steps
+        third = torch.div(torch.as_tensor(t) * 3, steps, rounding_mode="floor").clamp(max=2)
+        return self.eps * 0.5 ** (1 + third)
+
+    @property
+    def verify_runs(self) -> int:
+        """Attack runs a candidate must survive: the filter's restarts, then one per target."""
+        return self.verify_restarts + self.verify_targets
+
+    @property
+    def verify_passes(self) -> int:
+        """Forward+backward passes of one complete verification (fewer when it breaks early)."""
+        return (self.verify_steps + 1) * self.verify_restarts + (self.verify_target_steps + 1) * self.verify_targets
+
+    def verification(self) -> dict[str, Any]:
+        """What "found" was verified against, for results and reports."""
+        steps = "eps/4" if self.verify_step is None else f"{self.verify_alpha:.4g}"
+        runs: list[dict[str, Any]] = [{
+            "attack": "pgd", "loss": "ce", "targeted": False, "steps": self.verify_steps,
+            "restarts": self.verify_restarts, "step": steps, "random_start": True}]
+        if self.verify_targets:
+            runs.append({"attack": "pgd", "loss": "margin", "targeted": True,
+                         "targets": f"top-{self.verify_targets} other classes",
+                         "steps": self.verify_target_steps, "restarts": 1,
+                         "step": "eps/2, eps/4, eps/8 (thirds)", "random_start": True})
+        return {"norm": self.norm, "eps": self.eps, "on": "8-bit output", "runs": runs,
+                "min_margin": self.verify_margin, "passes": self.verify_passes,
+                "random_stream": "independent of the search's"}
 
     @property
     def passes_per_outer_step(self) -> int:

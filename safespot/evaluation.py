@@ -1,17 +1,19 @@
-"""The paper's table protocol (SPEC section 6), as a computation without I/O.
+"""The paper's table protocol, judged by a yardstick the search never sees (no I/O).
 
 For each method (``none``, ``s-fgsm``, ``s-pgd``, ``s-full``) the image that
 would be published is built from each test image (8-bit, inside the
 budget), then:
 
 - clean accuracy: the classifier's prediction on it against the true label;
-- adversarial accuracy: 20-step untargeted PGD, step eps/4, random start,
-  against the true label, run on that image (an iterate that is ever
-  misclassified counts as a success, never weaker than the last iterate);
+- adversarial accuracy under each attack suite of :mod:`safespot.yardstick`
+  (the paper's PGD-20 always; AutoAttack when asked), run on that image
+  against the true label;
 - safe-spot rate: images correct *and* adversarially correct after the
-  method, over images correctly classified originally.
+  method, over images correctly classified originally;
+- for S-Full, ``found_but_broken``: images the search's own verification
+  called safe that the suite broke (the claim "found" failing).
 
-The attack has its own seed, independent of the search's verification.
+The attacks have their own seeds, independent of the search's verification.
 """
 
 from __future__ import annotations
@@ -24,26 +26,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from safespot.attacks import pgd
 from safespot.baselines import s_fgsm, s_pgd
 from safespot.config import SearchConfig
 from safespot.losses import Classifier, predict_logits
 from safespot.search import Progress, find_safe_spots
+from safespot.yardstick import EVAL_SEED, judge, suites_from
 
 METHODS = ("none", "s-fgsm", "s-pgd", "s-full")
-EVAL_SEED = 20_240_607  # the evaluation attack's random starts; unrelated to search seeds
-
-# An extra attack to cross-check with: (model, x, y) -> bool tensor, True where the attack succeeded.
-Attack = Callable[[Classifier, Tensor, Tensor], Tensor]
 
 
 @dataclass
 class MethodReport:
     clean_acc: float
-    adv_acc: float
+    adv_acc: float  # under PGD-20, the paper's attack
     safe_spot_rate: float | None = None
     grad_evals_per_image: float = 0.0
     seconds: float = 0.0
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # per suite
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,17 +50,15 @@ class MethodReport:
         if self.safe_spot_rate is not None:
             d.update(safe_spot_rate=self.safe_spot_rate,
                      grad_evals_per_image=self.grad_evals_per_image, seconds=self.seconds)
-        return d | self.extra
+        return d | {"attacks": self.attacks} | self.extra
 
 
 def evaluation_attack(model: Classifier, x: Tensor, y: Tensor, config: SearchConfig,
                       batch_size: int = 250, seed: int = EVAL_SEED) -> Tensor:
     """PGD-20 (step eps/4, random start) against the true labels; True where it succeeded."""
-    gen = torch.Generator(device=x.device)
-    gen.manual_seed(seed)
-    hits = [pgd(model, xb, yb, norm=config.norm, eps=config.eps, steps=20, generator=gen).success
-            for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True)]
-    return torch.cat(hits)
+    verdict = judge(model, x, y, "pgd20", norm=config.norm, eps=config.eps, seed=seed,
+                    batch_size=batch_size)
+    return verdict.correct & ~verdict.robust
 
 
 def evaluate_methods(
@@ -70,17 +67,18 @@ def evaluate_methods(
     y: Tensor,
     config: SearchConfig,
     methods: Sequence[str] = METHODS,
-    cross_check: dict[str, Attack] | None = None,
+    attacks: Sequence[str] = ("pgd20",),
     progress: Callable[[str], Progress] | None = None,
 ) -> dict[str, MethodReport]:
     """Run the protocol on test images x (N, C, H, W, 8-bit values) with true labels y.
 
-    `cross_check` maps names to stronger attacks run on the S-Full outputs
-    (and the originals); `progress(method)` returns a callback for the search.
+    `attacks` names the yardstick suites (PGD-20 is always run: the paper's
+    figure); `progress(method)` returns a callback for the search.
     """
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    suites = suites_from(["pgd20", *attacks])
     correct_before = predict_logits(model, x).argmax(1) == y
     reports: dict[str, MethodReport] = {}
     for method in methods:
@@ -98,24 +96,29 @@ def evaluate_methods(
         else:
             res = find_safe_spots(model, x, config, progress=progress("s-full") if progress else None)
             x_pub, evals = res.x_safe, res.grad_evals
-            extra = {"found_rate": _mean(res.found[correct_before]),
+            found = res.found & correct_before
+            extra = {"found_rate": _mean(res.found[correct_before]), "found": int(found.sum()),
                      "safe_at_start_rate": _mean(res.safe_at_start[correct_before]),
-                     "outer_steps_mean": float(res.outer_steps.float().mean())}
+                     "outer_steps_mean": float(res.outer_steps.float().mean()),
+                     "verification": config.verification()}
         seconds = time.perf_counter() - started
+        per_suite: dict[str, dict[str, Any]] = {}
+        for suite in suites:
+            verdict = judge(model, x_pub, y, suite, norm=config.norm, eps=config.eps)
+            entry = verdict.summary() | {"adv_acc": _mean(verdict.robust)}
+            if method != "none":
+                entry["safe_spot_rate"] = _mean(verdict.robust[correct_before])
+            if res is not None:
+                entry["found_but_broken"] = int((res.found & correct_before & ~verdict.robust).sum())
+                entry["found_and_held_rate"] = _mean((res.found & verdict.robust)[correct_before])
+            per_suite[suite] = entry
         correct = predict_logits(model, x_pub).argmax(1) == y
-        robust = correct & ~evaluation_attack(model, x_pub, y, config)
-        report = MethodReport(clean_acc=_mean(correct), adv_acc=_mean(robust))
+        report = MethodReport(clean_acc=_mean(correct), adv_acc=per_suite["pgd20"]["adv_acc"],
+                              attacks=per_suite, extra=extra)
         if method != "none":
-            report.safe_spot_rate = _mean(robust[correct_before])
+            report.safe_spot_rate = per_suite["pgd20"]["safe_spot_rate"]
             report.grad_evals_per_image = evals / len(x)
             report.seconds = round(seconds, 2)
-        if method == "s-full" and res is not None:
-            extra["found_and_held_rate"] = _mean((robust & res.found)[correct_before])
-            extra["found_but_broken"] = int((res.found & correct_before & ~robust).sum())
-        for name, attack in (cross_check or {}).items():
-            if method in ("none", "s-full"):
-                extra[f"adv_acc_{name}"] = _mean(correct & ~attack(model, x_pub, y))
-        report.extra = extra
         reports[method] = report
     return reports
 

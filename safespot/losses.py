@@ -40,16 +40,23 @@ def passes_per_call(model: Classifier) -> int:
     return int(getattr(model, "passes_per_call", 1))
 
 
-def evaluate(model: Classifier, x: Tensor, y: Tensor) -> Evaluation:
-    """Cross-entropy of `model` at x against labels y, and its gradient w.r.t. x only.
+def evaluate(model: Classifier, x: Tensor, y: Tensor, target: Tensor | None = None) -> Evaluation:
+    """The loss an attack on label y ascends at x, and its gradient w.r.t. x only.
 
-    Samples are independent (the model must be in eval mode), so the gradient
-    of the summed loss is each sample's own gradient.
+    The loss is the cross-entropy of y, except on rows where `target` (N,)
+    names a class (>= 0): there it is the targeted margin
+    logit[target] - logit[y], positive once the target wins.  Samples are
+    independent (the model must be in eval mode), so the gradient of the
+    summed loss is each sample's own gradient.
     """
     with torch.enable_grad():
         z = x.detach().requires_grad_(True)
         logits = model(z)
         loss = F.cross_entropy(logits, y, reduction="none")
+        if target is not None:
+            toward = target.clamp(min=0)[:, None]
+            margin = (logits.gather(1, toward) - logits.gather(1, y[:, None]))[:, 0]
+            loss = torch.where(target >= 0, margin, loss)
         (grad,) = torch.autograd.grad(loss.sum(), z)
     return Evaluation(loss.detach(), logits.detach(), grad.detach())
 

@@ -139,7 +139,7 @@ class SafeSpotSearch:
         slots = self._slots
         if slots is None:
             return []
-        ev = evaluate(self._classifier(slots.sizes), slots.x_a, slots.y)
+        ev = evaluate(self._classifier(slots.sizes), slots.x_a, slots.y, slots.loss_targets())
         slots.passes += self.cost
         finished = slots.advance(ev)
         if not finished:

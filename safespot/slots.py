@@ -4,9 +4,12 @@ A :class:`Slots` object holds the images in flight, one row per image, and
 :meth:`Slots.advance` moves every row one step given the pass taken at its
 current point ``x_a``.  A row is always running one PGD attack:
 
-- phase VERIFY: the verification attack on an 8-bit candidate (own random
-  stream).  A misclassified iterate fails the candidate; surviving every step
-  of every restart makes it a safe spot.
+- phase VERIFY: the verification attacks on an 8-bit candidate (own random
+  stream): the untargeted cross-entropy filter's restarts, then one targeted
+  margin run per most likely other class (ranked at the verification's first
+  pass).  An iterate that is misclassified, or whose margin falls below
+  ``verify_margin``, fails the candidate at once; surviving every step of
+  every run makes it a safe spot.
 - phase INNER: the search's attack on x_s.  When its last start ends, the
   outer step moves x_s (first-order gradient); an iterate it never broke is
   a candidate (early-exit mode).
@@ -77,10 +80,11 @@ class Slots:
     worst_loss: Tensor  # verification
     msp_adv: Tensor
     margin_adv: Tensor
+    targets: Tensor  # (rows, verify_targets) classes of the targeted verification runs
 
     ROWS = ("x_o", "x_s", "best", "center", "x_a", "attached", "grad_acc", "candidate", "y",
             "msp", "phase", "t", "r", "k", "passes", "broke", "final", "initial",
-            "safe_at_start", "loss_acc", "best_loss", "worst_loss", "msp_adv", "margin_adv")
+            "safe_at_start", "loss_acc", "best_loss", "worst_loss", "msp_adv", "margin_adv", "targets")
 
     @property
     def size(self) -> int:
@@ -113,6 +117,7 @@ class Slots:
             safe_at_start=vec(False, torch.bool), loss_acc=vec(0.0, x_o.dtype),
             best_loss=vec(torch.inf, x_o.dtype), worst_loss=vec(-torch.inf, x_o.dtype),
             msp_adv=msp.to(x_o.dtype).clone(), margin_adv=vec(torch.inf, x_o.dtype),
+            targets=torch.zeros((n, max(1, cfg.verify_targets)), dtype=torch.long, device=dev),
         )
         rows = torch.arange(n, device=dev)
         if cfg.early_exit and cfg.init == "original":
@@ -139,25 +144,40 @@ class Slots:
             rng_verify=[self.rng_verify[i] for i in keep], outer=self.outer.select(idx), **rows)
 
     # ------------------------------------------------------------- one pass
+    def loss_targets(self) -> Tensor | None:
+        """Per row, the class a targeted verification run ascends toward (-1: cross-entropy)."""
+        cfg = self.cfg
+        if not cfg.verify_targets:
+            return None
+        targeted = self._targeted()
+        run = (self.r - cfg.verify_restarts).clamp(0, cfg.verify_targets - 1)
+        return torch.where(targeted, self.targets.gather(1, run[:, None])[:, 0], -1)
+
     def advance(self, ev: Evaluation) -> list[int]:
         """Move every row one step given the pass at x_a; return the rows that finished."""
         cfg = self.cfg
         broke_now = ev.pred != self.y
         verifying = self.phase == VERIFY
         inner = ~verifying
+        targeted = self._targeted()
 
         # Verification rows: track the weakest point, end on a break or after the last step.
         top_other = ev.logits.scatter(1, self.y[:, None], -torch.inf).amax(dim=1)
         margin = ev.logits.gather(1, self.y[:, None])[:, 0] - top_other
+        self._rank_targets(_rows(verifying & (self.r == 0) & (self.t == 0)), ev.logits)
         self.margin_adv = torch.where(verifying, torch.minimum(self.margin_adv, margin), self.margin_adv)
-        restart_over = verifying & (broke_now | (self.t == cfg.verify_steps))
-        worse = restart_over & (ev.loss > self.worst_loss)
+        broke_verify = broke_now | (margin < cfg.verify_margin)
+        run_steps = torch.where(targeted, cfg.verify_target_steps, cfg.verify_steps)
+        restart_over = verifying & (broke_verify | (self.t == run_steps))
+        # The OOD score's MSP under attack comes from the cross-entropy runs only.
+        worse = restart_over & ~targeted & (ev.loss > self.worst_loss)
         self.msp_adv = torch.where(worse, ev.msp, self.msp_adv)
         self.worst_loss = torch.where(worse, ev.loss, self.worst_loss)
-        failed = verifying & broke_now
-        passed = restart_over & ~broke_now & (self.r + 1 == cfg.verify_restarts)
-        restart = restart_over & ~broke_now & ~passed
-        self.broke = torch.where(verifying, broke_now, self.broke | broke_now)
+        failed = verifying & broke_verify
+        passed = restart_over & ~broke_verify & (self.r + 1 == cfg.verify_runs)
+        restart = restart_over & ~broke_verify & ~passed
+        broke_inner = broke_now | (margin < cfg.candidate_margin)
+        self.broke = torch.where(verifying, broke_verify, self.broke | broke_inner)
         self.safe_at_start |= passed & self.initial
         self.initial &= ~(failed | passed)
         finished = passed | (failed & self.final)
@@ -185,6 +205,19 @@ class Slots:
         return _rows(finished).tolist()
 
     # ---------------------------------------------------------- transitions
+    def _targeted(self) -> Tensor:
+        return (self.phase == VERIFY) & (self.r >= self.cfg.verify_restarts)
+
+    def _rank_targets(self, idx: Tensor, logits: Tensor) -> None:
+        """The targeted runs' classes: the most likely other classes at the first verification pass."""
+        want = self.cfg.verify_targets
+        if not want or idx.numel() == 0:
+            return
+        others = logits[idx].scatter(1, self.y[idx, None], -torch.inf)
+        k = max(1, min(want, others.shape[1] - 1))
+        top = others.topk(k, dim=1).indices
+        self.targets[idx] = top[:, torch.arange(want, device=top.device) % k]  # few classes: cycle
+
     def _begin_verify(self, idx: Tensor, candidate: Tensor, final: bool = False) -> None:
         """Verify 8-bit candidates (rows idx) — after the re-encode when one is planned for."""
         self.phase[idx] = VERIFY
@@ -219,7 +252,11 @@ class Slots:
     def _pgd_step(self, idx: Tensor, grad: Tensor) -> None:
         cfg = self.cfg
         x_a, center = self.x_a[idx], self.center[idx]
-        alpha = torch.where(self.phase[idx] == VERIFY, cfg.verify_alpha, cfg.inner_alpha)
+        verifying = self.phase[idx] == VERIFY
+        alpha = torch.where(verifying, cfg.verify_alpha, cfg.inner_alpha)
+        if cfg.verify_targets:
+            targeted = verifying & (self.r[idx] >= cfg.verify_restarts)
+            alpha = torch.where(targeted, cfg.target_alpha(self.t[idx]), alpha)
         moved = x_a + per_sample(alpha.to(x_a.dtype), x_a) * steepest_direction(grad[idx], cfg.norm)
         in_ball = project(moved, center, cfg.eps, cfg.norm)
         clipped = (in_ball < 0) | (in_ball > 1)

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 HELP = """Measure clean and PGD-20 (step eps/4, random start) accuracy of a checkpoint on a
-test set, store them in the checkpoint's metadata (metrics.test; the file and its
-sha256 change) and write the markdown model card next to it (NAME.md).
+test set, and standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on a fixed
+subset of it (--autoattack-n images at a stride, with PGD-20 on the same images
+beside it: a gap of more than a few points suggests gradient masking); store
+them in the checkpoint's metadata (metrics.test; the file and its sha256
+change) and write the markdown model card next to it (NAME.md).
 
 examples:
-  safespot model-card models/zoo/default.safetensors --n 10000
+  safespot model-card models/zoo/default.safetensors --n 10000 --autoattack-n 1000
   safespot model-card models/zoo/gaussian.safetensors --n 10000 --norm l2 --eps 0.5"""
 
 
@@ -26,6 +29,8 @@ def register(sub: Any) -> None:
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--norm", default=None, choices=["linf", "l2"], help="default: the checkpoint's threat model")
     p.add_argument("--eps", type=float, default=None)
+    p.add_argument("--autoattack-n", type=int, default=1000,
+                   help="images (a strided subset) judged by AutoAttack; 0 skips it")
     p.add_argument("--note", default=None, help="a note on how the training time was measured")
     p.add_argument("--render-only", action="store_true", help="only regenerate the markdown")
     p.set_defaults(run=run)
@@ -40,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from safespot.config import DEFAULT_EPS
     from safespot.evaluation import evaluation_attack
     from safespot.losses import predict_logits
+    from safespot.yardstick import judge
     from worker.data import load_dataset, strided_indices, to_tensor
 
     path = Path(args.checkpoint)
@@ -65,10 +71,22 @@ def run(args: argparse.Namespace) -> int:
             "attack": f"PGD-20, {norm} eps={eps:.4g}, step eps/4, random start, true labels",
             "command": "safespot " + shlex.join(sys.argv[1:]),
         }
+        if args.autoattack_n > 0:
+            sub = strided_indices(len(idx), min(args.autoattack_n, len(idx)))
+            verdict = judge(loaded.model, x[sub], y[sub], "autoattack", norm=norm, eps=eps)
+            info.metrics["test"].update({
+                "autoattack_n": len(sub), "autoattack_acc": round(float(verdict.robust.float().mean()), 4),
+                "pgd20_acc_same_images": round(float(robust[sub].float().mean()), 4),
+                "autoattack_survivors": verdict.survivors,
+                "autoattack": "standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; torchattacks), "
+                              f"{norm} eps={eps:.4g}, true labels, seed fixed",
+            })
         save_checkpoint(loaded.model, info, path)
         loaded = load_checkpoint(path)
-        print(f"{path.name}: clean {info.metrics['test']['clean_acc']:.4f}, "
-              f"PGD-20 {info.metrics['test']['pgd20_acc']:.4f} on {len(idx)} images")
+        test = info.metrics["test"]
+        print(f"{path.name}: clean {test['clean_acc']:.4f}, PGD-20 {test['pgd20_acc']:.4f} on {len(idx)} images"
+              + (f"; AutoAttack {test['autoattack_acc']:.4f} vs PGD-20 {test['pgd20_acc_same_images']:.4f} "
+                 f"on {test['autoattack_n']}" if "autoattack_acc" in test else ""))
     card = path.with_suffix(".md")
     card.write_text(render_card(loaded.info, loaded.sha256, path.name))
     print(card)

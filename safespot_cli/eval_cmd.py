@@ -20,11 +20,15 @@ from safespot_cli.errors import UsageError
 HELP = """Measure clean and adversarial accuracy of the images each method would publish
 (none, s-fgsm, s-pgd, s-full), the safe-spot rate, passes per image and wall
 time, on a fixed, class-balanced subset (--n images at a fixed stride).  The
-evaluation attack is PGD-20 (step eps/4, random start) against the true
-labels; --cross-check apgd adds torchattacks' APGD (more steps, restarts).
+yardstick attacks run on the 8-bit images each method publishes, against the
+true labels: PGD-20 (the paper's: step eps/4, random start) always, and the
+suites of --attack: 'autoattack' (standard AutoAttack: APGD-CE, APGD-T, FAB-T,
+Square) or 'apgd' (APGD-CE + APGD-T).  For S-Full the JSON records, per
+suite, the survivors after each attack and found_but_broken: images the
+search's own verification called safe that the suite broke.
 
 examples:
-  safespot eval --model default --n 1000 --json eval-linf.json
+  safespot eval --model default --n 1000 --methods none,s-full --attack autoattack --json eval-linf.json
   safespot eval --model default --norm l2 --n 1000 --json eval-l2.json
   safespot eval --model default --preset paper --methods s-full --n 1000 --json paper.json"""
 
@@ -39,7 +43,8 @@ def register(sub: Any) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=1000, help="images, at a fixed stride over the set")
     p.add_argument("--methods", default="none,s-fgsm,s-pgd,s-full")
-    p.add_argument("--cross-check", default="apgd", help="'apgd' (torchattacks) or 'none'")
+    p.add_argument("--attack", default="pgd20",
+                   help="comma-separated yardstick suites: pgd20 (always run), apgd, autoattack")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT")
     p.add_argument("--plot", default=None, metavar="PNG", help="bar chart of clean/adversarial accuracy")
     p.add_argument("--certify", action="store_true",
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from safespot.evaluation import METHODS, evaluate_methods
+    from safespot.yardstick import suites_from
     from worker.data import load_dataset, strided_indices, to_tensor
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -69,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
     idx = strided_indices(len(data), args.n)
     x = to_tensor(data.x[idx], device)
     y = torch.from_numpy(data.y[idx]).to(device)
-    cross = {"apgd": apgd_attack(cfg)} if args.cross_check == "apgd" else {}
+    try:
+        suites = suites_from([a.strip() for a in args.attack.split(",") if a.strip()])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
     bars: dict[str, Any] = {}
 
@@ -97,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                                        "preset": args.preset, "smoothing": smoothing,
                                        "seconds": round(time.time() - started, 1)})
         return 0
-    reports = evaluate_methods(loaded.model, x, y, cfg, methods, cross, progress)
+    reports = evaluate_methods(loaded.model, x, y, cfg, methods, suites, progress)
     for bar in bars.values():
         bar.close()
     out = {
@@ -117,40 +126,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def apgd_attack(cfg: Any) -> Any:
-    """torchattacks' APGD (CE loss, 50 steps, adaptive step size) as an independent, stronger check."""
-
-    def attack(model: Any, x: Any, y: Any) -> Any:
-        import torch
-        import torchattacks
-
-        atk = torchattacks.APGD(model, norm="Linf" if cfg.norm == "linf" else "L2", eps=cfg.eps,
-                                steps=50, n_restarts=1, loss="ce", seed=1)
-        hits = []
-        for xb, yb in zip(x.split(250), y.split(250), strict=True):
-            adv = atk(xb, yb)
-            with torch.no_grad():
-                hits.append(model(adv).argmax(1) != yb)
-        return torch.cat(hits)
-
-    return attack
-
-
 def markdown_table(report: dict[str, Any]) -> str:
     t = report["threat"]
     lines = [f"model {report['model']['name']} ({report['model']['sha256'][:12]}), {report['data']}, "
              f"n={report['n']}, {t['norm']} eps={t['eps']:.4g} delta={t['delta']:.4g}, preset {report['preset']}",
-             "", "| method | clean acc | adv acc (PGD-20) | safe-spot rate | passes/image | seconds |",
-             "|---|---|---|---|---|---|"]
+             ""]
+    suites = list(next(iter(report["methods"].values()))["attacks"])
+    head = ["method", "clean acc"] + [f"adv acc ({SUITE_NAMES.get(s, s)})" for s in suites]
+    head += [f"safe-spot rate ({SUITE_NAMES.get(s, s)})" for s in suites] + ["passes/image", "seconds"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{v:.2%}"
+
     for name, m in report["methods"].items():
-        rate = f"{m['safe_spot_rate']:.2%}" if "safe_spot_rate" in m else "-"
-        lines.append(f"| {name} | {m['clean_acc']:.2%} | {m['adv_acc']:.2%} | {rate} | "
-                     f"{m.get('grad_evals_per_image', 0):.1f} | {m.get('seconds', 0):.1f} |")
-    extras = {k: v for k, v in report["methods"].get("s-full", {}).items()
-              if k not in ("clean_acc", "adv_acc", "safe_spot_rate", "grad_evals_per_image", "seconds")}
-    if extras:
-        lines += ["", "s-full: " + ", ".join(f"{k}={v}" for k, v in extras.items())]
+        cells = [name, pct(m["clean_acc"])] + [pct(m["attacks"][s]["adv_acc"]) for s in suites]
+        cells += [pct(m["attacks"][s].get("safe_spot_rate")) for s in suites]
+        cells += [f"{m.get('grad_evals_per_image', 0):.1f}", f"{m.get('seconds', 0):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    full = report["methods"].get("s-full")
+    if full:
+        lines += ["", f"s-full: found {full['found']} of the correctly classified "
+                      f"(rate {full['found_rate']:.2%}); found but broken: "
+                  + ", ".join(f"{SUITE_NAMES.get(s, s)} {full['attacks'][s]['found_but_broken']}"
+                              for s in suites)]
     return "\n".join(lines)
+
+
+SUITE_NAMES = {"pgd20": "PGD-20", "apgd": "APGD-CE+T", "autoattack": "AutoAttack"}
 
 
 def plot_methods(report: dict[str, Any], path: Path) -> None:
@@ -161,11 +164,12 @@ def plot_methods(report: dict[str, Any], path: Path) -> None:
 
     names = list(report["methods"])
     clean = [report["methods"][n]["clean_acc"] * 100 for n in names]
-    adv = [report["methods"][n]["adv_acc"] * 100 for n in names]
+    suite = list(report["methods"][names[0]]["attacks"])[-1]
+    adv = [report["methods"][n]["attacks"][suite]["adv_acc"] * 100 for n in names]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     pos = range(len(names))
     ax.bar([p - 0.2 for p in pos], clean, 0.4, label="clean")
-    ax.bar([p + 0.2 for p in pos], adv, 0.4, label="adversarial (PGD-20)")
+    ax.bar([p + 0.2 for p in pos], adv, 0.4, label=f"adversarial ({SUITE_NAMES.get(suite, suite)})")
     ax.set_xticks(list(pos), names)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)

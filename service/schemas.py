@@ -19,6 +19,13 @@ _RESULT_EXAMPLE: dict[str, Any] = {
     "safe_spot_found": True, "linf": 0.0314, "l2": 4.2, "psnr": 38.5,
     "robustness": {"attack": "pgd-20, 1 restart, eps/4 steps, random start", "held": True,
                    "margin": 1.7, "confidence_under_attack": 0.84},
+    "verification": {"norm": "linf", "eps": 0.0314, "on": "8-bit output", "min_margin": 0.0,
+                     "runs": [{"attack": "pgd", "loss": "ce", "targeted": False, "steps": 20, "restarts": 1},
+                              {"attack": "pgd", "loss": "margin", "targeted": True,
+                               "targets": "top-3 other classes", "steps": 30, "restarts": 1}],
+                     "passes": 114, "view": "whole image resized to 32x32",
+                     "guarantee": "empirical: these attacks failed on the returned 8-bit image, "
+                                  "for this checkpoint and view; not a certificate"},
     "ood_score": 0.88, "ood_flag": False,
     "model": {"name": "default", "sha256": "9f2c…", "checkpoint_id": "ckpt_3f9a1c2b7d4e"},
     "preset": "standard", "threat": {"norm": "linf", "eps": 0.0314, "delta": 0.0314},

@@ -113,7 +113,7 @@ class Prediction(TypedDict):
 
 
 class Robustness(TypedDict):
-    attack: str  # e.g. "pgd-20, 1 restart, eps/4 steps, random start"
+    attack: str  # e.g. "pgd-20 ...; then targeted margin pgd-30 toward each of the top 3 ..."
     held: bool  # the attack failed on the output
     margin: float  # min over attack iterates of logit[label] - best other logit
     confidence_under_attack: float  # MSP at the attack's worst point
@@ -138,6 +138,9 @@ class FilterResult(TypedDict):
     l2: float  # ||output - input||_2 over all pixels, [0,1] units
     psnr: float  # dB; null if identical (JSON has no inf): see docs
     robustness: Robustness
+    # What "found" was verified against: the attack runs (loss, targets, steps,
+    # restarts), the minimum margin, the checkpoint's view and the guarantee's scope.
+    verification: dict[str, Any]
     ood_score: float | None  # D(x) = mu*MSP(x) + (1-mu)*MSP(x_a*); low means OOD
     ood_flag: bool | None  # ood_score below the model's threshold
     model: ModelRef

@@ -490,6 +490,14 @@
     return el("div", {}, el("dt", { text: label }), dd);
   }
 
+  function verifiedWith(v) {
+    if (!v || !Array.isArray(v.runs)) return "verification not reported";
+    const runs = v.runs.map((run) => run.targeted
+      ? `targeted ${run.loss} PGD-${run.steps} (${run.targets})`
+      : `${run.loss.toUpperCase()} PGD-${run.steps}${run.restarts > 1 ? ` ×${run.restarts}` : ""}`);
+    return runs.join(" + ") + (v.min_margin ? `, margin ≥ ${v.min_margin}` : "");
+  }
+
   function renderScores(r) {
     const list = $("scores");
     const p = r.prediction || {}, rob = r.robustness || {}, t = r.threat || {}, m = r.model || {};
@@ -498,9 +506,10 @@
     const items = [
       score("Prediction", `${p.class_name ?? "?"}`, `class ${p.label} · ${pct(p.confidence)} confidence`),
       score("Safe spot found", "", r.safe_spot_found
-        ? "the verification attack failed on the output"
+        ? `the verification attacks failed on the output: ${verifiedWith(r.verification)}`
         : "best point found; it did not pass verification",
-      r.safe_spot_found ? ["yes", "good"] : ["no", "bad"]),
+      r.safe_spot_found ? ["yes", "good"] : ["no", "bad"],
+      r.verification?.guarantee || null),
       score("Robustness", `margin ${fmt(rob.margin, 3)}`,
         `confidence under attack ${pct(rob.confidence_under_attack)} · ${rob.attack || ""}`,
         rob.held ? ["held", "good"] : ["broken", "bad"]),

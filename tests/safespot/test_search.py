@@ -157,3 +157,62 @@ def test_images_of_different_sizes_through_a_view(tiny_model, cifar_mini) -> Non
     for img, r in zip(images, results, strict=True):
         assert r.x_safe.shape == img.shape
         assert float((r.x_safe - img).abs().max()) <= 8 / 255 + 1e-6
+
+
+def test_found_survives_a_fresh_targeted_apgd(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+    from safespot.yardstick import breaker
+
+    x = test_images[0][:48]
+    res = find_safe_spots(tiny_model, x, SearchConfig.preset("standard"))
+    found = res.found.nonzero().flatten()[:12]
+    assert len(found) >= 8
+    broken = breaker("apgd-t", "linf", 8 / 255, seed=4242)(tiny_model, res.x_safe[found], res.labels[found])
+    assert int(broken.sum()) == 0
+
+
+def test_verification_draws_do_not_move_the_search(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+    """The search and its verification have independent random streams: however
+    much verification runs, the search's own iterates are the same."""
+    x = test_images[0][:6]
+    base = SearchConfig.preset("standard", outer_steps=3, early_exit=False, keep="last")
+    a = find_safe_spots(tiny_model, x, base.replace(verify_targets=0, verify_restarts=1))
+    b = find_safe_spots(tiny_model, x, base.replace(verify_targets=4, verify_restarts=3))
+    assert torch.equal(a.x_safe, b.x_safe)
+    assert int(b.grad_evals) > int(a.grad_evals)
+    for i in range(len(x)):
+        assert image_seed(0, x[i], "search") != image_seed(0, x[i], "verify")
+
+
+def test_a_margin_no_image_reaches_is_never_found(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+    x = test_images[0][:8]
+    cfg = SearchConfig.preset("fast", verify_margin=1e6)
+    res = find_safe_spots(tiny_model, x, cfg)
+    assert not bool(res.found.any())
+    assert torch.equal(res.outer_steps, torch.full_like(res.outer_steps, cfg.outer_steps))
+
+
+def test_targeted_runs_ascend_the_margin_toward_the_top_classes(tiny_model64, test_images) -> None:  # type: ignore[no-untyped-def]
+    from safespot.losses import evaluate
+
+    x = test_images[0][:4].double()
+    y = tiny_model64(x).argmax(1)
+    target = torch.tensor([-1, 3, 5, 0])
+    target[1:] = torch.where(target[1:] == y[1:], (target[1:] + 1) % 10, target[1:])
+    ev = evaluate(tiny_model64, x, y, target)
+    z = x.clone().requires_grad_(True)
+    logits = tiny_model64(z)
+    ce = F.cross_entropy(logits[:1], y[:1], reduction="sum")
+    margins = (logits[1:].gather(1, target[1:, None]) - logits[1:].gather(1, y[1:, None])).sum()
+    (grad,) = torch.autograd.grad(ce + margins, z)
+    torch.testing.assert_close(ev.grad, grad)
+    torch.testing.assert_close(ev.loss[1:], (logits[1:].gather(1, target[1:, None])
+                                             - logits[1:].gather(1, y[1:, None]))[:, 0].detach())
+
+
+def test_verification_is_described_with_its_cost(tiny_model) -> None:  # type: ignore[no-untyped-def]
+    cfg = SearchConfig.preset("standard")
+    v = cfg.verification()
+    assert [r["loss"] for r in v["runs"]] == ["ce", "margin"]
+    assert v["passes"] == (cfg.verify_steps + 1) * cfg.verify_restarts + (cfg.verify_target_steps + 1) * cfg.verify_targets
+    assert float(cfg.target_alpha(0)) == pytest.approx(cfg.eps / 2)
+    assert float(cfg.target_alpha(cfg.verify_target_steps - 1)) == pytest.approx(cfg.eps / 8)

@@ -1,0 +1,70 @@
+"""`safespot eval --attack` and `safespot model-card` on the tiny model: the yardstick in the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.checkpoint import read_info
+from safespot_cli import card_cmd, eval_cmd
+from safespot_cli.errors import UsageError
+
+TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny.safetensors"
+
+
+def cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="safespot")
+    sub = parser.add_subparsers(dest="command", required=True)
+    eval_cmd.register(sub)
+    card_cmd.register(sub)
+    args = parser.parse_args(list(argv))
+    return int(args.run(args))
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory: pytest.TempPathFactory, cifar_mini: dict[str, np.ndarray]) -> Path:
+    path = tmp_path_factory.mktemp("eval") / "test.npz"
+    np.savez(path, x=cifar_mini["x_test"], y=cifar_mini["y_test"])
+    return path
+
+
+def test_eval_records_each_suite_and_found_but_broken(test_set: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eval.json"
+    assert cli("eval", "--model", str(TINY), "--data", str(test_set), "--n", "24", "--methods",
+               "none,s-full", "--preset", "fast", "--attack", "apgd", "--threads", "1",
+               "--json", str(out)) == 0
+    report = json.loads(out.read_text())
+    full, none = report["methods"]["s-full"], report["methods"]["none"]
+    assert set(full["attacks"]) == {"pgd20", "apgd"}
+    apgd = full["attacks"]["apgd"]
+    assert list(apgd["survivors"]) == ["apgd-ce", "apgd-t"]
+    assert apgd["survivors"]["apgd-t"] <= apgd["survivors"]["apgd-ce"]
+    assert 0 <= apgd["found_but_broken"] <= full["found"]
+    assert apgd["adv_acc"] <= full["attacks"]["pgd20"]["adv_acc"] + 1 / 24
+    assert full["verification"]["runs"][1]["targeted"] is True
+    assert "safe_spot_rate" not in none["attacks"]["apgd"]
+    table = capsys.readouterr().out
+    assert "adv acc (APGD-CE+T)" in table and "found but broken" in table
+
+
+def test_eval_refuses_an_unknown_suite(test_set: Path) -> None:
+    with pytest.raises(UsageError, match="autoattack"):
+        cli("eval", "--model", str(TINY), "--data", str(test_set), "--n", "4", "--attack", "pgd100")
+
+
+@pytest.mark.slow
+def test_model_card_reports_autoattack_beside_pgd20(tmp_path: Path, test_set: Path) -> None:
+    ckpt = tmp_path / "tiny.safetensors"
+    shutil.copy(TINY, ckpt)
+    assert cli("model-card", str(ckpt), "--data", str(test_set), "--n", "40", "--autoattack-n", "20") == 0
+    test = read_info(ckpt).metrics["test"]
+    assert test["autoattack_n"] == 20
+    assert test["autoattack_acc"] <= test["pgd20_acc_same_images"] + 0.05
+    assert list(test["autoattack_survivors"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert "AutoAttack accuracy (20 of the images)" in ckpt.with_suffix(".md").read_text()
