@@ -18,6 +18,7 @@ from safespot.threat import Norm, check_norm
 Optimizer = Literal["pgd", "rmsprop-tanh", "sgd"]
 Init = Literal["original", "random", "sphere"]
 Keep = Literal["best", "last"]
+InnerLoss = Literal["ce", "margin"]
 
 DEFAULT_EPS: dict[str, float] = {"linf": 8 / 255, "l2": 0.5}
 PRESETS = ("paper", "standard", "fast")
@@ -47,6 +48,7 @@ class SearchConfig:
     inner_steps: int = 10  # T
     inner_step: float | None = None  # alpha; None: eps/4
     inner_starts: int = 1  # N random starts, their losses averaged
+    inner_loss: InnerLoss = "ce"  # ce, or margin: best other logit - logit[label] (builds margin)
     candidate_margin: float = 0.0  # x_s is a candidate only if no inner iterate came this close
     # Verification: independent attacks on the 8-bit output decide "found".  First a
     # cheap untargeted PGD filter on the cross-entropy, then one targeted margin attack
@@ -81,6 +83,8 @@ class SearchConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.optimizer not in ("pgd", "rmsprop-tanh", "sgd"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
+        if self.inner_loss not in ("ce", "margin"):
+            raise ValueError(f"unknown inner_loss {self.inner_loss!r}")
         if self.optimizer == "rmsprop-tanh" and self.norm != "linf":
             raise ValueError("rmsprop-tanh parameterises the L-inf box; use pgd or sgd for L2")
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 Classifier = Callable[[Tensor], Tensor]
+CROSS_ENTROPY, BEST_OTHER = -1, -2  # loss codes of `evaluate`'s target (classes are >= 0)
 
 
 @dataclass(frozen=True)
@@ -43,20 +44,22 @@ def passes_per_call(model: Classifier) -> int:
 def evaluate(model: Classifier, x: Tensor, y: Tensor, target: Tensor | None = None) -> Evaluation:
     """The loss an attack on label y ascends at x, and its gradient w.r.t. x only.
 
-    The loss is the cross-entropy of y, except on rows where `target` (N,)
-    names a class (>= 0): there it is the targeted margin
-    logit[target] - logit[y], positive once the target wins.  Samples are
-    independent (the model must be in eval mode), so the gradient of the
-    summed loss is each sample's own gradient.
+    The loss is the cross-entropy of y, except where `target` (N,) says
+    otherwise: a class (>= 0) gives the targeted margin
+    logit[target] - logit[y], positive once the target wins; ``BEST_OTHER``
+    gives the untargeted margin toward whichever other class leads at x (the
+    Carlini-Wagner loss).  Samples are independent (the model must be in eval
+    mode), so the gradient of the summed loss is each sample's own gradient.
     """
     with torch.enable_grad():
         z = x.detach().requires_grad_(True)
         logits = model(z)
         loss = F.cross_entropy(logits, y, reduction="none")
         if target is not None:
-            toward = target.clamp(min=0)[:, None]
+            best_other = logits.detach().scatter(1, y[:, None], -torch.inf).argmax(dim=1)
+            toward = torch.where(target >= 0, target, best_other)[:, None]
             margin = (logits.gather(1, toward) - logits.gather(1, y[:, None]))[:, 0]
-            loss = torch.where(target >= 0, margin, loss)
+            loss = torch.where(target == CROSS_ENTROPY, loss, margin)
         (grad,) = torch.autograd.grad(loss.sum(), z)
     return Evaluation(loss.detach(), logits.detach(), grad.detach())
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from safespot.canvas import cat_rows, map_rows
 from safespot.config import SearchConfig
-from safespot.losses import Evaluation
+from safespot.losses import BEST_OTHER, CROSS_ENTROPY, Evaluation
 from safespot.outer import OuterState, init_outer, outer_step
 from safespot.publish import Reencode
 from safespot.threat import (
@@ -145,13 +145,17 @@ class Slots:
 
     # ------------------------------------------------------------- one pass
     def loss_targets(self) -> Tensor | None:
-        """Per row, the class a targeted verification run ascends toward (-1: cross-entropy)."""
+        """Per row, the loss its attack ascends (codes of :func:`safespot.losses.evaluate`):
+        a targeted verification run's class, the margin for a margin inner attack, else CE."""
         cfg = self.cfg
-        if not cfg.verify_targets:
+        if not cfg.verify_targets and cfg.inner_loss == "ce":
             return None
-        targeted = self._targeted()
+        inner_code = BEST_OTHER if cfg.inner_loss == "margin" else CROSS_ENTROPY
+        codes = torch.where(self.phase == INNER, inner_code, CROSS_ENTROPY)
+        if not cfg.verify_targets:
+            return codes
         run = (self.r - cfg.verify_restarts).clamp(0, cfg.verify_targets - 1)
-        return torch.where(targeted, self.targets.gather(1, run[:, None])[:, 0], -1)
+        return torch.where(self._targeted(), self.targets.gather(1, run[:, None])[:, 0], codes)
 
     def advance(self, ev: Evaluation) -> list[int]:
         """Move every row one step given the pass at x_a; return the rows that finished."""

@@ -169,3 +169,15 @@ def test_reencode_plans_for_the_platforms_jpeg_and_reports_survival(processor, c
     assert report["survives"] is result["safe_spot_found"]
     assert isinstance(report["safe_without_reencode"], bool)
     assert result["linf"] <= 8 / 255 + 1e-6
+
+
+def test_the_result_says_what_was_verified(processor, cifar_mini) -> None:  # type: ignore[no-untyped-def]
+    processor.add("v", filter_request("v"), cifar_png(cifar_mini, 2))
+    result = processor.drain()[0].result
+    v = result["verification"]
+    assert v["on"] == "8-bit output" and v["norm"] == "linf"
+    assert [run["loss"] for run in v["runs"]] == ["ce", "margin"]
+    assert v["runs"][1]["targeted"] and v["runs"][1]["targets"].startswith("top-")
+    assert "32x32" in v["view"] and v["guarantee"].startswith("empirical")
+    assert v["summary"] == result["robustness"]["attack"]
+    assert result["robustness"]["margin"] is None or isinstance(result["robustness"]["margin"], float)
