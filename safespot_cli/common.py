@@ -26,6 +26,9 @@ def add_threat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--delta", type=float, default=None, help="defender budget (default: eps)")
     p.add_argument("--batch-size", type=int, default=None, help="images searched at once")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one SearchConfig field of the preset (repeatable), "
+                        "e.g. --set outer_steps=90 --set verify_targets=9")
 
 
 def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -51,10 +54,43 @@ def search_config(args: argparse.Namespace) -> Any:
         overrides["delta"] = args.delta
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
+    overrides.update(parse_overrides(getattr(args, "overrides", [])))
     try:
         return SearchConfig.preset(args.preset, norm=args.norm, eps=args.eps, **overrides)
     except ValueError as e:
         raise UsageError(str(e)) from e
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """FIELD=VALUE pairs for SearchConfig, each value parsed as the field's type."""
+    import dataclasses
+
+    from safespot import SearchConfig
+
+    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in fields or name in ("norm", "eps"):
+            raise UsageError(f"--set takes FIELD=VALUE with a SearchConfig field other than norm/eps "
+                             f"(--norm, --eps); got {item!r}")
+        default = fields[name].default
+        try:
+            if raw.lower() in ("none", "null"):
+                value: Any = None
+            elif isinstance(default, bool):
+                value = {"true": True, "false": False}[raw.lower()]
+            elif isinstance(default, int):
+                value = int(raw)
+            elif isinstance(default, float) or default is None:
+                value = float(raw)
+            else:
+                value = raw
+        except (KeyError, ValueError):
+            raise UsageError(f"--set {name}: cannot read {raw!r} as {type(default).__name__}") from None
+        out[name] = value
+    return out
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -68,3 +68,19 @@ def test_model_card_reports_autoattack_beside_pgd20(tmp_path: Path, test_set: Pa
     assert test["autoattack_acc"] <= test["pgd20_acc_same_images"] + 0.05
     assert list(test["autoattack_survivors"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert "AutoAttack accuracy (20 of the images)" in ckpt.with_suffix(".md").read_text()
+
+
+def test_set_overrides_search_fields_and_refuses_unknown_ones(test_set: Path, tmp_path: Path) -> None:
+    from safespot_cli.common import parse_overrides
+
+    assert parse_overrides(["outer_steps=90", "verify-margin=0.2", "inner_loss=margin", "early_exit=false"]) == {
+        "outer_steps": 90, "verify_margin": 0.2, "inner_loss": "margin", "early_exit": False}
+    for bad in ("nonsense=1", "eps=0.1", "outer_steps", "outer_steps=many"):
+        with pytest.raises(UsageError):
+            parse_overrides([bad])
+    out = tmp_path / "eval.json"
+    assert cli("eval", "--model", str(TINY), "--data", str(test_set), "--n", "8", "--methods", "s-full",
+               "--preset", "fast", "--set", "verify_targets=1", "--set", "verify_margin=0.5",
+               "--json", str(out)) == 0
+    config = json.loads(out.read_text())["config"]
+    assert config["verify_targets"] == 1 and config["verify_margin"] == 0.5
