@@ -86,7 +86,11 @@ def breaker(name: str, norm: Norm, eps: float, seed: int = EVAL_SEED) -> Breaker
 
 
 def _torchattacks_breaker(name: str, norm: Norm, eps: float, seed: int) -> Breaker:
-    import torchattacks
+    try:
+        import torchattacks
+    except ImportError as e:  # an optional extra: say how to get it
+        raise ImportError("the apgd and autoattack suites need torchattacks: "
+                          "pip install 'safespot[eval]' (torchattacks==3.5.1)") from e
 
     ta_norm = "Linf" if norm == "linf" else "L2"
 

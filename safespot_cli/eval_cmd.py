@@ -106,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
                                        "preset": args.preset, "smoothing": smoothing,
                                        "seconds": round(time.time() - started, 1)})
         return 0
-    reports = evaluate_methods(loaded.model, x, y, cfg, methods, suites, progress)
+    try:
+        reports = evaluate_methods(loaded.model, x, y, cfg, methods, suites, progress)
+    except ImportError as e:  # the optional yardstick extra is missing
+        raise UsageError(str(e)) from None
     for bar in bars.values():
         bar.close()
     out = {

@@ -289,7 +289,7 @@ class FilterProcessor:
 
 def _pass_budget(cfg: SearchConfig) -> int:
     """Roughly the most passes an image can take: the search plus one verification."""
-    return max(1, cfg.outer_steps * cfg.passes_per_outer_step + (cfg.verify_steps + 1) * cfg.verify_restarts)
+    return max(1, cfg.outer_steps * cfg.passes_per_outer_step + cfg.verify_passes)
 
 
 def _outer_steps(engine: SafeSpotSearch) -> dict[Any, int]:
