@@ -33,7 +33,7 @@ The report (--json) is one JSON object:
   {"model": {...}, "settings": {...},
    "files": [{"input", "output", "status": "ok", "result": {the scores of
               GET /v1/jobs/{id}: prediction, safe_spot_found, linf, l2, psnr,
-              robustness, ood_score, ood_flag, model, preset, grad_evals, timings}},
+              robustness, verification, ood_score, ood_flag, model, preset, grad_evals, timings}},
              {"input", "status": "error", "error": {"code", "message"}}, ...],
    "summary": {"images", "written", "failed", "safe_spot_found", "seconds"}}
   --json          print it on stdout, and nothing else there (progress and
@@ -270,6 +270,9 @@ class Filtering:
         print(f"{s['written']} of {s['images']} images written to {args.out}, safe spot found for "
               f"{s['safe_spot_found']}" + (f"; {failed} failed (see above)" if failed else "") + tail,
               file=self.lines)
+        if written:  # one verification for the whole run: the settings are shared
+            print(f"'found' means these attacks failed on the written image: "
+                  f"{written[0]['result']['verification']['summary']}", file=self.lines)
         return 1 if failed else 0
 
     def loop(self) -> None:

@@ -90,11 +90,13 @@ def test_a_folder_tree_gives_safe_pngs_with_the_same_names_and_a_report(
     assert {str(p.relative_to(out)) for p in out.rglob("*.png")} == expected
     assert "skipping" in captured.err and "notes.jpg" in captured.err and "unsupported_format" in captured.err
     assert "4 of 5 images written" in captured.out and "cat.safe.png" in captured.out
+    assert "'found' means these attacks failed on the written image: pgd-20" in captured.out
 
     report = json.loads(report_path.read_text())
     assert report["summary"]["images"] == 5 and report["summary"]["written"] == 4
     assert report["summary"]["failed"] == 1
     assert report["model"]["sha256"] and report["settings"]["preset"] == "fast"
+    assert all(e["result"]["verification"]["runs"] for e in report["files"] if e["status"] == "ok")
     assert report["settings"]["eps"] == pytest.approx(EPS_LEVELS / 255)
     by_input = {Path(e["input"]).name: e for e in report["files"]}
     assert by_input["notes.jpg"]["status"] == "error"
