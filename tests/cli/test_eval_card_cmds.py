@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -13,17 +12,12 @@ import pytest
 from models.checkpoint import read_info
 from safespot_cli import card_cmd, eval_cmd
 from safespot_cli.errors import UsageError
+from tests.cli.clikit import make_cli
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny.safetensors"
 
 
-def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="safespot")
-    sub = parser.add_subparsers(dest="command", required=True)
-    eval_cmd.register(sub)
-    card_cmd.register(sub)
-    args = parser.parse_args(list(argv))
-    return int(args.run(args))
+cli = make_cli(eval_cmd, card_cmd)
 
 
 @pytest.fixture(scope="module")

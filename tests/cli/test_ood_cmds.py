@@ -16,6 +16,7 @@ from safespot import find_safe_spots
 from safespot.ood import safespot_score
 from safespot_cli import ood_calibrate_cmd, ood_eval_cmd
 from safespot_cli.errors import UsageError
+from tests.cli.clikit import make_cli
 from worker.data import to_tensor
 from worker.results import ood_score
 
@@ -23,13 +24,7 @@ TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny.safetensors"
 SEARCH = ["--preset", "fast", "--batch-size", "32"]
 
 
-def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="safespot")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ood_eval_cmd.register(sub)
-    ood_calibrate_cmd.register(sub)
-    args = parser.parse_args(list(argv))
-    return int(args.run(args))
+cli = make_cli(ood_eval_cmd, ood_calibrate_cmd)
 
 
 @pytest.fixture(scope="module")
