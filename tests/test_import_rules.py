@@ -1,7 +1,8 @@
 """The dependency rules of DESIGN.md, checked on the source (every import statement).
 
     safespot  <- models <- worker        service talks to workers only through Redis
-    safespot: torch, numpy (scipy for the certification's binomial tests)
+    safespot: torch, numpy (scipy for the certification's binomial tests; torchattacks,
+              an optional extra, for the evaluation yardstick only)
     models:   safespot, torch (+ safetensors, torchvision for ResNet-50)
     worker:   safespot, models, rq, redis (+ the wire contract, image and HTTP helpers)
     service:  rq, redis, pydantic, fastapi ... never torch, never the computing packages
@@ -20,7 +21,8 @@ from tests.conftest import REPO
 
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 ALLOWED: dict[str, set[str]] = {
-    "safespot": {"safespot", "torch", "numpy", "scipy"},
+    # torchattacks: the yardstick's optional extra, imported only when a suite needs it.
+    "safespot": {"safespot", "torch", "numpy", "scipy", "torchattacks"},
     "models": {"models", "safespot", "torch", "torchvision", "safetensors"},
     "worker": {"worker", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",
                "pydantic", "pydantic_settings", "prometheus_client", "tqdm"},

@@ -46,6 +46,7 @@ def test_gaussian_noise_is_flagged_and_cifar_test_images_mostly_are_not(ood_proc
     noise_flags = _flags(ood_processor, noise)
     cifar_flags = _flags(ood_processor, cifar)
     print(f"flagged: noise {sum(noise_flags)}/24, CIFAR-10 test {sum(cifar_flags)}/25")
-    # Measured on 200 noise images (docs/ood.md): 93.5% flagged at this threshold.
-    assert sum(noise_flags) >= 18, noise_flags  # at least 3 in 4 noise uploads flagged
+    # Measured on 200 other noise images (seed 2026) with the current calibration and
+    # verification: 88.5% flagged, and 4.5% of 200 CIFAR-10 test images (docs/results.md).
+    assert sum(noise_flags) >= 16, noise_flags  # at least 2 in 3 noise uploads flagged
     assert sum(cifar_flags) <= 6, cifar_flags   # at most 1 in 4 test images (the threshold keeps 95% on held-out images)
