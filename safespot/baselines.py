@@ -1,4 +1,4 @@
-"""The paper's cheap safe-spot baselines (SPEC section 2).
+"""The paper's cheap safe-spot baselines (docs/method.md).
 
 - S-FGSM: one targeted FGSM step of size delta towards the predicted label.
 - S-PGD: 20-step targeted PGD (step delta/4) towards the predicted label

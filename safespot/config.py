@@ -26,7 +26,7 @@ PRESETS = ("paper", "standard", "fast")
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Settings of the safe-spot search (S-Full, SPEC section 2).
+    """Settings of the safe-spot search (S-Full; docs/method.md, docs/verification.md).
 
     The search minimises, over x_s in the delta-ball around the original x_o,
     the cross-entropy of the predicted label after an inner PGD attack of

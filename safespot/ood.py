@@ -1,4 +1,4 @@
-"""Out-of-distribution detection with safe spots (SPEC section 5), and its baselines.
+"""Out-of-distribution detection with safe spots (docs/ood.md), and its baselines.
 
 Every score here is an *in-distribution* score: higher means "looks like the
 training distribution", low means OOD.  Metrics then treat in-distribution

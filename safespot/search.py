@@ -3,7 +3,7 @@
 For an image x_o with predicted label y, find x_s in B_delta(x_o) ∩ [0,1]
 minimising  max_{x_a in B_eps(x_s) ∩ [0,1]} CE(f(x_a), y).  The inner max is
 T-step PGD from a random start; the outer step uses the first-order gradient
-(SPEC section 2): the loss gradient at the inner attack's last point x_a^(T),
+(docs/method.md): the loss gradient at the inner attack's last point x_a^(T),
 masked to zero where [0,1] clipping froze a pixel.  No graph through the
 inner loop is built, so one outer iteration costs N*(T+1) passes.
 

@@ -264,7 +264,7 @@ class Slots:
         moved = x_a + per_sample(alpha.to(x_a.dtype), x_a) * steepest_direction(grad[idx], cfg.norm)
         in_ball = project(moved, center, cfg.eps, cfg.norm)
         clipped = (in_ball < 0) | (in_ball > 1)
-        # First-order outer gradient (SPEC section 2): d x_a/d x_s is 1 on a coordinate
+        # First-order outer gradient (docs/method.md): d x_a/d x_s is 1 on a coordinate
         # unless [0,1] clipping froze it.  For L-inf a later ball clamp ties the
         # coordinate to x_s again, which makes the mask exact; for L2 a clipped
         # coordinate stays detached (its true derivative mixes coordinates).

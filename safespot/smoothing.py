@@ -1,4 +1,4 @@
-"""Randomized smoothing (SPEC section 3).
+"""Randomized smoothing (docs/method.md, "Randomized smoothing").
 
 - :class:`SmoothedSoftClassifier`: G(x) = E_n[softmax f(x + n)], n ~ N(0, sigma^2 I),
   estimated with M fresh noise samples per call.  Its forward returns

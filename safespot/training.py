@@ -1,6 +1,6 @@
 """Training recipes as pure functions: which input each training step sees.
 
-SPEC section 4.  With x a batch of training images and y its true labels:
+The paper's training recipes.  With x a batch of training images and y its true labels:
 
 - ``natural``: train on x.
 - ``gaussian``: x + N(0, sigma^2) (for randomized smoothing; Cohen et al.).

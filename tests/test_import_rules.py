@@ -1,4 +1,4 @@
-"""The dependency rules of DESIGN.md, checked on the source (every import statement).
+"""The dependency rules of the architecture (layers below), checked on the source (every import statement).
 
     safespot  <- models <- worker        service talks to workers only through Redis
     safespot: torch, numpy (scipy for the certification's binomial tests; torchattacks,

@@ -1,4 +1,4 @@
-"""Auxiliary outliers for the trainer: the OOD terms of the paper's objective (SPEC section 5).
+"""Auxiliary outliers for the trainer: the OOD terms of the paper's objective (docs/ood.md).
 
 ``outlier_loss(path, cfg, gamma=, lam=)`` returns an :data:`worker.trainer.ExtraLoss`
 that the trainer adds to each step's cross-entropy:

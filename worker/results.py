@@ -12,7 +12,7 @@ from safespot import ImageResult, SearchConfig
 from worker.imaging import DecodedImage, distortion
 from worker.protocol import FilterRequest, FilterResult, ModelRef, Robustness
 
-DEFAULT_OOD_MU = 0.5  # weight of MSP(x) in D(x) when the checkpoint names none (SPEC section 5)
+DEFAULT_OOD_MU = 0.5  # weight of MSP(x) in D(x) when the checkpoint names none (docs/ood.md)
 
 
 def attack_description(cfg: SearchConfig) -> str:

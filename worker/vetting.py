@@ -14,7 +14,7 @@ from the file:
   record's metadata (``record["info"]``) and converted to our safetensors
   format next to it.
 
-The vetting evaluation is the paper's protocol (SPEC section 6) on a fixed
+The vetting evaluation is the paper's protocol (docs/results.md) on a fixed
 strided slice of CIFAR-10 test images: clean and PGD-20 accuracy of the
 originals and the S-Full safe-spot rate with the ``fast`` preset.  It is
 skipped, with the reason recorded, when no data fits the model's input size
