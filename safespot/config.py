@@ -138,9 +138,16 @@ class SearchConfig:
                          "targets": f"top-{self.verify_targets} other classes",
                          "steps": self.verify_target_steps, "restarts": 1,
                          "step": "eps/2, eps/4, eps/8 (thirds)", "random_start": True})
+        restarts = f"{self.verify_restarts} restart" + ("s" if self.verify_restarts != 1 else "")
+        summary = f"pgd-{self.verify_steps} ({self.norm}, eps {self.eps:.4g}), {restarts}, step {steps}, random start"
+        if self.verify_targets:
+            summary += (f"; then targeted margin pgd-{self.verify_target_steps} toward each of the top "
+                        f"{self.verify_targets} other classes, steps eps/2..eps/8, random starts")
+        if self.verify_margin:
+            summary += f"; margin at least {self.verify_margin:g} at every iterate"
         return {"norm": self.norm, "eps": self.eps, "on": "8-bit output", "runs": runs,
                 "min_margin": self.verify_margin, "passes": self.verify_passes,
-                "random_stream": "independent of the search's"}
+                "random_stream": "independent of the search's", "summary": summary}
 
     @property
     def passes_per_outer_step(self) -> int:

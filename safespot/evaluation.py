@@ -103,8 +103,10 @@ def evaluate_methods(
                      "verification": config.verification()}
         seconds = time.perf_counter() - started
         per_suite: dict[str, dict[str, Any]] = {}
+        correct = torch.zeros_like(y, dtype=torch.bool)
         for suite in suites:
             verdict = judge(model, x_pub, y, suite, norm=config.norm, eps=config.eps)
+            correct = verdict.correct  # the same classification in every suite
             entry = verdict.summary() | {"adv_acc": _mean(verdict.robust)}
             if method != "none":
                 entry["safe_spot_rate"] = _mean(verdict.robust[correct_before])
@@ -112,7 +114,6 @@ def evaluate_methods(
                 entry["found_but_broken"] = int((res.found & correct_before & ~verdict.robust).sum())
                 entry["found_and_held_rate"] = _mean((res.found & verdict.robust)[correct_before])
             per_suite[suite] = entry
-        correct = predict_logits(model, x_pub).argmax(1) == y
         report = MethodReport(clean_acc=_mean(correct), adv_acc=per_suite["pgd20"]["adv_acc"],
                               attacks=per_suite, extra=extra)
         if method != "none":

@@ -63,29 +63,32 @@ def judge(model: Classifier, x: Tensor, y: Tensor, suite: str, *, norm: Norm, ep
         raise ValueError(f"unknown attack suite {suite!r}; choose from {sorted(SUITES)}")
     norm = check_norm(norm)
     started = time.perf_counter()
-    correct = predict_logits(model, x).argmax(1) == y
+    logits = predict_logits(model, x)
+    correct = logits.argmax(1) == y
     robust = correct.clone()
     survivors = {}
     for name in SUITES[suite]:
+        attack = breaker(name, norm, eps, seed, classes=logits.shape[1])
         idx = robust.nonzero().flatten()
         for chunk in idx.split(batch_size):
-            broken = breaker(name, norm, eps, seed)(model, x[chunk], y[chunk])
+            broken = attack(model, x[chunk], y[chunk])
             robust[chunk[broken]] = False
         survivors[name] = int(robust.sum())
     return Verdict(suite, correct, robust, survivors, time.perf_counter() - started)
 
 
-def breaker(name: str, norm: Norm, eps: float, seed: int = EVAL_SEED) -> Breaker:
-    """One attack of a suite, as a function returning where it succeeded."""
+def breaker(name: str, norm: Norm, eps: float, seed: int = EVAL_SEED, classes: int = 10) -> Breaker:
+    """One attack of a suite, as a function returning where it succeeded (`classes`: the
+    model's number of classes, which sets the targeted attacks' target count)."""
     if name == "pgd20":
         def run_pgd(model: Classifier, x: Tensor, y: Tensor) -> Tensor:
             gen = torch.Generator(device=x.device).manual_seed(seed)
             return pgd(model, x, y, norm=norm, eps=eps, steps=20, generator=gen).success
         return run_pgd
-    return _torchattacks_breaker(name, norm, eps, seed)
+    return _torchattacks_breaker(name, norm, eps, seed, classes)
 
 
-def _torchattacks_breaker(name: str, norm: Norm, eps: float, seed: int) -> Breaker:
+def _torchattacks_breaker(name: str, norm: Norm, eps: float, seed: int, classes: int) -> Breaker:
     try:
         import torchattacks
     except ImportError as e:  # an optional extra: say how to get it
@@ -93,11 +96,10 @@ def _torchattacks_breaker(name: str, norm: Norm, eps: float, seed: int) -> Break
                           "pip install 'safespot[eval]' (torchattacks==3.5.1)") from e
 
     ta_norm = "Linf" if norm == "linf" else "L2"
+    targets = max(1, min(AUTOATTACK_TARGETS, classes - 1))
 
     def run(model: Classifier, x: Tensor, y: Tensor) -> Tensor:
         net = _as_module(model, x)
-        classes = int(predict_logits(model, x[:1]).shape[1])
-        targets = max(1, min(AUTOATTACK_TARGETS, classes - 1))
         if name == "apgd-ce":
             atk: Any = torchattacks.APGD(net, norm=ta_norm, eps=eps, steps=100, n_restarts=1,
                                         loss="ce", seed=seed)

@@ -15,24 +15,10 @@ from worker.protocol import FilterRequest, FilterResult, ModelRef, Robustness
 DEFAULT_OOD_MU = 0.5  # weight of MSP(x) in D(x) when the checkpoint names none (docs/ood.md)
 
 
-def attack_description(cfg: SearchConfig) -> str:
-    """The verification attacks that decided "found", in words."""
-    step = "eps/4" if cfg.verify_step is None else f"{cfg.verify_alpha:.4g}"
-    restarts = f"{cfg.verify_restarts} restart" + ("s" if cfg.verify_restarts != 1 else "")
-    text = f"pgd-{cfg.verify_steps} ({cfg.norm}, eps {cfg.eps:.4g}), {restarts}, step {step}, random start"
-    if cfg.verify_targets:
-        text += (f"; then targeted margin pgd-{cfg.verify_target_steps} toward each of the top "
-                 f"{cfg.verify_targets} other classes, steps eps/2..eps/8, random starts")
-    if cfg.verify_margin:
-        text += f"; margin at least {cfg.verify_margin:g} at every iterate"
-    return text
-
-
 def verification(cfg: SearchConfig, info: ModelInfo) -> dict[str, Any]:
     """What "found" means for this result: the attacks, the checkpoint's view, the scope."""
     size = "x".join(str(s) for s in info.input_size[-2:]) if info.input_size else "the model's input size"
     return cfg.verification() | {
-        "summary": attack_description(cfg),
         "view": f"whole image resized to {size}",
         "guarantee": ("empirical: these attacks, from their own random starts, failed on the "
                       "returned 8-bit image, for this checkpoint and view; not a certificate"),
@@ -70,8 +56,9 @@ def build_result(
     names = info.class_names
     score, flag = ood_score(info, found.msp, found.msp_adv)
     submitted = float(request.get("submitted_at") or started_at)
+    verified = verification(cfg, info)
     robustness: Robustness = {
-        "attack": attack_description(cfg),
+        "attack": verified["summary"],
         "held": bool(found.found),
         "margin": _finite(found.margin_adv),  # type: ignore[typeddict-item]
         "confidence_under_attack": _finite(found.msp_adv),  # type: ignore[typeddict-item]
@@ -82,7 +69,7 @@ def build_result(
         "safe_spot_found": bool(found.found),
         **distortion(output, image.pixels),  # type: ignore[typeddict-item]
         "robustness": robustness,
-        "verification": verification(cfg, info),
+        "verification": verified,
         "ood_score": score,
         "ood_flag": flag,
         "model": model,

@@ -490,14 +490,6 @@
     return el("div", {}, el("dt", { text: label }), dd);
   }
 
-  function verifiedWith(v) {
-    if (!v || !Array.isArray(v.runs)) return "verification not reported";
-    const runs = v.runs.map((run) => run.targeted
-      ? `targeted ${run.loss} PGD-${run.steps} (${run.targets})`
-      : `${run.loss.toUpperCase()} PGD-${run.steps}${run.restarts > 1 ? ` ×${run.restarts}` : ""}`);
-    return runs.join(" + ") + (v.min_margin ? `, margin ≥ ${v.min_margin}` : "");
-  }
-
   function renderScores(r) {
     const list = $("scores");
     const p = r.prediction || {}, rob = r.robustness || {}, t = r.threat || {}, m = r.model || {};
@@ -506,7 +498,7 @@
     const items = [
       score("Prediction", `${p.class_name ?? "?"}`, `class ${p.label} · ${pct(p.confidence)} confidence`),
       score("Safe spot found", "", r.safe_spot_found
-        ? `the verification attacks failed on the output: ${verifiedWith(r.verification)}`
+        ? `the verification attacks failed on the output: ${r.verification?.summary || "not reported"}`
         : "best point found; it did not pass verification",
       r.safe_spot_found ? ["yes", "good"] : ["no", "bad"],
       r.verification?.guarantee || null),
