@@ -257,11 +257,13 @@ class Slots:
         cfg = self.cfg
         x_a, center = self.x_a[idx], self.center[idx]
         verifying = self.phase[idx] == VERIFY
-        alpha = torch.where(verifying, cfg.verify_alpha, cfg.inner_alpha)
+        # Step sizes in the images' dtype: float64 images step by exactly eps/4, not its float32 rounding.
+        alpha = torch.full(idx.shape, cfg.inner_alpha, dtype=x_a.dtype, device=idx.device)
+        alpha = alpha.masked_fill(verifying, cfg.verify_alpha)
         if cfg.verify_targets:
             targeted = verifying & (self.r[idx] >= cfg.verify_restarts)
-            alpha = torch.where(targeted, cfg.target_alpha(self.t[idx]), alpha)
-        moved = x_a + per_sample(alpha.to(x_a.dtype), x_a) * steepest_direction(grad[idx], cfg.norm)
+            alpha = torch.where(targeted, cfg.target_alpha(self.t[idx], dtype=x_a.dtype), alpha)
+        moved = x_a + per_sample(alpha, x_a) * steepest_direction(grad[idx], cfg.norm)
         in_ball = project(moved, center, cfg.eps, cfg.norm)
         clipped = (in_ball < 0) | (in_ball > 1)
         # First-order outer gradient (docs/method.md): d x_a/d x_s is 1 on a coordinate
