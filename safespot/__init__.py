@@ -11,6 +11,7 @@ certification), so training, evaluation, notebooks and the worker share it.
 
 from safespot.config import PRESETS, SearchConfig
 from safespot.search import ImageResult, SafeSpotSearch, SearchResult, find_safe_spots
+from safespot.slots import SlotProgress, SlotState
 
 __all__ = [
     "PRESETS",
@@ -18,5 +19,7 @@ __all__ = [
     "SafeSpotSearch",
     "SearchConfig",
     "SearchResult",
+    "SlotProgress",
+    "SlotState",
     "find_safe_spots",
 ]

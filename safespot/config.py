@@ -107,15 +107,13 @@ class SearchConfig:
     def verify_alpha(self) -> float:
         return self.eps / 4 if self.verify_step is None else self.verify_step
 
-    def target_alpha(self, t: int | Tensor, steps: int | None = None,
-                     dtype: torch.dtype = torch.float64) -> Tensor:
+    def target_alpha(self, t: int | Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
         """Step size of the targeted verification runs at step t: eps/2, eps/4, eps/8 in thirds.
 
         A large first step crosses the ball quickly, the small last ones settle on
         the boundary of the target region (the role of APGD's step-size halving).
         """
-        steps = self.verify_target_steps if steps is None else steps
-        third = torch.div(torch.as_tensor(t) * 3, steps, rounding_mode="floor").clamp(max=2)
+        third = torch.div(torch.as_tensor(t) * 3, self.verify_target_steps, rounding_mode="floor").clamp(max=2)
         return self.eps * 0.5 ** (1 + third).to(dtype)
 
     @property

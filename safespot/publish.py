@@ -35,7 +35,3 @@ class Reencode:
         if self.exact is not None:
             return self.exact(image)
         return snap_to_grid(self.surrogate(image))
-
-    def describe(self) -> dict[str, object]:
-        return {"format": "jpeg", "quality": self.quality,
-                "verified_with": "encoder" if self.exact is not None else "surrogate"}

@@ -32,7 +32,7 @@ from safespot.canvas import Size, crop, stack_canvas
 from safespot.config import SearchConfig
 from safespot.losses import Classifier, evaluate, passes_per_call, predict_logits
 from safespot.publish import Reencode
-from safespot.slots import Slots
+from safespot.slots import SlotProgress, Slots
 from safespot.threat import on_pixel_grid
 
 Progress = Callable[[int, int], None]  # (images finished, images submitted)
@@ -133,6 +133,11 @@ class SafeSpotSearch:
         """Images in the batch now."""
         return 0 if self._slots is None else self._slots.size
 
+    def progress(self) -> list[SlotProgress]:
+        """Per image in the batch now: its state, outer iterations done and passes spent
+        (waiting images have not started)."""
+        return [] if self._slots is None else self._slots.progress()
+
     def step(self) -> list[ImageResult]:
         """Admit waiting images, run one pass over the batch, return the finished images."""
         self._admit()
@@ -175,7 +180,6 @@ class SafeSpotSearch:
         new = Slots.start(self.cfg, [key for key, _, _ in batch], sizes, x_o, y,
                           logits.softmax(dim=1).amax(dim=1), rng_search, rng_verify, self.reencode)
         self._slots = new if self._slots is None else self._slots.extend(new)
-
 
     def _classifier(self, sizes: list[Size]) -> Classifier:
         if self.view is None:

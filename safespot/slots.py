@@ -2,17 +2,24 @@
 
 A :class:`Slots` object holds the images in flight, one row per image, and
 :meth:`Slots.advance` moves every row one step given the pass taken at its
-current point ``x_a``.  A row is always running one PGD attack:
+current point ``x_a``.  A row is always running one PGD attack, and its
+:class:`SlotState` says which:
 
-- phase VERIFY: the verification attacks on an 8-bit candidate (own random
+- SEARCHING: the search's attack on x_s.  When its last start ends, the
+  outer step moves x_s (first-order gradient); an iterate it never broke is
+  a candidate (early-exit mode), else the search goes on, or, once the outer
+  steps are spent, the answer is verified.
+- VERIFYING_*: the verification attacks on an 8-bit point (own random
   stream): the untargeted cross-entropy filter's restarts, then one targeted
   margin run per most likely other class (ranked at the verification's first
   pass).  An iterate that is misclassified, or whose margin falls below
-  ``verify_margin``, fails the candidate at once; surviving every step of
-  every run makes it a safe spot.
-- phase INNER: the search's attack on x_s.  When its last start ends, the
-  outer step moves x_s (first-order gradient); an iterate it never broke is
-  a candidate (early-exit mode).
+  ``verify_margin``, fails the point at once; surviving every step of every
+  run makes it a safe spot and the image finishes.  A failed ORIGINAL or
+  CANDIDATE sends the row back to searching; a failed ANSWER finishes the
+  image as not found.
+
+:func:`safespot.reference.reference_safe_spots` is the same search without
+slots, for the fixed-length (``paper``) case.
 
 All transitions are vectorised over rows; only random starts loop over rows
 (each image draws from its own generator, so results do not depend on batch
@@ -22,6 +29,7 @@ neighbours).
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +50,24 @@ from safespot.threat import (
     steepest_direction,
 )
 
-VERIFY, INNER = 0, 1
+
+class SlotState(enum.IntEnum):
+    """What a row is doing (stored per row in ``Slots.state``)."""
+
+    SEARCHING = 0  # the inner attack on x_s
+    VERIFYING_ORIGINAL = 1  # x_o itself: if it holds, the image is returned unchanged
+    VERIFYING_CANDIDATE = 2  # an iterate the inner attack never broke; failing resumes the search
+    VERIFYING_ANSWER = 3  # the answer once the outer steps ran out; its verdict is final
+
+
+@dataclass(frozen=True)
+class SlotProgress:
+    """Where one image in flight stands."""
+
+    key: Any
+    state: SlotState
+    outer_steps: int  # outer iterations done
+    grad_evals: int  # forward+backward passes spent so far
 
 
 @dataclass
@@ -66,14 +91,12 @@ class Slots:
     # Per-row vectors.
     y: Tensor
     msp: Tensor  # MSP of x_o
-    phase: Tensor
+    state: Tensor  # SlotState
     t: Tensor  # attack step
     r: Tensor  # restart / start
     k: Tensor  # outer iterations done
     passes: Tensor
     broke: Tensor  # current attack succeeded
-    final: Tensor  # verifying the answer
-    initial: Tensor  # verifying x_o itself
     safe_at_start: Tensor
     loss_acc: Tensor
     best_loss: Tensor
@@ -83,8 +106,7 @@ class Slots:
     targets: Tensor  # (rows, verify_targets) classes of the targeted verification runs
 
     ROWS = ("x_o", "x_s", "best", "center", "x_a", "attached", "grad_acc", "candidate", "y",
-            "msp", "phase", "t", "r", "k", "passes", "broke", "final", "initial",
-            "safe_at_start", "loss_acc", "best_loss", "worst_loss", "msp_adv", "margin_adv", "targets")
+            "msp", "state", "t", "r", "k", "passes", "broke", "safe_at_start", "loss_acc", "best_loss", "worst_loss", "msp_adv", "margin_adv", "targets")
 
     @property
     def size(self) -> int:
@@ -111,9 +133,8 @@ class Slots:
             x_o=x_o, x_s=x_s, best=x_s.clone(), center=x_o.clone(), x_a=x_o.clone(),
             attached=torch.ones_like(x_o, dtype=torch.bool), grad_acc=torch.zeros_like(x_o),
             candidate=x_o.clone(), y=y, msp=msp.to(x_o.dtype),
-            phase=vec(INNER, torch.long), t=vec(0, torch.long), r=vec(0, torch.long),
+            state=vec(SlotState.SEARCHING, torch.long), t=vec(0, torch.long), r=vec(0, torch.long),
             k=vec(0, torch.long), passes=vec(0, torch.long), broke=vec(False, torch.bool),
-            final=vec(False, torch.bool), initial=vec(False, torch.bool),
             safe_at_start=vec(False, torch.bool), loss_acc=vec(0.0, x_o.dtype),
             best_loss=vec(torch.inf, x_o.dtype), worst_loss=vec(-torch.inf, x_o.dtype),
             msp_adv=msp.to(x_o.dtype).clone(), margin_adv=vec(torch.inf, x_o.dtype),
@@ -121,8 +142,7 @@ class Slots:
         )
         rows = torch.arange(n, device=dev)
         if cfg.early_exit and cfg.init == "original":
-            slots.initial[:] = True
-            slots._begin_verify(rows, x_o.clone())
+            slots._begin_verify(rows, x_o.clone(), SlotState.VERIFYING_ORIGINAL)
         else:
             slots._continue_or_finalize(rows)
         return slots
@@ -143,6 +163,11 @@ class Slots:
             rng_search=[self.rng_search[i] for i in keep],
             rng_verify=[self.rng_verify[i] for i in keep], outer=self.outer.select(idx), **rows)
 
+    def progress(self) -> list[SlotProgress]:
+        """Per image in flight: its state, outer iterations done and passes spent."""
+        return [SlotProgress(key, SlotState(state), k, passes) for key, state, k, passes
+                in zip(self.keys, self.state.tolist(), self.k.tolist(), self.passes.tolist(), strict=True)]
+
     # ------------------------------------------------------------- one pass
     def loss_targets(self) -> Tensor | None:
         """Per row, the loss its attack ascends (codes of :func:`safespot.losses.evaluate`):
@@ -151,7 +176,7 @@ class Slots:
         if not cfg.verify_targets and cfg.inner_loss == "ce":
             return None
         inner_code = BEST_OTHER if cfg.inner_loss == "margin" else CROSS_ENTROPY
-        codes = torch.where(self.phase == INNER, inner_code, CROSS_ENTROPY)
+        codes = torch.where(self.state == SlotState.SEARCHING, inner_code, CROSS_ENTROPY)
         if not cfg.verify_targets:
             return codes
         run = (self.r - cfg.verify_restarts).clamp(0, cfg.verify_targets - 1)
@@ -161,8 +186,9 @@ class Slots:
         """Move every row one step given the pass at x_a; return the rows that finished."""
         cfg = self.cfg
         broke_now = ev.pred != self.y
-        verifying = self.phase == VERIFY
-        inner = ~verifying
+        searching = self.state == SlotState.SEARCHING
+        verifying = ~searching
+        answer = self.state == SlotState.VERIFYING_ANSWER
         targeted = self._targeted()
 
         # Verification rows: track the weakest point, end on a break or after the last step.
@@ -182,17 +208,16 @@ class Slots:
         restart = restart_over & ~broke_verify & ~passed
         broke_inner = broke_now | (margin < cfg.candidate_margin)
         self.broke = torch.where(verifying, broke_verify, self.broke | broke_inner)
-        self.safe_at_start |= passed & self.initial
-        self.initial &= ~(failed | passed)
-        finished = passed | (failed & self.final)
+        self.safe_at_start |= passed & (self.state == SlotState.VERIFYING_ORIGINAL)
+        finished = passed | (failed & answer)
         if restart.any():
             idx = _rows(restart)
             self.r[idx] += 1
             self._attack_start(idx, self.rng_verify)
-        self._continue_or_finalize(_rows(failed & ~self.final))
+        self._continue_or_finalize(_rows(failed & ~answer))
 
         # Inner rows whose attack ended: accumulate the outer gradient.
-        ended = inner & (self.t == cfg.inner_steps)
+        ended = searching & (self.t == cfg.inner_steps)
         if ended.any():
             idx = _rows(ended)
             self.grad_acc[idx] += ev.grad[idx] * self.attached[idx] / cfg.inner_starts
@@ -210,7 +235,7 @@ class Slots:
 
     # ---------------------------------------------------------- transitions
     def _targeted(self) -> Tensor:
-        return (self.phase == VERIFY) & (self.r >= self.cfg.verify_restarts)
+        return (self.state != SlotState.SEARCHING) & (self.r >= self.cfg.verify_restarts)
 
     def _rank_targets(self, idx: Tensor, logits: Tensor) -> None:
         """The targeted runs' classes: the most likely other classes at the first verification pass."""
@@ -222,19 +247,18 @@ class Slots:
         top = others.topk(k, dim=1).indices
         self.targets[idx] = top[:, torch.arange(want, device=top.device) % k]  # few classes: cycle
 
-    def _begin_verify(self, idx: Tensor, candidate: Tensor, final: bool = False) -> None:
+    def _begin_verify(self, idx: Tensor, candidate: Tensor, state: SlotState) -> None:
         """Verify 8-bit candidates (rows idx) — after the re-encode when one is planned for."""
-        self.phase[idx] = VERIFY
+        self.state[idx] = state
         self.candidate[idx] = candidate
         self.center[idx] = candidate if self.reencode is None else self._rows_map(self.reencode.published, idx, candidate)
-        self.final[idx] = final
         self.r[idx] = 0
         self.worst_loss[idx] = -torch.inf
         self.margin_adv[idx] = torch.inf
         self._attack_start(idx, self.rng_verify)
 
     def _begin_inner(self, idx: Tensor) -> None:
-        self.phase[idx] = INNER
+        self.state[idx] = SlotState.SEARCHING
         x_s = self.x_s[idx]
         self.center[idx] = x_s if self.reencode is None else self._rows_map(self.reencode.surrogate, idx, x_s)
         self.r[idx] = 0
@@ -256,7 +280,7 @@ class Slots:
     def _pgd_step(self, idx: Tensor, grad: Tensor) -> None:
         cfg = self.cfg
         x_a, center = self.x_a[idx], self.center[idx]
-        verifying = self.phase[idx] == VERIFY
+        verifying = self.state[idx] != SlotState.SEARCHING
         # Step sizes in the images' dtype: float64 images step by exactly eps/4, not its float32 rounding.
         alpha = torch.full(idx.shape, cfg.inner_alpha, dtype=x_a.dtype, device=idx.device)
         alpha = alpha.masked_fill(verifying, cfg.verify_alpha)
@@ -294,7 +318,7 @@ class Slots:
         self.x_s[idx] = outer_step(cfg, self.outer, idx, self.x_s[idx], self.x_o[idx], grad)
         self.k[idx] += 1
         if candidates.numel():
-            self._begin_verify(candidates, candidate_x)
+            self._begin_verify(candidates, candidate_x, SlotState.VERIFYING_CANDIDATE)
         self._continue_or_finalize(others)
 
     def _rows_map(self, fn: Any, idx: Tensor, rows: Tensor) -> Tensor:
@@ -319,7 +343,7 @@ class Slots:
             self._begin_inner(going)
         if ending.numel():
             answer = self.best[ending] if self.cfg.keep == "best" else self.x_s[ending]
-            self._begin_verify(ending, quantize_toward(answer, self.x_o[ending]), final=True)
+            self._begin_verify(ending, quantize_toward(answer, self.x_o[ending]), SlotState.VERIFYING_ANSWER)
 
 
 def _rows(mask: Tensor) -> Tensor:

@@ -192,7 +192,7 @@ class FilterProcessor:
             error = JobError("internal_error", f"search failed: {type(e).__name__}: {e}", retryable=True)
             return [FinishedJob(j.job_id, error=error) for j in members if not j.abandoned]
         self.passes += engine.cost
-        outer = _outer_steps(engine)
+        outer = {p.key: p.outer_steps for p in engine.progress()}
         for j in members:
             j.passes += engine.cost
             j.batch_size = max(j.batch_size, len(members))
@@ -291,18 +291,3 @@ def _pass_budget(cfg: SearchConfig) -> int:
     """Roughly the most passes an image can take: the search plus one verification."""
     return max(1, cfg.outer_steps * cfg.passes_per_outer_step + cfg.verify_passes)
 
-
-def _outer_steps(engine: SafeSpotSearch) -> dict[Any, int]:
-    """Outer iterations per key, read from the engine's slots when it exposes them.
-
-    SafeSpotSearch has no public per-image progress yet; this reads its
-    private batch state defensively and reports nothing when that changes.
-    """
-    slots = getattr(engine, "_slots", None)
-    keys, steps = getattr(slots, "keys", None), getattr(slots, "k", None)
-    if keys is None or steps is None:
-        return {}
-    try:
-        return dict(zip(keys, steps.tolist(), strict=True))
-    except (TypeError, ValueError):
-        return {}

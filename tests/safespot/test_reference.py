@@ -30,7 +30,6 @@ def test_engine_matches_the_reference_loop(tiny_model64, test_images, norm, batc
     assert torch.equal(got.outer_steps, want.outer_steps)
     for name in ("msp", "msp_adv", "margin_adv"):
         torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=1e-10)
-    print(norm, want.found.tolist(), want.grad_evals_per_image.tolist())
 
 
 def test_reference_is_only_the_fixed_length_search(tiny_model64, test_images) -> None:  # type: ignore[no-untyped-def]

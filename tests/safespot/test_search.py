@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from safespot import SafeSpotSearch, SearchConfig, find_safe_spots
+from safespot import SafeSpotSearch, SearchConfig, SlotState, find_safe_spots
 from safespot.attacks import pgd
 from safespot.search import image_seed
 from safespot.threat import project, random_in_ball, steepest_direction
@@ -66,6 +66,26 @@ def test_engine_keeps_at_most_batch_size_in_flight(tiny_model, test_images) -> N
         seen = max(seen, engine.active)
     assert seen <= 4
     assert sorted(r.key for r in finished) == sorted(f"img{i}" for i in range(10))
+
+
+def test_progress_reports_each_images_state_outer_steps_and_passes(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+    cfg = SearchConfig.preset("paper", outer_steps=2, inner_steps=3, batch_size=2)
+    engine = SafeSpotSearch(tiny_model, cfg)
+    engine.submit(test_images[0][:3])
+    assert engine.progress() == []
+    engine.step()
+    assert [p.key for p in engine.progress()] == [0, 1]  # the third waits for a free slot
+    assert {(p.state, p.outer_steps, p.grad_evals) for p in engine.progress()} == {(SlotState.SEARCHING, 0, 1)}
+    for _ in range(cfg.passes_per_outer_step - 1):
+        engine.step()
+    assert {(p.state, p.outer_steps) for p in engine.progress()} == {(SlotState.SEARCHING, 1)}
+    for _ in range(cfg.passes_per_outer_step):
+        engine.step()
+    assert {(p.state, p.outer_steps, p.grad_evals) for p in engine.progress()} == {(SlotState.VERIFYING_ANSWER, 2, 8)}
+    standard = SafeSpotSearch(tiny_model, SearchConfig.preset("standard"))
+    standard.submit(test_images[0][:2])
+    standard.step()
+    assert {p.state for p in standard.progress()} == {SlotState.VERIFYING_ORIGINAL}
 
 
 def test_rejects_images_off_the_8bit_grid(tiny_model) -> None:  # type: ignore[no-untyped-def]
