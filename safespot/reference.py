@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from safespot.config import SearchConfig
-from safespot.losses import Classifier, evaluate
+from safespot.losses import Classifier, evaluate, passes_per_call
 from safespot.outer import init_outer, outer_step
 from safespot.search import SearchResult
 from safespot.threat import project, quantize_toward, random_in_ball, steepest_direction
@@ -30,7 +30,7 @@ def reference_safe_spots(model: Classifier, x_o: Tensor, cfg: SearchConfig,
         logits = model(x_o)
     y, msp = logits.argmax(dim=1), logits.softmax(dim=1).amax(dim=1)
     x_s = _initial_point(cfg, x_o, rng_search)
-    state, rows = init_outer(cfg, x_o, x_s), torch.arange(len(x_o))
+    state, rows = init_outer(cfg, x_o, x_s), torch.arange(len(x_o), device=x_o.device)
     for _k in range(cfg.outer_steps):
         grad = torch.zeros_like(x_o)
         for _start in range(cfg.inner_starts):
@@ -51,7 +51,7 @@ def reference_safe_spots(model: Classifier, x_o: Tensor, cfg: SearchConfig,
         x_s = outer_step(cfg, state, rows, x_s, x_o, grad)
     x_safe = quantize_toward(x_s, x_o)  # the 8-bit image a service returns
     found, passes, msp_adv, margin_adv = _verify(model, x_safe, y, cfg, rng_verify)
-    passes += cfg.outer_steps * cfg.passes_per_outer_step
+    passes = (passes + cfg.outer_steps * cfg.passes_per_outer_step) * passes_per_call(model)
     return SearchResult(x_safe=x_safe, found=found, labels=y, grad_evals=int(passes.sum()),
                         grad_evals_per_image=passes, outer_steps=torch.full_like(y, cfg.outer_steps),
                         msp=msp, msp_adv=msp_adv, margin_adv=margin_adv, safe_at_start=torch.zeros_like(found))

@@ -26,6 +26,7 @@ def test_engine_matches_the_reference_loop(tiny_model64, test_images, norm, batc
     assert torch.equal(got.x_safe, want.x_safe)
     assert not torch.equal(want.x_safe, x), "the search must have moved the images"
     assert torch.equal(got.labels, want.labels) and torch.equal(got.found, want.found)
+    assert want.found.any() and not want.found.all(), "both verdicts, so both ends of the verification are compared"
     assert torch.equal(got.grad_evals_per_image, want.grad_evals_per_image)
     assert torch.equal(got.outer_steps, want.outer_steps)
     for name in ("msp", "msp_adv", "margin_adv"):
