@@ -106,7 +106,8 @@ class Slots:
     targets: Tensor  # (rows, verify_targets) classes of the targeted verification runs
 
     ROWS = ("x_o", "x_s", "best", "center", "x_a", "attached", "grad_acc", "candidate", "y",
-            "msp", "state", "t", "r", "k", "passes", "broke", "safe_at_start", "loss_acc", "best_loss", "worst_loss", "msp_adv", "margin_adv", "targets")
+            "msp", "state", "t", "r", "k", "passes", "broke", "safe_at_start", "loss_acc", "best_loss",
+            "worst_loss", "msp_adv", "margin_adv", "targets")
 
     @property
     def size(self) -> int:
