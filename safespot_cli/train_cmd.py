@@ -7,6 +7,8 @@ import shlex
 import sys
 from typing import Any
 
+from worker.protocol import NORMS
+
 HELP = """Train a classifier with a (safe-spot-aware) adversarial recipe and write a
 self-describing safetensors checkpoint.  Resumes automatically when RUN_DIR
 holds a previous run's state.  For several processes or GPUs use torchrun:
@@ -24,7 +26,7 @@ def register(sub: Any) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="s-fgsm-adv",
                    choices=["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv"])
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--norm", default="linf", choices=NORMS)
     p.add_argument("--eps", type=float, default=None, help="attack budget in pixel units (default 8/255 L-inf, 0.5 L2)")
     p.add_argument("--delta", type=float, default=None, help="safe-spot step budget (default: eps)")
     p.add_argument("--attack", default="fast", choices=["fast", "pgd"], help="how s-*-adv attack the candidate")

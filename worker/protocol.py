@@ -29,7 +29,12 @@ Flow of a filter request
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, TypedDict
+import math
+from collections.abc import Iterable
+from enum import StrEnum
+from fractions import Fraction
+from typing import Any, Literal, Protocol, TypedDict, get_args
+from urllib.parse import urlsplit
 
 # --------------------------------------------------------------------- queues
 FILTER_QUEUE = "safespot-filter"
@@ -70,7 +75,40 @@ WORKER_ALIVE_TTL_S = 20  # ... which expires after this long without a refresh
 
 # ------------------------------------------------------------------- requests
 Norm = Literal["linf", "l2"]
-Preset = Literal["standard", "fast", "paper"]
+Preset = Literal["standard", "fast", "paper"]  # the presets of safespot.SearchConfig
+NORMS: tuple[Norm, ...] = get_args(Norm)
+PRESETS: tuple[Preset, ...] = get_args(Preset)
+
+
+def parse_budget(text: str | float) -> float:
+    """A budget in pixel units as a float ("0.0314") or a fraction ("8/255");
+    ValueError unless it is a finite positive number."""
+    try:
+        value = float(Fraction(str(text).strip())) if "/" in str(text) else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"expected a number such as 0.0314 or 8/255, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def webhook_refusal(url: str, allowed_hosts: Iterable[str]) -> str | None:
+    """Why ``url`` may not be called back, or None when it may.
+
+    An allow-list of exact host names (no wildcards; literal IP addresses must
+    be listed too) because the worker POSTs from inside the cluster: anything
+    wider would let a client make it call internal services (SSRF).  The API
+    checks on submission and the worker again before sending."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower().rstrip(".")
+    except ValueError:
+        return "expected http(s)://host/path without credentials"
+    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
+        return "expected http(s)://host/path without credentials"
+    if host not in {h.strip().lower().rstrip(".") for h in allowed_hosts}:
+        return f"host {host!r} is not in SAFESPOT_WEBHOOK_ALLOWED_HOSTS"
+    return None
 
 
 class Reencode(TypedDict):
@@ -98,8 +136,11 @@ class FilterRequest(TypedDict):
     image: ImageInfo
 
 
+Phase = Literal["queued", "searching", "vetting", "training", "done"]
+
+
 class Progress(TypedDict, total=False):
-    phase: Literal["queued", "searching", "encoding", "done"]
+    phase: Phase
     fraction: float  # 0..1, rough
     grad_evals: int
     outer_steps: int
@@ -151,6 +192,65 @@ class FilterResult(TypedDict):
     reencode: dict[str, Any] | None  # {"format", "quality", "survives": bool, ...}
     image: dict[str, Any]  # {"width", "height", "mode"}
     timings: Timings
+
+
+# --------------------------------------------------------------------- errors
+class ErrorCode(StrEnum):
+    """Every ``code`` of an error body (HTTP answers, ``job.meta["error"]``, webhooks)."""
+
+    # the request or the upload (the API)
+    BAD_REQUEST = "bad_request"
+    VALIDATION_ERROR = "validation_error"
+    WEBHOOKS_DISABLED = "webhooks_disabled"
+    BAD_IMAGE = "bad_image"
+    EMPTY_FILE = "empty_file"
+    CORRUPT_IMAGE = "corrupt_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    UNSUPPORTED_PIXEL_FORMAT = "unsupported_pixel_format"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    FILE_TOO_LARGE = "file_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNSUPPORTED_CHECKPOINT = "unsupported_checkpoint"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    # state
+    NOT_FOUND = "not_found"
+    EXPIRED = "expired"
+    CONFLICT = "conflict"
+    DUPLICATE_CHECKPOINT = "duplicate_checkpoint"
+    QUEUE_FULL = "queue_full"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    NOT_READY = "not_ready"
+    QUEUE_UNAVAILABLE = "queue_unavailable"
+    INTERNAL_ERROR = "internal_error"
+    # a job that failed (the worker)
+    WORKER_ERROR = "worker_error"
+    JOB_FAILED = "job_failed"
+    JOB_CANCELED = "job_canceled"
+    JOB_EXPIRED = "job_expired"
+    INVALID_REQUEST = "invalid_request"
+    DUPLICATE_JOB = "duplicate_job"
+    UPLOAD_MISSING = "upload_missing"
+    INVALID_IMAGE = "invalid_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    UNSUPPORTED_IMAGE_MODE = "unsupported_image_mode"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    WORKER_SHUTDOWN = "worker_shutdown"
+    TIMEOUT = "timeout"
+    TRAINING_FAILED = "training_failed"
+    # a checkpoint that was rejected (vetting; the model layer's codes included)
+    CHECKPOINT_NOT_FOUND = "checkpoint_not_found"
+    CHECKPOINT_MISSING = "checkpoint_missing"
+    CHECKPOINT_TOO_LARGE = "checkpoint_too_large"
+    INVALID_PATH = "invalid_path"
+    MISSING_METADATA = "missing_metadata"
+    UNSAFE_CHECKPOINT = "unsafe_checkpoint"
+    VETTING_FAILED = "vetting_failed"
+    MODEL_ERROR = "model_error"
+    INVALID_CHECKPOINT = "invalid_checkpoint"
+    UNKNOWN_MODEL = "unknown_model"
 
 
 # ---------------------------------------------------------------- checkpoints

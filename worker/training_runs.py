@@ -20,7 +20,7 @@ from worker import metrics
 from worker.checkpoints import new_checkpoint_id, relative_path
 from worker.errors import JobError
 from worker.logs import fields
-from worker.protocol import CheckpointRecord, TrainRequest
+from worker.protocol import CheckpointRecord, ErrorCode, TrainRequest
 from worker.settings import WorkerSettings
 from worker.vetting import vet_checkpoint
 
@@ -45,7 +45,7 @@ def train_config(request: TrainRequest, settings: WorkerSettings, checkpoint_id:
         if not 1 <= epochs <= 1000:
             raise ValueError(f"epochs must be 1..1000, got {epochs}")
     except (KeyError, TypeError, ValueError) as e:
-        raise JobError("invalid_request", f"invalid training request: {e}") from e
+        raise JobError(f"invalid training request: {e}", code=ErrorCode.INVALID_REQUEST) from e
     run_dir = settings.checkpoint_path / "runs" / (_SAFE_NAME.sub("_", job_id)[:64] or checkpoint_id)
     return TrainConfig(
         recipe=recipe, arch=request.get("arch") or "cifar_cnn", data=_data_source(request, settings),
@@ -65,7 +65,7 @@ def _data_source(request: TrainRequest, settings: WorkerSettings) -> str:
     root = settings.data_dir.resolve()
     path = (root / data).resolve()
     if path != root and root not in path.parents:
-        raise JobError("invalid_request", f"training data {data!r} is outside the data directory")
+        raise JobError(f"training data {data!r} is outside the data directory", code=ErrorCode.INVALID_REQUEST)
     return str(path)
 
 
@@ -88,7 +88,7 @@ def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str
     except Exception as e:
         metrics.TRAINING_JOBS.labels(outcome="failed").inc()
         log.exception("training failed", extra=fields(job_id=job_id))
-        raise JobError("training_failed", f"{type(e).__name__}: {e}") from e
+        raise JobError(f"{type(e).__name__}: {e}", code=ErrorCode.TRAINING_FAILED) from e
     finally:
         watcher.stop()
     from models.checkpoint import file_sha256
