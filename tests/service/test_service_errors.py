@@ -8,7 +8,7 @@ from service import errors
 
 
 @pytest.mark.parametrize(("cls", "status"), [
-    (errors.BadImage, 400), (errors.BadRequest, 400), (errors.Unauthorized, 401),
+    (errors.BadImage, 400), (errors.Unauthorized, 401),
     (errors.Forbidden, 403), (errors.NotFound, 404), (errors.Conflict, 409),
     (errors.PayloadTooLarge, 413), (errors.UnsupportedMediaType, 415), (errors.Validation, 422),
     (errors.NotReady, 503),
