@@ -11,10 +11,10 @@ values stop the process at start-up with a message that names the variable
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from worker.protocol import PRESETS, Norm
 from worker.settings import MIB, NameSet, SharedSettings, split_csv
@@ -23,18 +23,15 @@ WEAK_KEY_CHARS = 16  # keys shorter than this are accepted with a warning
 
 logger = logging.getLogger("safespot.service")
 
-KeySet = Annotated[frozenset[str], NoDecode]  # parsed from "a,b,c" by split_csv
-
-
 class Settings(SharedSettings):
     """Everything the API needs to know; see each field's description."""
 
     model_config = SettingsConfigDict(env_prefix="SAFESPOT_", extra="ignore", frozen=True)
 
     # --- auth: comma-separated bearer keys
-    api_keys: KeySet = Field(
+    api_keys: NameSet = Field(
         frozenset(), description="client keys; EMPTY MEANS CLIENT ROUTES ARE OPEN (no auth)")
-    admin_keys: KeySet = Field(
+    admin_keys: NameSet = Field(
         frozenset(), description="admin keys; empty means admin routes are always refused")
 
     # --- upload limits

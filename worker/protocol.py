@@ -75,9 +75,11 @@ WORKER_ALIVE_TTL_S = 20  # ... which expires after this long without a refresh
 
 # ------------------------------------------------------------------- requests
 Norm = Literal["linf", "l2"]
-Preset = Literal["standard", "fast", "paper"]  # the presets of safespot.SearchConfig
+Preset = Literal["standard", "fast", "paper"]  # safespot.PRESETS (the API cannot import torch)
+Recipe = Literal["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv"]  # safespot.training
 NORMS: tuple[Norm, ...] = get_args(Norm)
 PRESETS: tuple[Preset, ...] = get_args(Preset)
+RECIPES: tuple[Recipe, ...] = get_args(Recipe)
 
 
 def parse_budget(text: str | float) -> float:
@@ -137,6 +139,7 @@ class FilterRequest(TypedDict):
 
 
 Phase = Literal["queued", "searching", "vetting", "training", "done"]
+JobStatus = Literal["queued", "started", "finished", "failed", "canceled", "expired"]
 
 
 class Progress(TypedDict, total=False):
@@ -195,62 +198,24 @@ class FilterResult(TypedDict):
 
 
 # --------------------------------------------------------------------- errors
-class ErrorCode(StrEnum):
-    """Every ``code`` of an error body (HTTP answers, ``job.meta["error"]``, webhooks)."""
-
-    # the request or the upload (the API)
-    BAD_REQUEST = "bad_request"
-    VALIDATION_ERROR = "validation_error"
-    WEBHOOKS_DISABLED = "webhooks_disabled"
-    BAD_IMAGE = "bad_image"
-    EMPTY_FILE = "empty_file"
-    CORRUPT_IMAGE = "corrupt_image"
-    UNSUPPORTED_FORMAT = "unsupported_format"
-    UNSUPPORTED_PIXEL_FORMAT = "unsupported_pixel_format"
-    TOO_MANY_PIXELS = "too_many_pixels"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
-    FILE_TOO_LARGE = "file_too_large"
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
-    UNSUPPORTED_CHECKPOINT = "unsupported_checkpoint"
-    UNAUTHORIZED = "unauthorized"
-    FORBIDDEN = "forbidden"
-    METHOD_NOT_ALLOWED = "method_not_allowed"
-    # state
-    NOT_FOUND = "not_found"
-    EXPIRED = "expired"
-    CONFLICT = "conflict"
-    DUPLICATE_CHECKPOINT = "duplicate_checkpoint"
-    QUEUE_FULL = "queue_full"
-    TOO_MANY_REQUESTS = "too_many_requests"
-    NOT_READY = "not_ready"
-    QUEUE_UNAVAILABLE = "queue_unavailable"
-    INTERNAL_ERROR = "internal_error"
+# Every ``code`` of an error body (HTTP answers, ``job.meta["error"]``, webhooks); a
+# member's value is its lower-case name: ErrorCode.QUEUE_FULL == "queue_full".
+ErrorCode = StrEnum("ErrorCode", (
+    # the request or the upload, refused by the API
+    "BAD_REQUEST VALIDATION_ERROR WEBHOOKS_DISABLED BAD_IMAGE EMPTY_FILE CORRUPT_IMAGE "
+    "UNSUPPORTED_FORMAT UNSUPPORTED_PIXEL_FORMAT TOO_MANY_PIXELS PAYLOAD_TOO_LARGE FILE_TOO_LARGE "
+    "UNSUPPORTED_MEDIA_TYPE UNSUPPORTED_CHECKPOINT UNAUTHORIZED FORBIDDEN METHOD_NOT_ALLOWED "
+    # the state of the service
+    "NOT_FOUND EXPIRED CONFLICT DUPLICATE_CHECKPOINT QUEUE_FULL TOO_MANY_REQUESTS NOT_READY "
+    "QUEUE_UNAVAILABLE INTERNAL_ERROR "
     # a job that failed (the worker)
-    WORKER_ERROR = "worker_error"
-    JOB_FAILED = "job_failed"
-    JOB_CANCELED = "job_canceled"
-    JOB_EXPIRED = "job_expired"
-    INVALID_REQUEST = "invalid_request"
-    DUPLICATE_JOB = "duplicate_job"
-    UPLOAD_MISSING = "upload_missing"
-    INVALID_IMAGE = "invalid_image"
-    IMAGE_TOO_LARGE = "image_too_large"
-    UNSUPPORTED_IMAGE_MODE = "unsupported_image_mode"
-    MODEL_UNAVAILABLE = "model_unavailable"
-    WORKER_SHUTDOWN = "worker_shutdown"
-    TIMEOUT = "timeout"
-    TRAINING_FAILED = "training_failed"
-    # a checkpoint that was rejected (vetting; the model layer's codes included)
-    CHECKPOINT_NOT_FOUND = "checkpoint_not_found"
-    CHECKPOINT_MISSING = "checkpoint_missing"
-    CHECKPOINT_TOO_LARGE = "checkpoint_too_large"
-    INVALID_PATH = "invalid_path"
-    MISSING_METADATA = "missing_metadata"
-    UNSAFE_CHECKPOINT = "unsafe_checkpoint"
-    VETTING_FAILED = "vetting_failed"
-    MODEL_ERROR = "model_error"
-    INVALID_CHECKPOINT = "invalid_checkpoint"
-    UNKNOWN_MODEL = "unknown_model"
+    "WORKER_ERROR JOB_FAILED JOB_CANCELED JOB_EXPIRED INVALID_REQUEST DUPLICATE_JOB UPLOAD_MISSING "
+    "INVALID_IMAGE IMAGE_TOO_LARGE UNSUPPORTED_IMAGE_MODE MODEL_UNAVAILABLE WORKER_SHUTDOWN TIMEOUT "
+    "TRAINING_FAILED "
+    # a rejected checkpoint (vetting; models.errors' codes included)
+    "CHECKPOINT_NOT_FOUND CHECKPOINT_MISSING CHECKPOINT_TOO_LARGE INVALID_PATH MISSING_METADATA "
+    "UNSAFE_CHECKPOINT VETTING_FAILED MODEL_ERROR INVALID_CHECKPOINT UNKNOWN_MODEL"
+))
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -277,7 +242,7 @@ class VetRequest(TypedDict):
 
 class TrainRequest(TypedDict):
     job_id: str
-    recipe: str
+    recipe: Recipe
     norm: Norm
     eps: float
     epochs: int
@@ -302,7 +267,7 @@ class WorkerStatus(TypedDict):
 # ------------------------------------------------------ the API's job backend
 class JobView(TypedDict, total=False):
     id: str
-    status: Literal["queued", "started", "finished", "failed", "canceled", "expired"]
+    status: JobStatus
     progress: Progress
     result: FilterResult | None
     error: dict[str, str] | None
