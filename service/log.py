@@ -1,43 +1,25 @@
 """The request's job id on every log line (the JSON format is worker.logs's, shared).
 
-Routes call `bind_job_id(job_id)`; every record logged afterwards while the
-request runs (including the access line written by `RequestObserver`)
-carries `job_id`.
+Routes set `REQUEST_JOB_ID`; every record logged afterwards while the request
+runs (including the access line written by `RequestObserver`) carries `job_id`.
 """
 
 from __future__ import annotations
 
 import logging
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 
 from worker.logs import setup_logging
 
-_job_id: ContextVar[str | None] = ContextVar("safespot_job_id", default=None)
-
-
-def bind_job_id(job_id: str) -> None:
-    """Attach a job id to the log records of the current request."""
-    _job_id.set(job_id)
-
-
-def current_job_id() -> str | None:
-    return _job_id.get()
-
-
-def new_request_context() -> Token[str | None]:
-    """Start a request with no job id; pass the token to `end_request_context`."""
-    return _job_id.set(None)
-
-
-def end_request_context(token: Token[str | None]) -> None:
-    _job_id.reset(token)
+# The job id of the request being served: set by the routes, reset per request by RequestObserver.
+REQUEST_JOB_ID: ContextVar[str | None] = ContextVar("safespot_job_id", default=None)
 
 
 class JobIdFilter(logging.Filter):
     """Adds the request's job id to a record that names none."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        job_id = _job_id.get()
+        job_id = REQUEST_JOB_ID.get()
         if job_id and not getattr(record, "job_id", None):
             record.job_id = job_id
         return True

@@ -29,11 +29,9 @@ NameSet = Annotated[frozenset[str], NoDecode]  # parsed from "a,b,c" by split_cs
 
 def split_csv(value: Any) -> Any:
     """Accept "a, b,c" from the environment as well as any iterable in code."""
-    if value is None:
-        return frozenset()
     if isinstance(value, str):
-        return frozenset(part.strip() for part in value.split(",") if part.strip())
-    return frozenset(value)
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return () if value is None else value
 
 
 class SharedSettings(BaseSettings):
@@ -139,12 +137,7 @@ class WorkerSettings(SharedSettings):
     train_precision: Literal["fp32", "bf16"] = "fp32"
     train_channels_last: bool = True
 
-    @field_validator("queues", mode="before")
-    @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _split = field_validator("queues", mode="before")(split_csv)
 
     @field_validator("queues")
     @classmethod

@@ -32,25 +32,20 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def train_config(request: TrainRequest, settings: WorkerSettings, checkpoint_id: str, job_id: str) -> Any:
-    """The trainer's TrainConfig for a request; JobError("invalid_request") when it makes no sense."""
-    from safespot.config import DEFAULT_EPS
+    """The trainer's TrainConfig for a request (checked by the API); JobError("invalid_request")
+    when the recipe refuses it."""
     from safespot.training import Recipe
     from worker.trainer import TrainConfig
 
     try:
-        norm = request.get("norm") or "linf"
-        eps = float(request.get("eps") or DEFAULT_EPS[norm])
-        recipe = Recipe(name=request.get("recipe") or "s-fgsm-adv", norm=norm, eps=eps)
-        epochs = int(request.get("epochs") or 1)
-        if not 1 <= epochs <= 1000:
-            raise ValueError(f"epochs must be 1..1000, got {epochs}")
+        recipe = Recipe(name=request["recipe"], norm=request["norm"], eps=float(request["eps"]))
     except (KeyError, TypeError, ValueError) as e:
         raise JobError(f"invalid training request: {e}", code=ErrorCode.INVALID_REQUEST) from e
     run_dir = settings.checkpoint_path / "runs" / (_SAFE_NAME.sub("_", job_id)[:64] or checkpoint_id)
     return TrainConfig(
-        recipe=recipe, arch=request.get("arch") or "cifar_cnn", data=_data_source(request, settings),
+        recipe=recipe, arch=request["arch"], data=_data_source(request, settings),
         data_dir=str(settings.data_dir), limit=request.get("limit"), holdout=settings.train_holdout,
-        eval_pgd=settings.train_eval_pgd, epochs=epochs, batch_size=settings.train_batch_size,
+        eval_pgd=settings.train_eval_pgd, epochs=request["epochs"], batch_size=settings.train_batch_size,
         run_dir=str(run_dir), out=str(settings.checkpoint_path / f"{checkpoint_id}.safetensors"),
         name=request.get("name") or checkpoint_id, threads=settings.threads,
         precision=settings.train_precision, channels_last=settings.train_channels_last,

@@ -21,7 +21,7 @@ from service.deps import BackendDep, DecodeLimiterDep, MetricsDep, SettingsDep, 
 from service.errors import Conflict, NotFound, NotReady, PayloadTooLarge, QueueFull
 from service.filter_options import FilterOptions, parse_filter_options
 from service.images import decode_upload
-from service.log import bind_job_id
+from service.log import REQUEST_JOB_ID
 from service.schemas import JobLinks, JobResponse, error_responses
 from worker.protocol import NORMS, PRESETS, ErrorCode, FilterRequest, JobBackend, JobView
 
@@ -117,7 +117,7 @@ async def submit_filter(
         functools.partial(decode_upload, data, max_pixels=settings.max_pixels), limiter=decode_limiter)
 
     job_id = uuid.uuid4().hex
-    bind_job_id(job_id)
+    REQUEST_JOB_ID.set(job_id)
     filter_request = FilterRequest(
         job_id=job_id, preset=options.preset, norm=options.norm, eps=options.eps,
         delta=options.delta, reencode=options.reencode, webhook_url=options.webhook_url,
@@ -145,7 +145,7 @@ async def submit_filter(
 async def get_job(job_id: str, _role: ClientRole, backend: BackendDep) -> JobResponse:
     """The job's status, progress and, once finished, its result (scores,
     prediction, model, timings).  Results expire after `SAFESPOT_RESULT_TTL_S`."""
-    bind_job_id(checked_job_id(job_id))
+    REQUEST_JOB_ID.set(checked_job_id(job_id))
     view = await call_backend(backend.get_job, job_id)
     if view is None:
         raise NotFound(f"no job {job_id} (unknown, or its result expired)")
@@ -159,7 +159,7 @@ async def get_job(job_id: str, _role: ClientRole, backend: BackendDep) -> JobRes
 async def get_job_image(job_id: str, _role: ClientRole, backend: BackendDep) -> Response:
     """The filtered image, same size as the upload.  409 while the job is not
     finished; 404 when the job is unknown or its result expired."""
-    bind_job_id(checked_job_id(job_id))
+    REQUEST_JOB_ID.set(checked_job_id(job_id))
     view = await call_backend(backend.get_job, job_id)
     if view is None:
         raise NotFound(f"no job {job_id} (unknown, or its result expired)")

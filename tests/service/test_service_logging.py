@@ -31,11 +31,10 @@ def test_records_without_a_job_have_no_job_id():
 
 
 def test_the_request_context_adds_the_job_id():
-    from service.log import JobIdFilter, bind_job_id, end_request_context, new_request_context
+    from service.log import REQUEST_JOB_ID, JobIdFilter
 
-    token = new_request_context()
-    bind_job_id("j1")
+    token = REQUEST_JOB_ID.set("j1")
     record = logging.LogRecord("safespot.x", logging.INFO, __file__, 1, "queued", (), None)
     assert JobIdFilter().filter(record)
-    end_request_context(token)
+    REQUEST_JOB_ID.reset(token)
     assert json.loads(JsonFormatter().format(record))["job_id"] == "j1"

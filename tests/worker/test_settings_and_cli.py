@@ -9,7 +9,7 @@ import pytest
 
 from safespot_cli import worker_cmd
 from safespot_cli.errors import UsageError
-from worker.protocol import ADMIN_QUEUE, FILTER_QUEUE, TRAIN_QUEUE
+from worker.protocol import ADMIN_QUEUE, FILTER_QUEUE, TRAIN_QUEUE, TrainRequest
 from worker.settings import WorkerSettings
 
 
@@ -43,7 +43,9 @@ def test_queued_training_takes_the_trainer_speed_settings(monkeypatch, tmp_path:
 
     monkeypatch.setenv("SAFESPOT_TRAIN_PRECISION", "bf16")
     monkeypatch.setenv("SAFESPOT_TRAIN_CHANNELS_LAST", "false")
-    cfg = train_config({"recipe": "adv-fast"}, WorkerSettings(data_dir=tmp_path), "ck1", "job1")
+    request: TrainRequest = {"job_id": "job1", "recipe": "adv-fast", "norm": "linf", "eps": 8 / 255, "epochs": 1,
+                             "data": "cifar10", "limit": None, "name": "", "arch": "cifar_cnn"}
+    cfg = train_config(request, WorkerSettings(data_dir=tmp_path), "ck1", "job1")
     assert cfg.precision == "bf16" and cfg.channels_last is False
     monkeypatch.setenv("SAFESPOT_TRAIN_PRECISION", "fp16")  # needs loss scaling: not offered
     with pytest.raises(ValueError):
