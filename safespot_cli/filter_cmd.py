@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safespot_cli.common import budget
 from safespot_cli.errors import UsageError
-from worker.protocol import NORMS, PRESETS, parse_budget
+from worker.protocol import NORMS, PRESETS
 
 HELP = """Filter image files on this machine (no server, no Redis).  Each image gets a nearby
 "safe spot": a copy on which the model keeps its label under attack, written as a
@@ -94,14 +95,6 @@ def register(sub: Any) -> None:
                    help="write the JSON report to REPORT, or print it on stdout with --json alone "
                         "(put --json after the inputs, or write --json -)")
     p.set_defaults(run=run)
-
-
-def budget(text: str) -> float:
-    """'8/255' or '0.0314' -> a positive float (argparse type)."""
-    try:
-        return parse_budget(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # ------------------------------------------------------------------ planning

@@ -2,8 +2,10 @@
 
 Standard library only: the API imports this module and must never import
 torch.  Everything that crosses Redis is named here: queue names, job
-function paths, Redis keys, and the JSON shapes of requests, progress and
-results.  RQ jobs use RQ's JSONSerializer (no pickle crosses Redis).
+function paths, Redis keys, the JSON shapes of requests, progress and
+results, the error codes, and the rules both sides apply (presets, norms,
+the budget parser, the webhook host policy).  RQ jobs use RQ's
+JSONSerializer (no pickle crosses Redis).
 
 Flow of a filter request
 ------------------------
