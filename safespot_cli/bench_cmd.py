@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from safespot_cli.common import add_model_args, write_json
+from worker.protocol import NORMS, PRESETS
 
 HELP = """Measure the search's speed against the model's own forward+backward limit,
 against batch size 1, and the presets' cost and safe-spot rate against `paper`.
@@ -50,8 +51,8 @@ def register(sub: Any) -> None:
     p.add_argument("--sections", default="limit,search,presets,memory")
     p.add_argument("--batch-sizes", default="1,2,4,8,16,32,64,128,256")
     p.add_argument("--preset-n", type=int, default=200, help="test images for the presets section")
-    p.add_argument("--presets", default="fast,standard,paper")
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--presets", default=",".join(PRESETS))
+    p.add_argument("--norm", default="linf", choices=NORMS)
     p.add_argument("--data", default="cifar10")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seconds", type=float, default=20.0, help="time budget per batch size (search)")

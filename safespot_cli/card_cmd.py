@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from worker.protocol import NORMS
+
 HELP = """Measure clean and PGD-20 (step eps/4, random start) accuracy of a checkpoint on a
 test set, and standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on a fixed
 subset of it (--autoattack-n images at a stride, with PGD-20 on the same images
@@ -27,7 +29,7 @@ def register(sub: Any) -> None:
     p.add_argument("--data", default="cifar10")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--n", type=int, default=10000)
-    p.add_argument("--norm", default=None, choices=["linf", "l2"], help="default: the checkpoint's threat model")
+    p.add_argument("--norm", default=None, choices=NORMS, help="default: the checkpoint's threat model")
     p.add_argument("--eps", type=float, default=None)
     p.add_argument("--autoattack-n", type=int, default=1000,
                    help="images (a strided subset) judged by AutoAttack; 0 skips it")

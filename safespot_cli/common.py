@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from safespot_cli.errors import UsageError
+from worker.protocol import NORMS, PRESETS, parse_budget
+
+
+def budget(text: str) -> float:
+    """'8/255' or '0.0314' -> a positive float (argparse type)."""
+    try:
+        return parse_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -20,10 +29,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_threat_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="standard", choices=["standard", "fast", "paper"])
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
-    p.add_argument("--eps", type=float, default=None, help="adversary budget, pixel units (default 8/255 L-inf, 0.5 L2)")
-    p.add_argument("--delta", type=float, default=None, help="defender budget (default: eps)")
+    p.add_argument("--preset", default="standard", choices=PRESETS)
+    p.add_argument("--norm", default="linf", choices=NORMS)
+    p.add_argument("--eps", type=budget, default=None, help="adversary budget, pixel units (default 8/255 L-inf, 0.5 L2)")
+    p.add_argument("--delta", type=budget, default=None, help="defender budget (default: eps)")
     p.add_argument("--batch-size", type=int, default=None, help="images searched at once")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",

@@ -10,11 +10,12 @@ import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from safespot_cli.common import budget
 from safespot_cli.errors import UsageError
+from worker.protocol import NORMS, PRESETS
 
 HELP = """Filter image files on this machine (no server, no Redis).  Each image gets a nearby
 "safe spot": a copy on which the model keeps its label under attack, written as a
@@ -75,9 +76,9 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--out", required=True, metavar="OUT",
                    help="output folder, or a .png file for a single image")
     p.add_argument("-r", "--recursive", action="store_true", help="also take images in subfolders")
-    p.add_argument("--preset", default="standard", choices=["standard", "fast", "paper"],
+    p.add_argument("--preset", default="standard", choices=PRESETS,
                    help="search effort (default standard; paper is the paper's full search, slow)")
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model (default linf)")
+    p.add_argument("--norm", default="linf", choices=NORMS, help="threat model (default linf)")
     p.add_argument("--eps", type=budget, default=None,
                    help="adversary budget in pixel units, e.g. 8/255 or 0.0314 (default 8/255 L-inf, 0.5 L2)")
     p.add_argument("--delta", type=budget, default=None, help="defender budget (default: eps)")
@@ -94,17 +95,6 @@ def register(sub: Any) -> None:
                    help="write the JSON report to REPORT, or print it on stdout with --json alone "
                         "(put --json after the inputs, or write --json -)")
     p.set_defaults(run=run)
-
-
-def budget(text: str) -> float:
-    """'8/255' or '0.0314' -> a positive float (argparse type)."""
-    try:
-        value = float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.0314 or 8/255, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
 
 
 # ------------------------------------------------------------------ planning

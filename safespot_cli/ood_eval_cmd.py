@@ -15,6 +15,7 @@ import numpy as np
 
 from safespot_cli.common import add_model_args, open_model, write_json
 from safespot_cli.errors import UsageError
+from worker.protocol import NORMS, PRESETS
 
 METHODS = ("msp", "oe", "energy", "mahalanobis", "safespot")
 BUILTIN_SETS = ("tinyimagenet", "fashion-mnist", "gaussian", "uniform")
@@ -82,9 +83,9 @@ def register(sub: Any) -> None:
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
     """The search whose result gives MSP(x_a*); defaults come from the checkpoint."""
-    p.add_argument("--preset", default=None, choices=["standard", "fast", "paper"],
+    p.add_argument("--preset", default=None, choices=PRESETS,
                    help="default: the preset recorded at calibration, else standard")
-    p.add_argument("--norm", default=None, choices=["linf", "l2"], help="default: the model's threat model")
+    p.add_argument("--norm", default=None, choices=NORMS, help="default: the model's threat model")
     p.add_argument("--eps", type=float, default=None)
     p.add_argument("--delta", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="images searched at once")

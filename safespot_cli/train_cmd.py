@@ -7,6 +7,8 @@ import shlex
 import sys
 from typing import Any
 
+from worker.protocol import NORMS, RECIPES
+
 HELP = """Train a classifier with a (safe-spot-aware) adversarial recipe and write a
 self-describing safetensors checkpoint.  Resumes automatically when RUN_DIR
 holds a previous run's state.  For several processes or GPUs use torchrun:
@@ -22,16 +24,15 @@ examples:
 def register(sub: Any) -> None:
     p = sub.add_parser("train", help="train a checkpoint (the training sidecar)", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="s-fgsm-adv",
-                   choices=["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv"])
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--recipe", default="s-fgsm-adv", choices=RECIPES)
+    p.add_argument("--norm", default="linf", choices=NORMS)
     p.add_argument("--eps", type=float, default=None, help="attack budget in pixel units (default 8/255 L-inf, 0.5 L2)")
     p.add_argument("--delta", type=float, default=None, help="safe-spot step budget (default: eps)")
     p.add_argument("--attack", default="fast", choices=["fast", "pgd"], help="how s-*-adv attack the candidate")
     p.add_argument("--attack-steps", type=int, default=10)
     p.add_argument("--attack-step", type=float, default=0.25, help="PGD step as a fraction of eps")
     p.add_argument("--warmup-recipe", default=None,
-                   choices=["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv"],
+                   choices=RECIPES,
                    help="recipe of the first --warmup-epochs epochs (a curriculum)")
     p.add_argument("--warmup-epochs", type=int, default=0)
     p.add_argument("--init-from", default=None, help="fine-tune: start from this checkpoint's weights")

@@ -14,7 +14,7 @@ ignored (and the request is treated as carrying no key).
 from __future__ import annotations
 
 import hmac
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -25,7 +25,7 @@ from service.errors import Forbidden, Unauthorized, error_response
 from service.settings import Settings
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     anonymous = "anonymous"  # only on open client routes
     client = "client"
     admin = "admin"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from service.errors import PayloadTooLarge, UnsupportedMediaType, Validation
+from worker.protocol import ErrorCode
 
 CHUNK_BYTES = 1024 * 1024
 MAX_METADATA_CHARS = 64 * 1024
@@ -52,7 +53,7 @@ def sniff_kind(head: bytes) -> Kind:
         return "pt"
     raise UnsupportedMediaType(
         "not a checkpoint: expected a .safetensors file or a PyTorch state dict (.pt/.pth)",
-        code="unsupported_checkpoint")
+        code=ErrorCode.UNSUPPORTED_CHECKPOINT)
 
 
 def store_checkpoint(source: BinaryIO, directory: Path, checkpoint_id: str,
@@ -75,7 +76,7 @@ def store_checkpoint(source: BinaryIO, directory: Path, checkpoint_id: str,
                 size += len(chunk)
                 if size > max_bytes:
                     raise PayloadTooLarge(f"the checkpoint is larger than {max_bytes} bytes",
-                                          code="file_too_large")
+                                          code=ErrorCode.FILE_TOO_LARGE)
                 digest.update(chunk)
                 out.write(chunk)
             out.flush()

@@ -19,34 +19,45 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from worker.protocol import ErrorCode
+
 logger = logging.getLogger("safespot.service")
+
+
+# The one table of HTTP statuses.  A class's code gives its status; a narrower
+# code raised with it (BadImage(..., code=EMPTY_FILE)) keeps the class's.  The
+# framework's answers are named by the reverse (the first code of a status).
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_REQUEST: 400, ErrorCode.BAD_IMAGE: 400, ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403, ErrorCode.NOT_FOUND: 404, ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.CONFLICT: 409, ErrorCode.PAYLOAD_TOO_LARGE: 413, ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.VALIDATION_ERROR: 422, ErrorCode.TOO_MANY_REQUESTS: 429, ErrorCode.QUEUE_FULL: 429,
+    ErrorCode.INTERNAL_ERROR: 500, ErrorCode.NOT_READY: 503, ErrorCode.QUEUE_UNAVAILABLE: 503,
+}
+_CODE_OF_STATUS = {status: code for code, status in reversed(HTTP_STATUS.items())}
 
 
 class SafeSpotError(Exception):
     """Base of every error the API answers on purpose."""
 
-    status = 500
-    code = "internal_error"
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
 
-    def __init__(self, message: str, *, code: str | None = None,
+    def __init__(self, message: str, *, code: ErrorCode | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.status = HTTP_STATUS[self.code]
         if code is not None:
             self.code = code
         self.headers = headers or {}
 
 
 class BadImage(SafeSpotError):
-    status, code = 400, "bad_image"
-
-
-class BadRequest(SafeSpotError):
-    status, code = 400, "bad_request"
+    code = ErrorCode.BAD_IMAGE
 
 
 class Unauthorized(SafeSpotError):
-    status, code = 401, "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
     def __init__(self, message: str, **kw: Any) -> None:
         super().__init__(message, **kw)
@@ -54,31 +65,31 @@ class Unauthorized(SafeSpotError):
 
 
 class Forbidden(SafeSpotError):
-    status, code = 403, "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class NotFound(SafeSpotError):
-    status, code = 404, "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class Conflict(SafeSpotError):
-    status, code = 409, "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class PayloadTooLarge(SafeSpotError):
-    status, code = 413, "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class UnsupportedMediaType(SafeSpotError):
-    status, code = 415, "unsupported_media_type"
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class Validation(SafeSpotError):
-    status, code = 422, "validation_error"
+    code = ErrorCode.VALIDATION_ERROR
 
 
 class QueueFull(SafeSpotError):
-    status, code = 429, "queue_full"
+    code = ErrorCode.QUEUE_FULL
 
     def __init__(self, message: str, *, retry_after_s: int, **kw: Any) -> None:
         super().__init__(message, **kw)
@@ -89,47 +100,35 @@ class QueueFull(SafeSpotError):
 class NotReady(SafeSpotError):
     """The queue or the workers are unavailable; retrying later should work."""
 
-    status, code = 503, "not_ready"
+    code = ErrorCode.NOT_READY
 
     def __init__(self, message: str, *, retry_after_s: int = 5, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.headers.setdefault("Retry-After", str(retry_after_s))
 
 
-# Codes the embedded backend (worker package, which cannot import this module)
-# may put on its exceptions' `code` attribute, and the class each one means.
-_FOREIGN_CODES: dict[str, type[SafeSpotError]] = {
-    "not_found": NotFound, "unknown_checkpoint": NotFound, "conflict": Conflict,
-    "queue_full": QueueFull, "not_ready": NotReady, "queue_unavailable": NotReady,
-}
-
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-               415: "unsupported_media_type", 422: "validation_error", 429: "too_many_requests",
-               503: "not_ready"}
-
-
 def from_backend(exc: Exception) -> SafeSpotError:
     """Translate an exception raised by a JobBackend into our hierarchy.
 
-    The Redis backend raises SafeSpotErrors itself.  Other backends are matched
-    first by a `code` attribute, then by the builtin type: LookupError means
-    not found, ValueError a conflict with the current state, ConnectionError /
-    TimeoutError an unavailable queue.  Anything else is a bug (500)."""
+    The Redis backend raises SafeSpotErrors itself.  Other backends (the
+    embedded worker's errors) are matched first by a `code` attribute, then by
+    the builtin type: LookupError means not found, ValueError a conflict with
+    the current state, ConnectionError / TimeoutError an unavailable queue.
+    Anything else is a bug (500)."""
     if isinstance(exc, SafeSpotError):
         return exc
     message = str(exc) or exc.__class__.__name__
-    cls = _FOREIGN_CODES.get(str(getattr(exc, "code", "")))
-    if cls is QueueFull:
+    code = getattr(exc, "code", None)
+    if code == ErrorCode.QUEUE_FULL:
         return QueueFull(message, retry_after_s=int(getattr(exc, "retry_after_s", 5) or 5))
-    if cls is not None:
-        return cls(message)
-    if isinstance(exc, LookupError):
+    if code in (ErrorCode.NOT_READY, ErrorCode.QUEUE_UNAVAILABLE):
+        return NotReady(message, code=ErrorCode(code))
+    if code == ErrorCode.NOT_FOUND or isinstance(exc, LookupError):
         return NotFound(message)
-    if isinstance(exc, ValueError):
+    if code == ErrorCode.CONFLICT or isinstance(exc, ValueError):
         return Conflict(message)
     if isinstance(exc, ConnectionError | TimeoutError):
-        return NotReady(f"the job queue is unavailable: {message}", code="queue_unavailable")
+        return NotReady(f"the job queue is unavailable: {message}", code=ErrorCode.QUEUE_UNAVAILABLE)
     raise exc
 
 
@@ -162,12 +161,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        _count_rejected_upload(request, 422, "validation_error")
-        return error_response(422, "validation_error", _describe_validation(exc))
+        _count_rejected_upload(request, 422, ErrorCode.VALIDATION_ERROR)
+        return error_response(422, ErrorCode.VALIDATION_ERROR, _describe_validation(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        code = _CODE_OF_STATUS.get(exc.status_code, f"http_{exc.status_code}")
         message = str(exc.detail) if exc.detail else code.replace("_", " ")
         _count_rejected_upload(request, exc.status_code, code)
         headers = dict(exc.headers or {})
@@ -178,7 +177,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "an unexpected error occurred")
+        return error_response(500, ErrorCode.INTERNAL_ERROR, "an unexpected error occurred")
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -7,17 +7,15 @@ says which field is wrong and what is allowed.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import cast
-from urllib.parse import urlsplit
 
+import worker.protocol as protocol
 from service.errors import Validation
 from service.settings import Settings
-from worker.protocol import Norm, Preset, Reencode
+from worker.protocol import ErrorCode, Norm, Preset, Reencode
 
 _REENCODE = re.compile(r"^(jpeg|jpg):(\d{1,3})$")
 MAX_WEBHOOK_URL_CHARS = 2048
@@ -34,17 +32,14 @@ class FilterOptions:
     wait_s: float
 
 
-def parse_budget(name: str, raw: str | float | None) -> float | None:
-    """A budget as a float ("0.0314") or a fraction of 255 ("8/255")."""
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
+def parse_budget(name: str, raw: str | None) -> float | None:
+    """A budget as a float ("0.0314") or a fraction of 255 ("8/255"); None when blank."""
+    if raw is None or not raw.strip():
         return None
     try:
-        value = float(Fraction(str(raw).strip())) if "/" in str(raw) else float(raw)
-    except (ValueError, ZeroDivisionError):
-        raise Validation(f"{name}: expected a number such as 0.0314 or 8/255, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise Validation(f"{name}: must be a positive number, got {raw!r}")
-    return value
+        return protocol.parse_budget(raw)
+    except ValueError as e:
+        raise Validation(f"{name}: {e}") from None
 
 
 def parse_reencode(raw: str | None) -> Reencode | None:
@@ -58,11 +53,7 @@ def parse_reencode(raw: str | None) -> Reencode | None:
 
 
 def check_webhook(url: str | None, settings: Settings) -> str | None:
-    """Allow only http(s) URLs whose host is listed in `webhook_allowed_hosts`.
-
-    An allow-list (not a deny-list) because the worker calls this URL from
-    inside the cluster: anything else would let a client make it POST to
-    internal services (SSRF).  Literal IP addresses must be listed explicitly."""
+    """The URL when `protocol.webhook_refusal` allows it (the worker checks the same rule)."""
     if url is None or not url.strip():
         return None
     url = url.strip()
@@ -70,23 +61,11 @@ def check_webhook(url: str | None, settings: Settings) -> str | None:
         raise Validation("webhook_url: too long")
     if not settings.webhook_allowed_hosts:
         raise Validation("webhook_url: webhooks are disabled on this server",
-                         code="webhooks_disabled")
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
-        raise Validation("webhook_url: expected http(s)://host/path without credentials")
-    if host not in settings.webhook_allowed_hosts:
-        kind = "address" if _is_ip(host) else "host"
-        raise Validation(f"webhook_url: {kind} {host!r} is not in SAFESPOT_WEBHOOK_ALLOWED_HOSTS")
+                         code=ErrorCode.WEBHOOKS_DISABLED)
+    refusal = protocol.webhook_refusal(url, settings.webhook_allowed_hosts)
+    if refusal is not None:
+        raise Validation(f"webhook_url: {refusal}")
     return url
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def parse_filter_options(settings: Settings, *, preset: str | None, norm: str | None,
@@ -97,8 +76,8 @@ def parse_filter_options(settings: Settings, *, preset: str | None, norm: str | 
     if preset not in settings.allowed_presets:
         raise Validation(f"preset: {preset!r} is not allowed; allowed: {sorted(settings.allowed_presets)}")
     norm = (norm or settings.default_norm).strip().lower()
-    if norm not in ("linf", "l2"):
-        raise Validation(f"norm: expected 'linf' or 'l2', got {norm!r}")
+    if norm not in protocol.NORMS:
+        raise Validation(f"norm: expected one of {list(protocol.NORMS)}, got {norm!r}")
     limit = settings.max_eps(norm)
     eps_value = parse_budget("eps", eps) or settings.default_eps(norm)
     delta_value = parse_budget("delta", delta) or eps_value

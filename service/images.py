@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from service.errors import BadImage, PayloadTooLarge, UnsupportedMediaType
-from worker.protocol import ImageInfo
+from worker.protocol import ErrorCode, ImageInfo
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _FORMAT_ALIASES = {"MPO": "JPEG"}  # phones write multi-picture JPEGs; frame 0 is the photo
@@ -51,7 +51,7 @@ def decode_upload(data: bytes, *, max_pixels: int) -> DecodedUpload:
     UnsupportedMediaType (415); never another exception for any input bytes.
     """
     if not data:
-        raise BadImage("the uploaded file is empty", code="empty_file")
+        raise BadImage("the uploaded file is empty", code=ErrorCode.EMPTY_FILE)
     # Pillow also guards against bombs (Image.MAX_IMAGE_PIXELS, set by create_app),
     # but with a warning at that size and an error only at twice it; our own check
     # below is the one that answers.  ImageFile.LOAD_TRUNCATED_IMAGES stays False.
@@ -59,25 +59,25 @@ def decode_upload(data: bytes, *, max_pixels: int) -> DecodedUpload:
         image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
         if _has_accepted_signature(data):  # e.g. a PNG whose header CRC is wrong
-            raise BadImage("the image header is corrupt", code="corrupt_image") from None
+            raise BadImage("the image header is corrupt", code=ErrorCode.CORRUPT_IMAGE) from None
         raise UnsupportedMediaType(
             f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})",
-            code="unsupported_format") from None
+            code=ErrorCode.UNSUPPORTED_FORMAT) from None
     except Image.DecompressionBombError:
         raise PayloadTooLarge(f"the image has more pixels than the limit of {max_pixels}",
-                              code="too_many_pixels") from None
+                              code=ErrorCode.TOO_MANY_PIXELS) from None
     except Exception as e:  # a known signature with a broken header (OSError, SyntaxError, ...)
-        raise BadImage(f"the image header is corrupt: {e}", code="corrupt_image") from None
+        raise BadImage(f"the image header is corrupt: {e}", code=ErrorCode.CORRUPT_IMAGE) from None
 
     with image:
         fmt = _FORMAT_ALIASES.get(image.format or "", image.format or "unknown")
         width, height = image.size
         if width < 1 or height < 1:
-            raise BadImage("the image has no pixels", code="corrupt_image")
+            raise BadImage("the image has no pixels", code=ErrorCode.CORRUPT_IMAGE)
         if width * height > max_pixels:
             raise PayloadTooLarge(
                 f"the image has {width}x{height} = {width * height} pixels; "
-                f"the limit is {max_pixels}", code="too_many_pixels")
+                f"the limit is {max_pixels}", code=ErrorCode.TOO_MANY_PIXELS)
         try:
             image.seek(0)  # first frame of an animation
             image.load()
@@ -85,9 +85,9 @@ def decode_upload(data: bytes, *, max_pixels: int) -> DecodedUpload:
         except (BadImage, UnsupportedMediaType, PayloadTooLarge):
             raise
         except (Image.DecompressionBombError, MemoryError):
-            raise PayloadTooLarge("the image is too large to decode", code="too_many_pixels") from None
+            raise PayloadTooLarge("the image is too large to decode", code=ErrorCode.TOO_MANY_PIXELS) from None
         except Exception as e:  # Pillow's decoders raise OSError, ValueError, SyntaxError, ...
-            raise BadImage(f"the image data is truncated or corrupt: {e}", code="corrupt_image") from None
+            raise BadImage(f"the image data is truncated or corrupt: {e}", code=ErrorCode.CORRUPT_IMAGE) from None
         frame.info = {}  # no EXIF, text or profile: the pixels are now plain sRGB
         out = io.BytesIO()  # encode before `with` closes the file (frame may be `image`)
         frame.save(out, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
@@ -129,7 +129,7 @@ def _to_8bit_mode(image: Image.Image, *, has_icc: bool) -> Image.Image:
         return image.convert("I").point(lambda v: v / 256).convert("L")
     if mode == "F":
         raise UnsupportedMediaType("floating-point images are not supported",
-                                   code="unsupported_pixel_format")
+                                   code=ErrorCode.UNSUPPORTED_PIXEL_FORMAT)
     if mode == "1":
         return image.convert("L")
     if mode == "P":

@@ -11,7 +11,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.log import current_job_id, end_request_context, new_request_context
+from service.log import REQUEST_JOB_ID
 from service.metrics import ServiceMetrics, route_template
 
 access_log = logging.getLogger("safespot.access")
@@ -29,7 +29,7 @@ class RequestObserver:
             return
         started = time.perf_counter()
         status = 500  # if the app raises before answering, the server sends a 500
-        token = new_request_context()
+        token = REQUEST_JOB_ID.set(None)
 
         async def send_observed(message: Message) -> None:
             nonlocal status
@@ -47,5 +47,5 @@ class RequestObserver:
             level = logging.DEBUG if route in QUIET_ROUTES and status < 500 else logging.INFO
             access_log.log(level, "%s %s %d", method, route, status, extra={
                 "route": route, "method": method, "status": status,
-                "duration_ms": round(seconds * 1000, 1), "job_id": current_job_id()})
-            end_request_context(token)
+                "duration_ms": round(seconds * 1000, 1), "job_id": REQUEST_JOB_ID.get()})
+            REQUEST_JOB_ID.reset(token)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobStatus = Literal["queued", "started", "finished", "failed", "canceled", "expired"]
+from worker.protocol import CheckpointStatus, JobStatus, Norm, Recipe
 
 _RESULT_EXAMPLE: dict[str, Any] = {
     "prediction": {"label": 3, "class_name": "cat", "confidence": 0.91},
@@ -98,7 +98,7 @@ class CheckpointResponse(BaseModel):
 
     id: str
     name: str = ""
-    status: Literal["validating", "ready", "rejected", "active"]
+    status: CheckpointStatus
     sha256: str = ""
     path: str = ""
     size_bytes: int = 0
@@ -122,8 +122,8 @@ class TrainingRequestBody(BaseModel):
         "data": "cifar10", "limit": None, "name": "s-fgsm-adv cifar10", "arch": "cifar_cnn",
     }]})
 
-    recipe: Literal["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv"] = "s-fgsm-adv"
-    norm: Literal["linf", "l2"] = "linf"
+    recipe: Recipe = "s-fgsm-adv"
+    norm: Norm = "linf"
     eps: float | None = Field(None, gt=0, description="pixel units; default 8/255 (linf) or 0.5 (l2)")
     epochs: int = Field(15, ge=1, le=1000)
     data: str = Field("cifar10", max_length=255,

@@ -20,15 +20,17 @@ import pytest
 from tests.conftest import REPO
 
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+# The parts of worker/ the API shares: the contract, its errors, the settings base, the log format.
+TORCH_FREE_WORKER = ("worker.protocol", "worker.errors", "worker.settings", "worker.logs")
 ALLOWED: dict[str, set[str]] = {
     # torchattacks: the yardstick's optional extra, imported only when a suite needs it.
     "safespot": {"safespot", "torch", "numpy", "scipy", "torchattacks"},
     "models": {"models", "safespot", "torch", "torchvision", "safetensors"},
     "worker": {"worker", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",
-               "pydantic", "pydantic_settings", "prometheus_client", "tqdm"},
-    "service": {"service", "worker.protocol", "worker.errors", "fastapi", "starlette", "pydantic",
+               "pydantic", "pydantic_settings", "prometheus_client", "tqdm", "pythonjsonlogger"},
+    "service": {"service", *TORCH_FREE_WORKER, "fastapi", "starlette", "pydantic",
                 "pydantic_settings", "rq", "redis", "PIL", "prometheus_client", "anyio", "uvicorn",
-                "multipart", "python_multipart", "httpx"},
+                "multipart", "python_multipart", "httpx", "pythonjsonlogger"},
 }
 
 
@@ -62,10 +64,13 @@ def test_service_uses_only_the_torch_free_parts_of_worker() -> None:
     for path in (REPO / "service").rglob("*.py"):
         for name in _imports(path):
             if name.split(".")[0] == "worker":
-                assert name in ("worker.protocol", "worker.errors"), f"{path}: {name}"
-    for module in ("protocol", "errors"):
-        for name in _imports(REPO / "worker" / f"{module}.py"):
-            assert name.split(".")[0] in STDLIB, f"worker/{module}.py must stay standard-library only: {name}"
+                assert name in TORCH_FREE_WORKER, f"{path}: {name}"
+    light = {"worker.protocol", "pydantic", "pydantic_settings", "redis", "pythonjsonlogger"}
+    for module in TORCH_FREE_WORKER:
+        for name in _imports(REPO / Path(*module.split(".")).with_suffix(".py")):
+            assert _allowed(name, light), f"{module} must stay free of torch and the worker: {name}"
+    for name in _imports(REPO / "worker" / "protocol.py"):
+        assert name.split(".")[0] in STDLIB, f"worker/protocol.py must stay standard-library only: {name}"
 
 
 def test_algorithm_package_does_no_io_setup() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.errors import JobError
-from worker.protocol import CheckpointRecord
+from worker.protocol import CheckpointRecord, ErrorCode
 
 SHIPPED_ID = "default"  # record id of the shipped model
 
@@ -35,12 +35,12 @@ def checkpoint_file(record: Mapping[str, Any], checkpoint_dir: Path, default_mod
         return resolve(default_model)
     raw = str(record.get("path") or "")
     if not raw:
-        raise JobError("invalid_path", f"checkpoint {record.get('id')} has no file")
+        raise JobError(f"checkpoint {record.get('id')} has no file", code=ErrorCode.INVALID_PATH)
     root = checkpoint_dir.resolve()
     candidate = Path(raw)
     resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
     if resolved != root and root not in resolved.parents:
-        raise JobError("invalid_path", f"checkpoint path {raw!r} is outside the checkpoint directory")
+        raise JobError(f"checkpoint path {raw!r} is outside the checkpoint directory", code=ErrorCode.INVALID_PATH)
     return resolved
 
 

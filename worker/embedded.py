@@ -24,9 +24,16 @@ from worker import metrics
 from worker.checkpoints import SHIPPED_ID, checkpoint_file, load_default, load_record
 from worker.errors import ConflictError, JobError, QueueFullError
 from worker.processor import FilterProcessor, FinishedJob, select_device
-from worker.protocol import CheckpointRecord, FilterRequest, JobView, Progress, TrainRequest
+from worker.protocol import (
+    CheckpointRecord,
+    ErrorCode,
+    FilterRequest,
+    JobView,
+    Progress,
+    TrainRequest,
+)
 from worker.registry import CheckpointRegistry
-from worker.settings import WorkerSettings
+from worker.settings import SharedSettings, WorkerSettings
 from worker.webhooks import WebhookSender, payload
 
 log = logging.getLogger("safespot.worker.embedded")
@@ -59,11 +66,9 @@ class _Job:
 class EmbeddedBackend:
     """In-process JobBackend; :meth:`start` loads the model, :meth:`stop` ends the threads."""
 
-    def __init__(self, settings: Any) -> None:
-        self.settings = WorkerSettings.from_service(settings)
-        self.max_queue = int(getattr(settings, "max_queue", None) or 1000)
-        self.job_ttl_s = float(getattr(settings, "job_ttl_s", None) or 3600)
-        self.result_ttl_s = float(getattr(settings, "result_ttl_s", None) or 3600)
+    def __init__(self, settings: SharedSettings) -> None:
+        self.settings = WorkerSettings.from_shared(settings)
+        self.max_queue, self.job_ttl_s, self.result_ttl_s = settings.max_queue, settings.job_ttl_s, settings.result_ttl_s
         self.device = select_device(self.settings.device)
         self.webhooks = WebhookSender(self.settings.webhook_allowed_hosts, self.settings.webhook_timeout_s,
                                       self.settings.webhook_retries)
@@ -181,7 +186,7 @@ class EmbeddedBackend:
                             self._wake.wait(timeout=EXPIRY_SWEEP_S)
             except Exception:  # never let the loop die: fail what is in flight and go on
                 log.exception("embedded worker pass failed")
-                self._fail_in_flight(JobError("internal_error", "the search failed", retryable=True))
+                self._fail_in_flight(JobError("the search failed", code=ErrorCode.INTERNAL_ERROR, retryable=True))
 
     def _drive_once(self) -> bool:
         """One round; False when there was nothing to do."""
@@ -245,7 +250,7 @@ class EmbeddedBackend:
                                 "batch_size": done.batch_size}
                 body = payload(job_id, "finished", result=done.result)
             else:
-                error = done.error or JobError("internal_error", "the search returned no result")
+                error = done.error or JobError("the search returned no result", code=ErrorCode.INTERNAL_ERROR)
                 job.status, job.error = "failed", error.to_dict()
                 job.progress = {**job.progress, "phase": "done"}
                 body = payload(job_id, "failed", error=job.error)
@@ -334,7 +339,7 @@ class EmbeddedBackend:
         except Exception as e:  # vet_checkpoint reports known problems itself; this is a bug
             log.exception("vetting %s failed", checkpoint_id)
             verdict = {**record, "status": "rejected",  # type: ignore[typeddict-item]
-                       "error": {"code": "vetting_failed", "message": f"{type(e).__name__}: {e}"}}
+                       "error": {"code": ErrorCode.VETTING_FAILED, "message": f"{type(e).__name__}: {e}"}}
         self.registry.put(verdict, only_if_present=True)
 
     def _train(self, job_id: str) -> None:
@@ -354,7 +359,7 @@ class EmbeddedBackend:
             record = run_training(job.request, self.settings, job_id=job_id,  # type: ignore[arg-type]
                                   progress=progress, register=lambda record: self.registry.put(record))
         except Exception as e:
-            error = e if isinstance(e, JobError) else JobError("training_failed", f"{type(e).__name__}: {e}")
+            error = e if isinstance(e, JobError) else JobError(f"{type(e).__name__}: {e}", code=ErrorCode.TRAINING_FAILED)
             with self._lock:
                 job.status, job.error, job.ended_at = "failed", error.to_dict(), time.time()
             return

@@ -1,18 +1,22 @@
-"""Errors of the worker layer, each with a stable ``code``.
+"""Errors of the worker layer, each with a stable :class:`~worker.protocol.ErrorCode`.
 
 Standard library only, so the service can import it and map codes to HTTP
 statuses in one place (service.errors.from_backend reads ``code``, then the
-builtin base: LookupError is "not found", ValueError a conflict).  A failed job records ``{"code", "message"}`` of the
-:class:`JobError` that ended it in ``job.meta["error"]``.
+builtin base: LookupError is "not found", ValueError a conflict).  A failed
+job records ``{"code", "message"}`` of the :class:`JobError` that ended it in
+``job.meta["error"]``.  Every constructor takes the message first and the
+code as a keyword.
 """
 
 from __future__ import annotations
 
+from worker.protocol import ErrorCode
+
 
 class WorkerError(Exception):
-    code = "worker_error"
+    code = ErrorCode.WORKER_ERROR
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
@@ -22,7 +26,7 @@ class WorkerError(Exception):
         return str(self)
 
     def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
+        return {"code": str(self.code), "message": self.message}
 
 
 class JobError(WorkerError):
@@ -33,17 +37,17 @@ class JobError(WorkerError):
     only on the former.
     """
 
-    code = "job_failed"
+    code = ErrorCode.JOB_FAILED
 
-    def __init__(self, code: str, message: str, retryable: bool = False) -> None:
-        super().__init__(message, code)
+    def __init__(self, message: str, *, code: ErrorCode | None = None, retryable: bool = False) -> None:
+        super().__init__(message, code=code)
         self.retryable = retryable
 
 
 class QueueFullError(WorkerError):
     """The bounded queue is full (embedded mode); the API answers 429."""
 
-    code = "queue_full"
+    code = ErrorCode.QUEUE_FULL
 
     def __init__(self, message: str, retry_after_s: int = 5) -> None:
         super().__init__(message)
@@ -51,13 +55,13 @@ class QueueFullError(WorkerError):
 
 
 class CheckpointNotFoundError(WorkerError, LookupError):
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class ConflictError(WorkerError, ValueError):
     """The request conflicts with the current state (a duplicate id, for instance)."""
 
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class CheckpointStateError(ConflictError):

@@ -20,6 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from worker.errors import JobError
+from worker.protocol import ErrorCode
 
 MODES = ("L", "LA", "RGB", "RGBA")
 _LEVELS = 255
@@ -43,21 +44,20 @@ class DecodedImage:
 def decode_png(data: bytes | None, max_pixels: int | None = None) -> DecodedImage:
     """The normalised upload as pixels (+ alpha); JobError("invalid_image") when it is not one."""
     if not data:
-        raise JobError("upload_missing", "the uploaded image is gone (expired or never stored)")
+        raise JobError("the uploaded image is gone (expired or never stored)", code=ErrorCode.UPLOAD_MISSING)
     try:
         with Image.open(io.BytesIO(data)) as im:
             if max_pixels is not None and im.width * im.height > max_pixels:
-                raise JobError("image_too_large", f"{im.width}x{im.height} is over {max_pixels} pixels")
+                raise JobError(f"{im.width}x{im.height} is over {max_pixels} pixels", code=ErrorCode.IMAGE_TOO_LARGE)
             if im.mode not in MODES:
-                raise JobError("unsupported_image_mode",
-                               f"mode {im.mode} is not a normalised upload (expected one of {MODES})")
+                raise JobError(f"mode {im.mode} is not a normalised upload (expected one of {MODES})", code=ErrorCode.UNSUPPORTED_IMAGE_MODE)
             im.load()
             mode = im.mode
             array = np.array(im, dtype=np.uint8)  # a writable copy
     except JobError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise JobError("invalid_image", f"the upload does not decode: {e}") from e
+        raise JobError(f"the upload does not decode: {e}", code=ErrorCode.INVALID_IMAGE) from e
     if array.ndim == 2:
         array = array[:, :, None]
     colour = 1 if mode in ("L", "LA") else 3
@@ -80,7 +80,7 @@ def encode_png(pixels: Tensor, alpha: np.ndarray | None, mode: str) -> bytes:
         hwc = hwc[:, :, 0]
     image = Image.fromarray(np.ascontiguousarray(hwc))
     if image.mode != mode:
-        raise JobError("internal_error", f"encoded {image.mode}, expected {mode}")
+        raise JobError(f"encoded {image.mode}, expected {mode}", code=ErrorCode.INTERNAL_ERROR)
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=6)
     return out.getvalue()

@@ -28,6 +28,7 @@ from worker import store
 from worker.errors import JobError
 from worker.protocol import (
     CheckpointRecord,
+    ErrorCode,
     FilterRequest,
     FilterResult,
     Progress,
@@ -113,7 +114,7 @@ def _processor(conn: Any, settings: WorkerSettings) -> Any:
             loaded, checkpoint_id = ctx.models.load()
         except Exception as e:
             if ctx.processor is None:
-                raise JobError("model_unavailable", f"no model could be loaded: {e}", retryable=True) from e
+                raise JobError(f"no model could be loaded: {e}", code=ErrorCode.MODEL_UNAVAILABLE, retryable=True) from e
             log.exception("could not load the activated checkpoint; keeping the loaded one")
         else:
             ctx.processor = FilterProcessor(loaded, checkpoint_id, max_batch=settings.max_batch,
@@ -132,7 +133,7 @@ def vet_checkpoint_job(request: VetRequest) -> CheckpointRecord:
     checkpoint_id = str(request.get("checkpoint_id") or "")
     record = store.read_record(job.connection, checkpoint_id)
     if record is None:
-        error = JobError("checkpoint_not_found", f"no checkpoint {checkpoint_id!r}")
+        error = JobError(f"no checkpoint {checkpoint_id!r}", code=ErrorCode.CHECKPOINT_NOT_FOUND)
         _record_error(job, error)
         raise error
     job.meta["progress"] = {"phase": "vetting", "fraction": 0.0}

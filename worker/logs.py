@@ -1,47 +1,55 @@
-"""Structured logs: one JSON object per line, with the job id when there is one.
+"""Structured logs: one JSON object per line, the same keys in every process.
 
-    log.info("job finished", extra=fields(job_id=job.id, outcome="finished"))
+    {"time": ..., "level": "info", "logger": "safespot.worker", "message": "job finished",
+     "job_id": ..., ...}
 
-``setup_logging`` is called once by the process entry point (the worker
-command); library code only gets loggers.
+Fields passed with ``extra={...}`` appear at the top level.  The entry
+points call :func:`setup_logging` once (``safespot worker``; the API adds the
+request's job id with a filter, see ``service.log``); library code only gets
+loggers.  Standard library and python-json-logger only: the API uses it too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from typing import Any
 
-_FIELDS = "safespot_fields"
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
 
 def fields(**values: Any) -> dict[str, Any]:
     """``extra=`` for a log call: these keys appear at the top level of the JSON line."""
-    return {_FIELDS: values}
+    return values
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        line.update(getattr(record, _FIELDS, {}) or {})
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+class JsonFormatter(_JsonFormatter):
+    """`{"time", "level", "logger", "message", ...extra}` on one line; time in UTC."""
+
+    converter = staticmethod(time.gmtime)
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s", json_default=str,
+                         datefmt="%Y-%m-%dT%H:%M:%SZ",
+                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger",
+                                        "exc_info": "exc"})
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
+                   message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
+        log_data["level"] = record.levelname.lower()
 
 
-def setup_logging(level: str = "INFO", as_json: bool = True) -> None:
-    """Root handler on stderr (RQ's loggers then use it instead of their own colour handler)."""
+def setup_logging(level: str = "info", as_json: bool = True,
+                  log_filter: logging.Filter | None = None) -> logging.Handler:
+    """Root handler on stderr (RQ's and uvicorn's loggers then use it instead of their own)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_filter is not None:
+        handler.addFilter(log_filter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    return handler

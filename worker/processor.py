@@ -37,7 +37,7 @@ from safespot.publish import Reencode
 from worker import results
 from worker.errors import JobError
 from worker.imaging import DecodedImage, decode_png, encode_png, jpeg_roundtrip
-from worker.protocol import FilterRequest, FilterResult, ModelRef, Progress
+from worker.protocol import ErrorCode, FilterRequest, FilterResult, ModelRef, Progress
 
 log = logging.getLogger("safespot.worker.processor")
 
@@ -87,18 +87,14 @@ def search_config(request: FilterRequest, batch_size: int) -> tuple[tuple[str, f
         cfg = SearchConfig.preset(preset, norm=norm, eps=eps, batch_size=batch_size,  # type: ignore[arg-type]
                                   **({} if delta is None else {"delta": delta}))
     except (TypeError, ValueError) as e:
-        raise JobError("invalid_request", f"invalid search settings: {e}") from e
+        raise JobError(f"invalid search settings: {e}", code=ErrorCode.INVALID_REQUEST) from e
     return (cfg.norm, float(cfg.eps), float(cfg.budget), preset), cfg
 
 
 def reencode_quality(request: FilterRequest) -> int:
-    """The JPEG quality the platform re-encodes with, or 0 for none."""
+    """The JPEG quality the platform re-encodes with (checked by the API), or 0 for none."""
     spec = request.get("reencode")
-    if not spec:
-        return 0
-    if spec.get("format") != "jpeg" or not 1 <= int(spec.get("quality", 0)) <= 100:
-        raise JobError("invalid_request", f"unsupported re-encode {spec!r}; use jpeg:1..100")
-    return int(spec["quality"])
+    return int(spec["quality"]) if spec else 0
 
 
 class FilterProcessor:
@@ -154,7 +150,7 @@ class FilterProcessor:
     def add(self, job_id: str, request: FilterRequest, png: bytes | None) -> None:
         """Decode the upload and queue it for its engine; raises JobError for a bad request."""
         if job_id in self._jobs:
-            raise JobError("duplicate_job", f"job {job_id} is already in flight")
+            raise JobError(f"job {job_id} is already in flight", code=ErrorCode.DUPLICATE_JOB)
         quality = reencode_quality(request)
         threat, cfg = search_config(request, self.max_batch)
         image = decode_png(png, self.max_image_pixels)
@@ -189,7 +185,7 @@ class FilterProcessor:
             del self._engines[key]
             for j in members:
                 del self._jobs[j.job_id]
-            error = JobError("internal_error", f"search failed: {type(e).__name__}: {e}", retryable=True)
+            error = JobError(f"search failed: {type(e).__name__}: {e}", code=ErrorCode.INTERNAL_ERROR, retryable=True)
             return [FinishedJob(j.job_id, error=error) for j in members if not j.abandoned]
         self.passes += engine.cost
         outer = {p.key: p.outer_steps for p in engine.progress()}
@@ -249,7 +245,7 @@ class FilterProcessor:
             return FinishedJob(job.job_id, error=e, batch_size=job.batch_size)
         except Exception as e:
             log.exception("could not build the result of job %s", job.job_id)
-            return FinishedJob(job.job_id, error=JobError("internal_error", f"{type(e).__name__}: {e}"),
+            return FinishedJob(job.job_id, error=JobError(f"{type(e).__name__}: {e}", code=ErrorCode.INTERNAL_ERROR),
                                batch_size=job.batch_size)
         return FinishedJob(job.job_id, result=result, png=png, batch_size=job.batch_size)
 

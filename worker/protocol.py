@@ -2,8 +2,10 @@
 
 Standard library only: the API imports this module and must never import
 torch.  Everything that crosses Redis is named here: queue names, job
-function paths, Redis keys, and the JSON shapes of requests, progress and
-results.  RQ jobs use RQ's JSONSerializer (no pickle crosses Redis).
+function paths, Redis keys, the JSON shapes of requests, progress and
+results, the error codes, and the rules both sides apply (presets, norms,
+the budget parser, the webhook host policy).  RQ jobs use RQ's
+JSONSerializer (no pickle crosses Redis).
 
 Flow of a filter request
 ------------------------
@@ -29,7 +31,12 @@ Flow of a filter request
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol, TypedDict
+import math
+from collections.abc import Iterable
+from enum import StrEnum
+from fractions import Fraction
+from typing import Any, Literal, Protocol, TypedDict, get_args
+from urllib.parse import urlsplit
 
 # --------------------------------------------------------------------- queues
 FILTER_QUEUE = "safespot-filter"
@@ -70,7 +77,42 @@ WORKER_ALIVE_TTL_S = 20  # ... which expires after this long without a refresh
 
 # ------------------------------------------------------------------- requests
 Norm = Literal["linf", "l2"]
-Preset = Literal["standard", "fast", "paper"]
+Preset = Literal["standard", "fast", "paper"]  # safespot.PRESETS (the API cannot import torch)
+Recipe = Literal["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv"]  # safespot.training
+NORMS: tuple[Norm, ...] = get_args(Norm)
+PRESETS: tuple[Preset, ...] = get_args(Preset)
+RECIPES: tuple[Recipe, ...] = get_args(Recipe)
+
+
+def parse_budget(text: str | float) -> float:
+    """A budget in pixel units as a float ("0.0314") or a fraction ("8/255");
+    ValueError unless it is a finite positive number."""
+    try:
+        value = float(Fraction(str(text).strip())) if "/" in str(text) else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"expected a number such as 0.0314 or 8/255, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def webhook_refusal(url: str, allowed_hosts: Iterable[str]) -> str | None:
+    """Why ``url`` may not be called back, or None when it may.
+
+    An allow-list of exact host names (no wildcards; literal IP addresses must
+    be listed too) because the worker POSTs from inside the cluster: anything
+    wider would let a client make it call internal services (SSRF).  The API
+    checks on submission and the worker again before sending."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower().rstrip(".")
+    except ValueError:
+        return "expected http(s)://host/path without credentials"
+    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
+        return "expected http(s)://host/path without credentials"
+    if host not in {h.strip().lower().rstrip(".") for h in allowed_hosts}:
+        return f"host {host!r} is not in SAFESPOT_WEBHOOK_ALLOWED_HOSTS"
+    return None
 
 
 class Reencode(TypedDict):
@@ -98,8 +140,12 @@ class FilterRequest(TypedDict):
     image: ImageInfo
 
 
+Phase = Literal["queued", "searching", "vetting", "training", "done"]
+JobStatus = Literal["queued", "started", "finished", "failed", "canceled", "expired"]
+
+
 class Progress(TypedDict, total=False):
-    phase: Literal["queued", "searching", "encoding", "done"]
+    phase: Phase
     fraction: float  # 0..1, rough
     grad_evals: int
     outer_steps: int
@@ -153,6 +199,27 @@ class FilterResult(TypedDict):
     timings: Timings
 
 
+# --------------------------------------------------------------------- errors
+# Every ``code`` of an error body (HTTP answers, ``job.meta["error"]``, webhooks); a
+# member's value is its lower-case name: ErrorCode.QUEUE_FULL == "queue_full".
+ErrorCode = StrEnum("ErrorCode", (
+    # the request or the upload, refused by the API
+    "BAD_REQUEST VALIDATION_ERROR WEBHOOKS_DISABLED BAD_IMAGE EMPTY_FILE CORRUPT_IMAGE "
+    "UNSUPPORTED_FORMAT UNSUPPORTED_PIXEL_FORMAT TOO_MANY_PIXELS PAYLOAD_TOO_LARGE FILE_TOO_LARGE "
+    "UNSUPPORTED_MEDIA_TYPE UNSUPPORTED_CHECKPOINT UNAUTHORIZED FORBIDDEN METHOD_NOT_ALLOWED "
+    # the state of the service
+    "NOT_FOUND EXPIRED CONFLICT DUPLICATE_CHECKPOINT QUEUE_FULL TOO_MANY_REQUESTS NOT_READY "
+    "QUEUE_UNAVAILABLE INTERNAL_ERROR "
+    # a job that failed (the worker)
+    "WORKER_ERROR JOB_FAILED JOB_CANCELED JOB_EXPIRED INVALID_REQUEST DUPLICATE_JOB UPLOAD_MISSING "
+    "INVALID_IMAGE IMAGE_TOO_LARGE UNSUPPORTED_IMAGE_MODE MODEL_UNAVAILABLE WORKER_SHUTDOWN TIMEOUT "
+    "TRAINING_FAILED "
+    # a rejected checkpoint (vetting; models.errors' codes included)
+    "CHECKPOINT_NOT_FOUND CHECKPOINT_MISSING CHECKPOINT_TOO_LARGE INVALID_PATH MISSING_METADATA "
+    "UNSAFE_CHECKPOINT VETTING_FAILED MODEL_ERROR INVALID_CHECKPOINT UNKNOWN_MODEL"
+))
+
+
 # ---------------------------------------------------------------- checkpoints
 CheckpointStatus = Literal["validating", "ready", "rejected", "active"]
 
@@ -177,7 +244,7 @@ class VetRequest(TypedDict):
 
 class TrainRequest(TypedDict):
     job_id: str
-    recipe: str
+    recipe: Recipe
     norm: Norm
     eps: float
     epochs: int
@@ -202,7 +269,7 @@ class WorkerStatus(TypedDict):
 # ------------------------------------------------------ the API's job backend
 class JobView(TypedDict, total=False):
     id: str
-    status: Literal["queued", "started", "finished", "failed", "canceled", "expired"]
+    status: JobStatus
     progress: Progress
     result: FilterResult | None
     error: dict[str, str] | None

@@ -50,7 +50,7 @@ from worker.errors import JobError
 from worker.liveness import Liveness
 from worker.logs import fields, setup_logging
 from worker.processor import FilterProcessor, FinishedJob, select_device
-from worker.protocol import FILTER_FUNC, FILTER_QUEUE, FilterRequest, Progress
+from worker.protocol import FILTER_FUNC, FILTER_QUEUE, ErrorCode, FilterRequest, Progress
 from worker.settings import WorkerSettings
 from worker.webhooks import WebhookSender, payload
 
@@ -197,11 +197,11 @@ class BatchingWorker(SimpleWorker):
                 self._expire_timeouts()
                 self._check_activation()
         except (SystemExit, KeyboardInterrupt):  # cold shutdown: hand the jobs back, visibly
-            self._fail_all(JobError("worker_shutdown", "the worker stopped during the search", retryable=True))
+            self._fail_all(JobError("the worker stopped during the search", code=ErrorCode.WORKER_SHUTDOWN, retryable=True))
             raise
         except Exception as e:  # a bug: fail what is in flight, keep the worker alive
             log.exception("batch loop failed")
-            self._fail_all(JobError("internal_error", f"{type(e).__name__}: {e}", retryable=True))
+            self._fail_all(JobError(f"{type(e).__name__}: {e}", code=ErrorCode.INTERNAL_ERROR, retryable=True))
             self._reset_processor()
         if self._reload_pending:
             self._reload_model()
@@ -266,14 +266,14 @@ class BatchingWorker(SimpleWorker):
         self._inflight[job.id] = entry
         try:
             if not request:
-                raise JobError("invalid_request", "a filter job takes one FilterRequest argument")
+                raise JobError("a filter job takes one FilterRequest argument", code=ErrorCode.INVALID_REQUEST)
             self.processor.add(job.id, cast(FilterRequest, request), store.load_upload(self.connection, job.id))
         except JobError as e:
             self._end(entry, error=e)
             return
         except Exception as e:
             log.exception("could not start job %s", job.id)
-            self._end(entry, error=JobError("internal_error", f"{type(e).__name__}: {e}"))
+            self._end(entry, error=JobError(f"{type(e).__name__}: {e}", code=ErrorCode.INTERNAL_ERROR))
             return
         submitted = float(request.get("submitted_at") or time.time())
         metrics.QUEUE_WAIT.observe(max(0.0, time.time() - submitted))
@@ -316,7 +316,7 @@ class BatchingWorker(SimpleWorker):
                                         execution=entry.execution)
             outcome, body = "finished", payload(job.id, "finished", result=result)
         else:
-            error = error or JobError("internal_error", "the search returned no result")
+            error = error or JobError("the search returned no result", code=ErrorCode.INTERNAL_ERROR)
             job.meta["error"] = error.to_dict()
             job.meta["progress"] = {**(entry.progress or {}), "phase": "done"}
             job.save_meta()
@@ -366,7 +366,7 @@ class BatchingWorker(SimpleWorker):
             if timeout is not None and timeout > 0 and clock - entry.started > timeout:
                 assert self.processor is not None
                 self.processor.abandon(entry.job.id)
-                self._end(entry, error=JobError("timeout", f"the search took longer than {timeout} s"))
+                self._end(entry, error=JobError(f"the search took longer than {timeout} s", code=ErrorCode.TIMEOUT))
 
     # ---------------------------------------------------------------- model
     def _check_activation(self) -> None:
@@ -418,8 +418,7 @@ def run_worker(settings: WorkerSettings, burst: bool = False) -> int:
     setup_logging(settings.log_level, settings.log_json)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    connection = redis.Redis.from_url(settings.redis_url)
-    worker = BatchingWorker(settings, connection)
+    worker = BatchingWorker(settings, settings.redis_client())
     worker.work(burst=burst)
     return 0
 

@@ -20,7 +20,7 @@ from worker import metrics
 from worker.checkpoints import new_checkpoint_id, relative_path
 from worker.errors import JobError
 from worker.logs import fields
-from worker.protocol import CheckpointRecord, TrainRequest
+from worker.protocol import CheckpointRecord, ErrorCode, TrainRequest
 from worker.settings import WorkerSettings
 from worker.vetting import vet_checkpoint
 
@@ -32,25 +32,20 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 def train_config(request: TrainRequest, settings: WorkerSettings, checkpoint_id: str, job_id: str) -> Any:
-    """The trainer's TrainConfig for a request; JobError("invalid_request") when it makes no sense."""
-    from safespot.config import DEFAULT_EPS
+    """The trainer's TrainConfig for a request (checked by the API); JobError("invalid_request")
+    when the recipe refuses it."""
     from safespot.training import Recipe
     from worker.trainer import TrainConfig
 
     try:
-        norm = request.get("norm") or "linf"
-        eps = float(request.get("eps") or DEFAULT_EPS[norm])
-        recipe = Recipe(name=request.get("recipe") or "s-fgsm-adv", norm=norm, eps=eps)
-        epochs = int(request.get("epochs") or 1)
-        if not 1 <= epochs <= 1000:
-            raise ValueError(f"epochs must be 1..1000, got {epochs}")
+        recipe = Recipe(name=request["recipe"], norm=request["norm"], eps=float(request["eps"]))
     except (KeyError, TypeError, ValueError) as e:
-        raise JobError("invalid_request", f"invalid training request: {e}") from e
+        raise JobError(f"invalid training request: {e}", code=ErrorCode.INVALID_REQUEST) from e
     run_dir = settings.checkpoint_path / "runs" / (_SAFE_NAME.sub("_", job_id)[:64] or checkpoint_id)
     return TrainConfig(
-        recipe=recipe, arch=request.get("arch") or "cifar_cnn", data=_data_source(request, settings),
+        recipe=recipe, arch=request["arch"], data=_data_source(request, settings),
         data_dir=str(settings.data_dir), limit=request.get("limit"), holdout=settings.train_holdout,
-        eval_pgd=settings.train_eval_pgd, epochs=epochs, batch_size=settings.train_batch_size,
+        eval_pgd=settings.train_eval_pgd, epochs=request["epochs"], batch_size=settings.train_batch_size,
         run_dir=str(run_dir), out=str(settings.checkpoint_path / f"{checkpoint_id}.safetensors"),
         name=request.get("name") or checkpoint_id, threads=settings.threads,
         precision=settings.train_precision, channels_last=settings.train_channels_last,
@@ -65,7 +60,7 @@ def _data_source(request: TrainRequest, settings: WorkerSettings) -> str:
     root = settings.data_dir.resolve()
     path = (root / data).resolve()
     if path != root and root not in path.parents:
-        raise JobError("invalid_request", f"training data {data!r} is outside the data directory")
+        raise JobError(f"training data {data!r} is outside the data directory", code=ErrorCode.INVALID_REQUEST)
     return str(path)
 
 
@@ -88,7 +83,7 @@ def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str
     except Exception as e:
         metrics.TRAINING_JOBS.labels(outcome="failed").inc()
         log.exception("training failed", extra=fields(job_id=job_id))
-        raise JobError("training_failed", f"{type(e).__name__}: {e}") from e
+        raise JobError(f"{type(e).__name__}: {e}", code=ErrorCode.TRAINING_FAILED) from e
     finally:
         watcher.stop()
     from models.checkpoint import file_sha256

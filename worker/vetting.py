@@ -47,7 +47,7 @@ from models.errors import ModelError
 from safespot.threat import Norm
 from worker.checkpoints import checkpoint_file, json_safe, new_checkpoint_id, relative_path
 from worker.errors import JobError
-from worker.protocol import CheckpointRecord
+from worker.protocol import CheckpointRecord, ErrorCode
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("safespot.worker.vetting")
@@ -66,7 +66,7 @@ def vet_checkpoint(record: Mapping[str, Any], settings: WorkerSettings,
     except JobError as e:
         return _rejected(out, e)
     except ModelError as e:
-        return _rejected(out, JobError(e.code, str(e)))
+        return _rejected(out, JobError(str(e), code=ErrorCode(e.code)))
     out.update(sha256=loaded.sha256, path=relative_path(loaded.path, settings.checkpoint_path),
                size_bytes=loaded.path.stat().st_size, info=json_safe(asdict(loaded.info)), error=None)
     if not out.get("name"):
@@ -77,7 +77,7 @@ def vet_checkpoint(record: Mapping[str, Any], settings: WorkerSettings,
         out["vetting"] = vetting_evaluation(loaded, settings)
     except Exception as e:  # a model that loads but cannot be attacked is not servable either
         log.exception("vetting evaluation of %s failed", out.get("id"))
-        return _rejected(out, JobError("vetting_failed", f"{type(e).__name__}: {e}"))
+        return _rejected(out, JobError(f"{type(e).__name__}: {e}", code=ErrorCode.VETTING_FAILED))
     out["status"] = "ready"
     return cast(CheckpointRecord, out)
 
@@ -91,11 +91,10 @@ def _rejected(record: dict[str, Any], error: JobError) -> CheckpointRecord:
 def _validated(record: Mapping[str, Any], settings: WorkerSettings) -> LoadedCheckpoint:
     path = checkpoint_file(record, settings.checkpoint_path, settings.default_model)
     if not path.is_file():
-        raise JobError("checkpoint_missing", f"no file for checkpoint {record.get('id')}")
+        raise JobError(f"no file for checkpoint {record.get('id')}", code=ErrorCode.CHECKPOINT_MISSING)
     size = path.stat().st_size
     if size > settings.max_checkpoint_bytes:
-        raise JobError("checkpoint_too_large",
-                       f"{size} bytes is over the {settings.max_checkpoint_bytes}-byte limit")
+        raise JobError(f"{size} bytes is over the {settings.max_checkpoint_bytes}-byte limit", code=ErrorCode.CHECKPOINT_TOO_LARGE)
     if is_safetensors(path):
         return load_checkpoint(path)
     return _convert_state_dict(record, path, settings.checkpoint_path)
@@ -114,14 +113,13 @@ def is_safetensors(path: Path) -> bool:
 def _convert_state_dict(record: Mapping[str, Any], path: Path, checkpoint_dir: Path) -> LoadedCheckpoint:
     raw_info = record.get("info")
     if not isinstance(raw_info, dict) or not raw_info:
-        raise JobError("missing_metadata",
-                       "a state dict needs its metadata (architecture, classes, input size, normalisation)")
+        raise JobError("a state dict needs its metadata (architecture, classes, input size, normalisation)", code=ErrorCode.MISSING_METADATA)
     info = ModelInfo.from_dict(dict(raw_info))
     try:
         state = load_state_dict_file(path)
     except ModelError as e:
         if isinstance(e.__cause__, pickle.UnpicklingError):
-            raise JobError("unsafe_checkpoint", f"refused to unpickle: {e}") from e
+            raise JobError(f"refused to unpickle: {e}", code=ErrorCode.UNSAFE_CHECKPOINT) from e
         raise
     model = model_from_state(info, state)
     record_id = str(record.get("id") or "")

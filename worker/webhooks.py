@@ -1,11 +1,10 @@
 """Job-end webhooks, sent from a background thread so the batch loop never waits on them.
 
-The API checks a webhook URL's host against SAFESPOT_WEBHOOK_ALLOWED_HOSTS
-when it accepts a request; the worker checks again before sending (defence
-in depth: a job could have been enqueued by something else).  Entries are
-host names (``hooks.example.com``), ``*.example.com`` for sub-domains, or
-``*`` for any host; an empty list allows none.  Redirects are not followed
-(a redirect could lead off the allowlist).
+The API checks a webhook URL against SAFESPOT_WEBHOOK_ALLOWED_HOSTS when it
+accepts a request; the worker checks the same rule
+(:func:`worker.protocol.webhook_refusal`) again before sending (defence in
+depth: a job could have been enqueued by something else).  Redirects are not
+followed (a redirect could lead off the allowlist).
 """
 
 from __future__ import annotations
@@ -15,32 +14,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection
 from typing import Any
-from urllib.parse import urlsplit
 
 from worker.logs import fields
+from worker.protocol import webhook_refusal
 
 log = logging.getLogger("safespot.worker.webhooks")
 
 MAX_PENDING = 1000  # webhooks waiting to be sent; beyond that new ones are dropped (and logged)
-
-
-def host_allowed(url: str, allowed_hosts: Sequence[str]) -> bool:
-    """Is ``url`` an http(s) URL whose host the allowlist names?"""
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower().rstrip(".")
-    except ValueError:
-        return False
-    if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
-        return False
-    for entry in (h.strip().lower().rstrip(".") for h in allowed_hosts):
-        if entry == "*" or entry == host:
-            return True
-        if entry.startswith("*.") and host.endswith(entry[1:]):
-            return True
-    return False
 
 
 def payload(job_id: str, status: str, result: Any = None, error: dict[str, str] | None = None) -> dict[str, Any]:
@@ -55,7 +37,7 @@ def payload(job_id: str, status: str, result: Any = None, error: dict[str, str] 
 class WebhookSender:
     """A daemon thread POSTing JSON bodies, with a timeout and a few retries each."""
 
-    def __init__(self, allowed_hosts: Sequence[str], timeout_s: float = 5.0, retries: int = 2,
+    def __init__(self, allowed_hosts: Collection[str], timeout_s: float = 5.0, retries: int = 2,
                  backoff_s: float = 0.5) -> None:
         self.allowed_hosts = list(allowed_hosts)
         self.timeout_s = timeout_s
@@ -84,8 +66,7 @@ class WebhookSender:
         if not url:
             return False
         job_id = body.get("job_id")
-        if not host_allowed(url, self.allowed_hosts):
-            log.warning("webhook host not allowed; not sent", extra=fields(job_id=job_id))
+        if not self._allowed(url, job_id):
             return False
         try:
             self._queue.put_nowait((url, body))
@@ -99,13 +80,18 @@ class WebhookSender:
         """Send in the calling thread (for a process that may end right after the job)."""
         if not url:
             return
-        if not host_allowed(url, self.allowed_hosts):
-            log.warning("webhook host not allowed; not sent", extra=fields(job_id=body.get("job_id")))
+        if not self._allowed(url, body.get("job_id")):
             return
         import httpx
 
         with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
             self._send(client, url, body)
+
+    def _allowed(self, url: str, job_id: Any) -> bool:
+        refusal = webhook_refusal(url, self.allowed_hosts)
+        if refusal is not None:
+            log.warning("webhook not sent: %s", refusal, extra=fields(job_id=job_id))
+        return refusal is None
 
     def _run(self) -> None:
         import httpx

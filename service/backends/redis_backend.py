@@ -27,8 +27,6 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar, cast
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
@@ -46,6 +44,7 @@ from worker.protocol import (
     VET_FUNC,
     WORKERS_KEY,
     CheckpointRecord,
+    ErrorCode,
     FilterRequest,
     JobView,
     TrainRequest,
@@ -65,14 +64,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def connect(url: str, timeout_s: float) -> redis.Redis:
-    """A client that fails fast (timeouts) and retries a dropped connection twice."""
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
-        retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError], health_check_interval=30)
-
-
 def _redis_errors_as_503(method: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -81,7 +72,7 @@ def _redis_errors_as_503(method: Callable[P, R]) -> Callable[P, R]:
         except redis.RedisError as e:
             logger.warning("redis error in %s: %s", method.__name__, e)
             raise NotReady(f"the job queue (Redis) is unavailable: {e.__class__.__name__}",
-                           code="queue_unavailable") from e
+                           code=ErrorCode.QUEUE_UNAVAILABLE) from e
     return wrapper
 
 
@@ -92,7 +83,7 @@ class RedisJobBackend:
         if connection is None and settings.redis_url is None:
             raise ValueError("RedisJobBackend needs settings.redis_url or a connection")
         self.settings = settings
-        self.redis = connection or connect(cast(str, settings.redis_url), settings.redis_timeout_s)
+        self.redis = connection or settings.redis_client()
         self.queues = {name: Queue(name, connection=self.redis, serializer=JSONSerializer)
                        for name in (FILTER_QUEUE, ADMIN_QUEUE, TRAIN_QUEUE)}
         self._reap_lock = threading.Lock()
@@ -223,7 +214,7 @@ class RedisJobBackend:
 
     @_redis_errors_as_503
     def delete_checkpoint(self, checkpoint_id: str) -> None:
-        registry.delete(self.redis, checkpoint_id, self.settings.checkpoints_path)
+        registry.delete(self.redis, checkpoint_id, self.settings.checkpoint_path)
 
     # -------------------------------------------------------------- training
     @_redis_errors_as_503

@@ -17,7 +17,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from worker.protocol import JobView, Progress
+from worker.protocol import ErrorCode, JobView, Progress
 
 _STATUS: dict[str, str] = {
     JobStatus.QUEUED: "queued", JobStatus.CREATED: "queued", JobStatus.DEFERRED: "queued",
@@ -29,7 +29,7 @@ _STATUS: dict[str, str] = {
 
 WORKER_LOST = {"code": "worker_lost",
                "message": "the worker running this job stopped before finishing it"}
-JOB_FAILED = {"code": "job_failed", "message": "the job failed; see the worker logs"}
+JOB_FAILED = {"code": ErrorCode.JOB_FAILED, "message": "the job failed; see the worker logs"}
 TIMED_OUT = {"code": "timeout", "message": "the job took longer than its time limit"}
 
 

@@ -15,7 +15,7 @@ from service.checkpoint_files import clean_name, new_checkpoint_id, parse_metada
 from service.deps import BackendDep, SettingsDep, call_backend
 from service.errors import Conflict, NotFound, Validation
 from service.schemas import CheckpointList, CheckpointResponse, error_responses
-from worker.protocol import CheckpointRecord, JobBackend
+from worker.protocol import CheckpointRecord, ErrorCode, JobBackend
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints (admin)"])
 logger = logging.getLogger("safespot.service")
@@ -72,14 +72,14 @@ async def upload_checkpoint(request: Request, _role: AdminRole, settings: Settin
         if not isinstance(metadata, str | None) or not isinstance(name, str | None):
             raise Validation("metadata and name must be text fields")
         checkpoint_id = new_checkpoint_id()
-        stored = await run_in_threadpool(store_checkpoint, file.file, settings.checkpoints_path,
+        stored = await run_in_threadpool(store_checkpoint, file.file, settings.checkpoint_path,
                                          checkpoint_id, settings.max_checkpoint_bytes)
     try:
         info = parse_metadata(metadata, stored.kind)
         for existing in await call_backend(backend.list_checkpoints):
             if existing.get("sha256") == stored.sha256:
                 raise Conflict(f"this file is already registered as {existing.get('id')}",
-                               code="duplicate_checkpoint")
+                               code=ErrorCode.DUPLICATE_CHECKPOINT)
         record = CheckpointRecord(
             id=checkpoint_id, name=clean_name(name or str(info.get("name") or ""), checkpoint_id),
             status="validating", sha256=stored.sha256, path=stored.path.name,

@@ -21,9 +21,9 @@ from service.deps import BackendDep, DecodeLimiterDep, MetricsDep, SettingsDep, 
 from service.errors import Conflict, NotFound, NotReady, PayloadTooLarge, QueueFull
 from service.filter_options import FilterOptions, parse_filter_options
 from service.images import decode_upload
-from service.log import bind_job_id
+from service.log import REQUEST_JOB_ID
 from service.schemas import JobLinks, JobResponse, error_responses
-from worker.protocol import FilterRequest, JobBackend, JobView
+from worker.protocol import NORMS, PRESETS, ErrorCode, FilterRequest, JobBackend, JobView
 
 router = APIRouter(prefix="/v1", tags=["filter"])
 logger = logging.getLogger("safespot.service")
@@ -91,8 +91,8 @@ async def submit_filter(
     request: Request, _role: ClientRole, settings: SettingsDep, backend: BackendDep,
     metrics: MetricsDep, decode_limiter: DecodeLimiterDep,
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF (first frame), BMP or TIFF")],
-    preset: Annotated[str | None, Form(description="standard, fast or paper", examples=["standard"])] = None,
-    norm: Annotated[str | None, Form(description="threat model: linf or l2", examples=["linf"])] = None,
+    preset: Annotated[str | None, Form(description=" | ".join(PRESETS), examples=["standard"])] = None,
+    norm: Annotated[str | None, Form(description=" | ".join(NORMS), examples=["linf"])] = None,
     eps: Annotated[str | None, Form(description="adversary budget, e.g. 0.0314 or 8/255")] = None,
     delta: Annotated[str | None, Form(description="defender budget (default: eps)")] = None,
     reencode: Annotated[str | None, Form(description="re-encode to survive, e.g. jpeg:85")] = None,
@@ -111,13 +111,13 @@ async def submit_filter(
     data = await image.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"the image is larger than {settings.max_upload_bytes} bytes",
-                              code="file_too_large")
+                              code=ErrorCode.FILE_TOO_LARGE)
     await ensure_queue_has_room(backend, settings.max_queue, settings.seconds_per_job)
     decoded = await to_thread.run_sync(
         functools.partial(decode_upload, data, max_pixels=settings.max_pixels), limiter=decode_limiter)
 
     job_id = uuid.uuid4().hex
-    bind_job_id(job_id)
+    REQUEST_JOB_ID.set(job_id)
     filter_request = FilterRequest(
         job_id=job_id, preset=options.preset, norm=options.norm, eps=options.eps,
         delta=options.delta, reencode=options.reencode, webhook_url=options.webhook_url,
@@ -145,7 +145,7 @@ async def submit_filter(
 async def get_job(job_id: str, _role: ClientRole, backend: BackendDep) -> JobResponse:
     """The job's status, progress and, once finished, its result (scores,
     prediction, model, timings).  Results expire after `SAFESPOT_RESULT_TTL_S`."""
-    bind_job_id(checked_job_id(job_id))
+    REQUEST_JOB_ID.set(checked_job_id(job_id))
     view = await call_backend(backend.get_job, job_id)
     if view is None:
         raise NotFound(f"no job {job_id} (unknown, or its result expired)")
@@ -159,21 +159,21 @@ async def get_job(job_id: str, _role: ClientRole, backend: BackendDep) -> JobRes
 async def get_job_image(job_id: str, _role: ClientRole, backend: BackendDep) -> Response:
     """The filtered image, same size as the upload.  409 while the job is not
     finished; 404 when the job is unknown or its result expired."""
-    bind_job_id(checked_job_id(job_id))
+    REQUEST_JOB_ID.set(checked_job_id(job_id))
     view = await call_backend(backend.get_job, job_id)
     if view is None:
         raise NotFound(f"no job {job_id} (unknown, or its result expired)")
     status = view.get("status")
     if status == "expired":
-        raise NotFound(f"the result of job {job_id} expired", code="expired")
+        raise NotFound(f"the result of job {job_id} expired", code=ErrorCode.EXPIRED)
     if status in ("queued", "started"):
         raise Conflict(f"job {job_id} is {status}; the image is ready when it is finished",
-                       code="not_ready")
+                       code=ErrorCode.NOT_READY)
     if status != "finished":
-        raise Conflict(f"job {job_id} is {status}: there is no image", code=f"job_{status}")
+        raise Conflict(f"job {job_id} is {status}: there is no image", code=ErrorCode(f"job_{status}"))
     png = await call_backend(backend.get_result_image, job_id)
     if png is None:
-        raise NotFound(f"the image of job {job_id} expired", code="expired")
+        raise NotFound(f"the image of job {job_id} expired", code=ErrorCode.EXPIRED)
     return Response(png, media_type="image/png", headers={
         "Content-Disposition": f'inline; filename="{job_id}.png"',
         "Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"})

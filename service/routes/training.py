@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from service.auth import AdminRole
 from service.deps import BackendDep, SettingsDep, call_backend
 from service.errors import NotFound, Validation
-from service.log import bind_job_id
+from service.log import REQUEST_JOB_ID
 from service.schemas import JobLinks, JobResponse, TrainingRequestBody, error_responses
 from service.settings import Settings
 from worker.protocol import JobView, TrainRequest
@@ -59,7 +59,7 @@ async def start_training(body: TrainingRequestBody, _role: AdminRole, settings: 
     if eps > settings.max_eps(body.norm):
         raise Validation(f"eps: {eps:.6g} exceeds the {body.norm} limit {settings.max_eps(body.norm):.6g}")
     job_id = uuid.uuid4().hex
-    bind_job_id(job_id)
+    REQUEST_JOB_ID.set(job_id)
     request = TrainRequest(job_id=job_id, recipe=body.recipe, norm=body.norm, eps=eps,
                            epochs=body.epochs, data=checked_data(body.data, settings),
                            limit=body.limit, name=body.name or f"{body.recipe} {body.data}",
@@ -77,7 +77,7 @@ async def start_training(body: TrainingRequestBody, _role: AdminRole, settings: 
 async def get_training(job_id: str, _role: AdminRole, backend: BackendDep) -> JobResponse:
     if not JOB_ID.match(job_id):
         raise NotFound(f"no training job {job_id[:64]!r}")
-    bind_job_id(job_id)
+    REQUEST_JOB_ID.set(job_id)
     view = await call_backend(backend.get_training, job_id)
     if view is None:
         raise NotFound(f"no training job {job_id} (unknown, or expired)")

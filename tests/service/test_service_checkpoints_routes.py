@@ -25,7 +25,7 @@ def upload(client, data: bytes, filename: str = "model.safetensors", **form: str
 
 
 def stored_files(settings) -> list[str]:  # type: ignore[no-untyped-def]
-    directory = settings.checkpoints_path
+    directory = settings.checkpoint_path
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
@@ -39,7 +39,7 @@ def test_safetensors_upload_is_stored_under_a_server_chosen_name(client, backend
     assert record["size_bytes"] == len(data) and record["source"] == "upload"
     assert record["path"] == f"{record['id']}.safetensors"  # the client's name is ignored
     assert stored_files(settings) == [record["path"]]
-    assert (settings.checkpoints_path / record["path"]).read_bytes() == data
+    assert (settings.checkpoint_path / record["path"]).read_bytes() == data
     assert backend.checkpoints[record["id"]]["status"] == "validating"
 
 

@@ -8,7 +8,7 @@ from service import errors
 
 
 @pytest.mark.parametrize(("cls", "status"), [
-    (errors.BadImage, 400), (errors.BadRequest, 400), (errors.Unauthorized, 401),
+    (errors.BadImage, 400), (errors.Unauthorized, 401),
     (errors.Forbidden, 403), (errors.NotFound, 404), (errors.Conflict, 409),
     (errors.PayloadTooLarge, 413), (errors.UnsupportedMediaType, 415), (errors.Validation, 422),
     (errors.NotReady, 503),
@@ -64,3 +64,13 @@ def test_unexpected_exceptions_become_a_json_500(settings):  # type: ignore[no-u
     assert response.status_code == 500
     assert response.json() == {"error": {"code": "internal_error",
                                          "message": "an unexpected error occurred"}}
+
+
+def test_the_worker_errors_keep_their_meaning_over_http():
+    from worker.errors import CheckpointNotFoundError, CheckpointStateError, QueueFullError
+
+    assert errors.from_backend(CheckpointNotFoundError("gone")).status == 404
+    assert errors.from_backend(CheckpointStateError("active")).status == 409
+    full = errors.from_backend(QueueFullError("full", retry_after_s=7))
+    assert full.status == 429 and full.code == "queue_full" and full.headers["Retry-After"] == "7"
+    assert errors.BadImage("empty", code=errors.ErrorCode.EMPTY_FILE).status == 400  # the class's status

@@ -7,7 +7,7 @@ import logging
 
 from service_testkit import client_auth, photo_bytes
 
-from service.log import JsonFormatter
+from worker.logs import JsonFormatter
 
 
 def test_access_and_app_logs_are_json_with_the_job_id(client, caplog):  # type: ignore[no-untyped-def]
@@ -28,3 +28,13 @@ def test_records_without_a_job_have_no_job_id():
     record = logging.LogRecord("safespot.x", logging.INFO, __file__, 1, "hello %s", ("world",), None)
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "hello world" and "job_id" not in line and line["level"] == "info"
+
+
+def test_the_request_context_adds_the_job_id():
+    from service.log import REQUEST_JOB_ID, JobIdFilter
+
+    token = REQUEST_JOB_ID.set("j1")
+    record = logging.LogRecord("safespot.x", logging.INFO, __file__, 1, "queued", (), None)
+    assert JobIdFilter().filter(record)
+    REQUEST_JOB_ID.reset(token)
+    assert json.loads(JsonFormatter().format(record))["job_id"] == "j1"

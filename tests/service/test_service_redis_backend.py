@@ -162,7 +162,7 @@ def record(checkpoint_id: str, status: str = "ready", **extra: Any) -> protocol.
 
 
 def test_checkpoint_registry_lifecycle(backend, redis_conn, settings):  # type: ignore[no-untyped-def]
-    settings.checkpoints_path.mkdir(parents=True)
+    settings.checkpoint_path.mkdir(parents=True)
     backend.add_checkpoint(record("ck1", status="validating"))
     vet = Job.fetch("vet-ck1", connection=redis_conn, serializer=JSONSerializer)
     assert vet.func_name == protocol.VET_FUNC and vet.origin == protocol.ADMIN_QUEUE
@@ -172,7 +172,7 @@ def test_checkpoint_registry_lifecycle(backend, redis_conn, settings):  # type: 
 
     for name in ("ck1", "ck2"):  # a worker vetted them
         redis_conn.hset(protocol.CHECKPOINTS_KEY, name, json.dumps(record(name)))
-        (settings.checkpoints_path / f"{name}.safetensors").write_bytes(b"x")
+        (settings.checkpoint_path / f"{name}.safetensors").write_bytes(b"x")
     assert backend.activate_checkpoint("ck1")["status"] == "active"
     assert redis_conn.get(protocol.ACTIVE_CHECKPOINT_KEY) == b"ck1"
     assert backend.activate_checkpoint("ck2")["status"] == "active"
@@ -184,8 +184,8 @@ def test_checkpoint_registry_lifecycle(backend, redis_conn, settings):  # type: 
         backend.delete_checkpoint("ck2")
     backend.delete_checkpoint("ck1")
     assert [r["id"] for r in backend.list_checkpoints()] == ["ck2"]
-    assert not (settings.checkpoints_path / "ck1.safetensors").exists()
-    assert (settings.checkpoints_path / "ck2.safetensors").exists()
+    assert not (settings.checkpoint_path / "ck1.safetensors").exists()
+    assert (settings.checkpoint_path / "ck2.safetensors").exists()
     with pytest.raises(NotFound):
         backend.activate_checkpoint("nope")
 

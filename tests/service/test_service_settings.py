@@ -20,7 +20,7 @@ def test_defaults_are_safe_and_documented():
     assert s.default_eps("linf") == pytest.approx(8 / 255)
     assert s.allowed_presets == {"standard", "fast", "paper"}
     assert s.webhook_allowed_hosts == frozenset()  # webhooks refused until allowed
-    assert s.checkpoints_path == Path("data") / "checkpoints"
+    assert s.checkpoint_path == Path("data") / "checkpoints"
 
 
 def test_environment_with_comma_separated_lists(monkeypatch):  # type: ignore[no-untyped-def]
@@ -36,7 +36,7 @@ def test_environment_with_comma_separated_lists(monkeypatch):  # type: ignore[no
     assert s.redis_url == "redis://cache:6379/2"
     assert s.api_keys == {"key-one", "key-two"} and s.admin_keys == {"root-key"}
     assert s.webhook_allowed_hosts == {"hooks.example.com"}
-    assert s.allowed_presets == {"fast"} and s.checkpoints_path == Path("/srv/ckpt")
+    assert s.allowed_presets == {"fast"} and s.checkpoint_path == Path("/srv/ckpt")
     assert s.log_level == "warning"
 
 

@@ -7,7 +7,6 @@ import json
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,17 +18,18 @@ from tests.worker.conftest import cifar_png, filter_request, photo, png_bytes, w
 from worker.embedded import EmbeddedBackend
 from worker.errors import CheckpointNotFoundError, CheckpointStateError, QueueFullError
 from worker.registry import REGISTRY_FILE
+from worker.settings import WorkerSettings
 
 
-def service_settings(tmp_path: Path, **changes: Any) -> SimpleNamespace:
-    """The attributes the API's Settings object has (plus the worker's own, read via getattr)."""
+def service_settings(tmp_path: Path, **changes: Any) -> WorkerSettings:
+    """The settings `safespot serve` would hand the embedded worker (all of SharedSettings)."""
     values: dict[str, Any] = dict(
-        redis_url=None, data_dir=FIXTURES, checkpoint_dir=None, checkpoints_path=tmp_path / "checkpoints",
+        redis_url=None, data_dir=FIXTURES, checkpoint_dir=tmp_path / "checkpoints",
         max_queue=5, job_ttl_s=60, result_ttl_s=60, webhook_allowed_hosts=frozenset({"127.0.0.1"}),
         default_model=str(TINY_MODEL), vetting_data=FIXTURES / "cifar10_mini.npz", vetting_n=8,
         max_batch=8, max_wait_ms=20, threads=1)
     values.update(changes)
-    return SimpleNamespace(**values)
+    return WorkerSettings(**values)
 
 
 @pytest.fixture

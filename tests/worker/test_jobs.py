@@ -68,7 +68,7 @@ def test_filter_job_processes_one_image_with_the_shared_processor(redis_conn, se
 
 def test_filter_job_failure_records_the_reason(redis_conn, settings, cifar_mini) -> None:
     redis_conn.set(upload_key("f2"), cifar_png(cifar_mini))
-    job = run(redis_conn, FILTER_FUNC, filter_request("f2", reencode={"format": "gif", "quality": 85}), "f2")
+    job = run(redis_conn, FILTER_FUNC, filter_request("f2", preset="turbo"), "f2")  # SearchConfig refuses it
     assert job.get_status() == "failed"
     assert job.meta["error"]["code"] == "invalid_request"
 
