@@ -32,13 +32,11 @@ from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
-from service.backends import redis_checkpoints as registry
 from service.backends.rq_jobs import job_view, load_job
 from service.errors import NotReady, QueueFull
 from service.settings import Settings
 from worker.protocol import (
     ADMIN_QUEUE,
-    CHECKPOINTS_KEY,
     FILTER_FUNC,
     FILTER_QUEUE,
     TRAIN_FUNC,
@@ -54,6 +52,7 @@ from worker.protocol import (
     upload_key,
     worker_alive_key,
 )
+from worker.registry_stores import redis_registry
 
 logger = logging.getLogger("safespot.service")
 
@@ -95,6 +94,7 @@ class RedisJobBackend:
         self.redis = connection or connect(cast(str, settings.redis_url), settings.redis_timeout_s)
         self.queues = {name: Queue(name, connection=self.redis, serializer=JSONSerializer)
                        for name in (FILTER_QUEUE, ADMIN_QUEUE, TRAIN_QUEUE)}
+        self.registry = redis_registry(self.redis, settings.checkpoints_path)
         self._reap_lock = threading.Lock()
         self._last_reap: dict[str, float] = {}
 
@@ -205,12 +205,12 @@ class RedisJobBackend:
     # ----------------------------------------------------------- checkpoints
     @_redis_errors_as_503
     def list_checkpoints(self) -> list[CheckpointRecord]:
-        return registry.list_records(self.redis)
+        return self.registry.records()
 
     @_redis_errors_as_503
     def add_checkpoint(self, record: CheckpointRecord) -> None:
         checkpoint_id = record["id"]
-        self.redis.hset(CHECKPOINTS_KEY, checkpoint_id, json.dumps(record))
+        self.registry.add(record)
         self.queues[ADMIN_QUEUE].enqueue_call(
             VET_FUNC, args=(VetRequest(checkpoint_id=checkpoint_id),), job_id=f"vet-{checkpoint_id}",
             timeout=self.settings.vet_timeout_s, result_ttl=ADMIN_RESULT_TTL_S,
@@ -219,11 +219,11 @@ class RedisJobBackend:
 
     @_redis_errors_as_503
     def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
-        return registry.activate(self.redis, checkpoint_id)
+        return self.registry.activate(checkpoint_id)
 
     @_redis_errors_as_503
     def delete_checkpoint(self, checkpoint_id: str) -> None:
-        registry.delete(self.redis, checkpoint_id, self.settings.checkpoints_path)
+        self.registry.delete(checkpoint_id)
 
     # -------------------------------------------------------------- training
     @_redis_errors_as_503
