@@ -5,7 +5,7 @@ entirely in-process: a bounded in-memory queue and job store (entries
 expire after the job / result TTLs), a driver thread running the same
 :class:`~worker.processor.FilterProcessor` as ``safespot worker`` (continuous
 batching, the same results), the checkpoint registry of
-:mod:`worker.registry` in a JSON file, vetting and training on background threads.  Thread-safe: every public method may be
+:mod:`worker.registry`, vetting and training on background threads.  Thread-safe: every public method may be
 called from any thread (the API's request handlers).
 """
 
