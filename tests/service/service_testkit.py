@@ -69,7 +69,8 @@ class FakeJobBackend:
         self.requests: dict[str, FilterRequest] = {}
         self.uploads: dict[str, bytes] = {}
         self.images: dict[str, bytes] = {}
-        self.registry = file_registry(Path(tempfile.mkdtemp(prefix="safespot-fake-registry-")))
+        self._registry_dir = tempfile.TemporaryDirectory(prefix="safespot-fake-registry-")  # removed with self
+        self.registry = file_registry(Path(self._registry_dir.name))
         self.training: dict[str, TrainRequest] = {}
         self.lock = threading.Lock()
 
