@@ -37,7 +37,6 @@ from models.normalize import Classifier
 FORMAT_VERSION = 1
 METADATA_KEY = "safespot"
 MAX_CHECKPOINT_BYTES = 2 * 1024**3  # torchvision ResNet-50 is ~100 MB; refuse absurd files
-_HEADER_LIMIT = 16 * 1024**2
 
 
 @dataclass
@@ -205,15 +204,13 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 
 def _read_header(path: Path) -> tuple[dict[str, Any], str | None]:
+    """Our metadata from the safetensors header (the library checks the header's size,
+    its JSON and that every tensor lies inside the file), and the recorded weights digest."""
     try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n <= _HEADER_LIMIT:
-                raise CheckpointError(f"{path.name}: not a safetensors file")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path.name}: not a safetensors file ({e})") from e
-    meta = header.get("__metadata__") or {}
     if METADATA_KEY not in meta:
         raise CheckpointError(f"{path.name}: no '{METADATA_KEY}' metadata; use `safespot import` for a bare state dict")
     try:

@@ -13,18 +13,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from service.errors import PayloadTooLarge, UnsupportedMediaType, Validation
 from worker.protocol import ErrorCode
+from worker.registry import looks_like_safetensors
 
 CHUNK_BYTES = 1024 * 1024
 MAX_METADATA_CHARS = 64 * 1024
-MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the format's own cap on its JSON header
 Kind = Literal["safetensors", "pt"]
 SUFFIX: dict[Kind, str] = {"safetensors": ".safetensors", "pt": ".pt"}
 
@@ -37,18 +35,12 @@ class StoredFile:
     kind: Kind
 
 
-def new_checkpoint_id() -> str:
-    return f"ckpt_{uuid.uuid4().hex[:16]}"
-
-
 def sniff_kind(head: bytes) -> Kind:
     """Recognise safetensors (8-byte little-endian header length, then JSON) or a
     torch.save file (zip archive, or the legacy pickle stream that
     `torch.load(weights_only=True)` also reads without executing code)."""
-    if len(head) >= 9:
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if 2 <= header_len <= MAX_SAFETENSORS_HEADER and head[8:9] == b"{":
-            return "safetensors"
+    if looks_like_safetensors(head):
+        return "safetensors"
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return "pt"
     raise UnsupportedMediaType(

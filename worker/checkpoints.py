@@ -1,4 +1,4 @@
-"""Which checkpoint file a record names, and loading it.
+"""Which checkpoint file a record names, and loading the active one.
 
 Records (protocol.CheckpointRecord) store ``path`` relative to the shared
 checkpoint directory (SAFESPOT_CHECKPOINT_DIR), so workers on other machines
@@ -10,21 +10,19 @@ what a worker serves while no checkpoint is active.
 
 from __future__ import annotations
 
-import math
-import secrets
+import logging
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from worker.errors import JobError
+from worker.errors import CheckpointNotFoundError, JobError
+from worker.logs import fields
 from worker.protocol import CheckpointRecord, ErrorCode
+from worker.registry import SHIPPED_ID, CheckpointRegistry, json_safe
+from worker.settings import WorkerSettings
 
-SHIPPED_ID = "default"  # record id of the shipped model
-
-
-def new_checkpoint_id() -> str:
-    """A server-chosen id (never derived from an uploaded file name)."""
-    return "ckpt-" + secrets.token_hex(8)
+log = logging.getLogger("safespot.worker.model")
 
 
 def checkpoint_file(record: Mapping[str, Any], checkpoint_dir: Path, default_model: str) -> Path:
@@ -52,24 +50,6 @@ def relative_path(path: Path, checkpoint_dir: Path) -> str:
         return str(path)
 
 
-def load_record(record: Mapping[str, Any], checkpoint_dir: Path, default_model: str, device: Any) -> Any:
-    """Load the model a record names (models.checkpoint.LoadedCheckpoint), checking its sha256."""
-    from models.checkpoint import load_checkpoint
-
-    path = checkpoint_file(record, checkpoint_dir, default_model)
-    expected = record.get("sha256") or None
-    if record.get("source") == "shipped":
-        expected = None  # the shipped file may be retrained in place; its record follows it
-    return load_checkpoint(path, device=device, expected_sha256=expected)
-
-
-def load_default(default_model: str, device: Any) -> Any:
-    """The shipped default (or SAFESPOT_DEFAULT_MODEL's path)."""
-    from models import load_checkpoint
-
-    return load_checkpoint(default_model, device)
-
-
 def shipped_record(default_model: str) -> CheckpointRecord | None:
     """A registry record for the default model, or None when its file is not there yet."""
     from models import resolve
@@ -81,20 +61,50 @@ def shipped_record(default_model: str) -> CheckpointRecord | None:
         info = read_info(path)
     except ModelError:
         return None
-    from dataclasses import asdict
-
     return {"id": SHIPPED_ID, "name": info.name or default_model, "status": "ready",
             "sha256": file_sha256(path), "path": "", "size_bytes": path.stat().st_size,
             "uploaded_at": path.stat().st_mtime, "info": json_safe(asdict(info)), "vetting": {},
             "error": None, "source": "shipped"}
 
 
-def json_safe(value: Any) -> Any:
-    """Replace non-finite floats by None (JSON has no NaN) and tuples by lists, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
+class ActiveModel:
+    """The model a worker should serve: the registry's active checkpoint (the shipped
+    default while nothing else was activated), reloaded when the activation version moves."""
+
+    def __init__(self, registry: CheckpointRegistry, settings: WorkerSettings, device: Any) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.device = device
+        self.version: int | None = None  # activation version of the loaded model
+        self._failed_version: int | None = None  # a version whose checkpoint would not load
+
+    def changed(self) -> bool:
+        """Has an activation happened since the model was loaded (and is it worth a try)?"""
+        version, _ = self.registry.active_state()
+        return version != self.version and version != self._failed_version
+
+    def load(self) -> tuple[Any, str]:
+        """(models.checkpoint.LoadedCheckpoint, checkpoint id) of the active checkpoint.
+
+        Raises when it cannot be loaded: a worker must not silently serve
+        another model than the one admins activated.  The failed version is
+        remembered so that it is not retried every pass.
+        """
+        from models.checkpoint import load_checkpoint
+
+        version, active = self.registry.active_state()
+        try:
+            record = self.registry.get(active) or ({"source": "shipped"} if active == SHIPPED_ID else None)
+            if record is None:
+                raise CheckpointNotFoundError(f"active checkpoint {active} has no record")
+            path = checkpoint_file(record, self.settings.checkpoint_path, self.settings.default_model)
+            # The shipped file may be retrained in place; its record follows it.
+            expected = None if record.get("source") == "shipped" else record.get("sha256") or None
+            loaded = load_checkpoint(path, device=self.device, expected_sha256=expected)
+        except Exception:
+            self._failed_version = version
+            raise
+        self.version, self._failed_version = version, None
+        log.info("model loaded", extra=fields(checkpoint_id=active, sha256=loaded.sha256,
+                                              version=version, device=str(self.device)))
+        return loaded, active

@@ -11,7 +11,6 @@ called from any thread (the API's request handlers).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker import metrics
-from worker.checkpoints import SHIPPED_ID, checkpoint_file, load_default, load_record
+from worker.checkpoints import ActiveModel, shipped_record
 from worker.errors import ConflictError, JobError, QueueFullError
 from worker.processor import FilterProcessor, FinishedJob, select_device
 from worker.protocol import (
@@ -32,7 +31,7 @@ from worker.protocol import (
     Progress,
     TrainRequest,
 )
-from worker.registry import CheckpointRegistry
+from worker.registry_stores import file_registry
 from worker.settings import SharedSettings, WorkerSettings
 from worker.webhooks import WebhookSender, payload
 
@@ -77,8 +76,8 @@ class EmbeddedBackend:
         self._jobs: dict[str, _Job] = {}
         self._queue: deque[str] = deque()
         self._tombstones: OrderedDict[str, float] = OrderedDict()
-        self.registry = CheckpointRegistry(self.settings.checkpoint_path, self.settings.default_model)
-        self._loaded_activation = 0  # the registry's activation count the loaded model reflects
+        self.registry = file_registry(self.settings.checkpoint_path)
+        self.models = ActiveModel(self.registry, self.settings, self.device)
         self._processor: FilterProcessor | None = None
         self._stopping = threading.Event()
         self._driver: threading.Thread | None = None
@@ -94,7 +93,7 @@ class EmbeddedBackend:
             import torch
 
             torch.set_num_threads(self.settings.threads)
-        self.registry.load()
+        self.registry.register_shipped(shipped_record(self.settings.default_model))
         self._processor = self._new_processor()
         self._driver = threading.Thread(target=self._drive, name="safespot-embedded-worker", daemon=True)
         self._driver.start()
@@ -159,9 +158,7 @@ class EmbeddedBackend:
         return record
 
     def delete_checkpoint(self, checkpoint_id: str) -> None:
-        record = self.registry.delete(checkpoint_id)
-        with contextlib.suppress(JobError, OSError):
-            checkpoint_file(record, self.settings.checkpoint_path, self.settings.default_model).unlink(missing_ok=True)
+        self.registry.delete(checkpoint_id)
 
     # ------------------------------------------------------------- training
     def submit_training(self, request: TrainRequest) -> None:
@@ -194,7 +191,7 @@ class EmbeddedBackend:
         assert processor is not None
         with self._lock:
             self._sweep()
-        reload_due = self.registry.activation != self._loaded_activation
+        reload_due = self.models.changed()
         if reload_due and processor.in_flight == 0:
             self._reload()
             return True
@@ -305,14 +302,7 @@ class EmbeddedBackend:
 
     # ------------------------------------------------------- model and registry
     def _new_processor(self) -> FilterProcessor:
-        active_id, record, activation = self.registry.active()
-        if active_id == SHIPPED_ID or record is None:
-            loaded, checkpoint_id = load_default(self.settings.default_model, self.device), SHIPPED_ID
-        else:
-            loaded = load_record(record, self.settings.checkpoint_path,
-                                 self.settings.default_model, self.device)
-            checkpoint_id = str(record["id"])
-        self._loaded_activation = activation
+        loaded, checkpoint_id = self.models.load()
         processor = FilterProcessor(loaded, checkpoint_id, max_batch=self.settings.max_batch,
                                     max_batch_pixels=self.settings.max_batch_pixels, progress=self._on_progress)
         ref = processor.model_ref
@@ -320,27 +310,17 @@ class EmbeddedBackend:
         return processor
 
     def _reload(self) -> None:
-        """Between batches: load the activated checkpoint; on failure keep the loaded one."""
-        activation = self.registry.activation
+        """Between batches: load the activated checkpoint; on failure keep the loaded one
+        (ActiveModel does not retry that activation; the log says why)."""
         try:
             self._processor = self._new_processor()
         except Exception:
-            self._loaded_activation = activation  # do not retry every round; the log says why
             log.exception("could not load the activated checkpoint; keeping the loaded model")
 
     def _vet(self, checkpoint_id: str) -> None:
-        from worker.vetting import vet_checkpoint
+        from worker.vetting import vet_and_record
 
-        record = self.registry.get(checkpoint_id)
-        if record is None:
-            return
-        try:
-            verdict = vet_checkpoint(record, self.settings, self.device)
-        except Exception as e:  # vet_checkpoint reports known problems itself; this is a bug
-            log.exception("vetting %s failed", checkpoint_id)
-            verdict = {**record, "status": "rejected",  # type: ignore[typeddict-item]
-                       "error": {"code": ErrorCode.VETTING_FAILED, "message": f"{type(e).__name__}: {e}"}}
-        self.registry.put(verdict, only_if_present=True)
+        vet_and_record(self.registry, checkpoint_id, self.settings, self.device)
 
     def _train(self, job_id: str) -> None:
         from worker.training_runs import run_training
@@ -357,7 +337,7 @@ class EmbeddedBackend:
 
         try:
             record = run_training(job.request, self.settings, job_id=job_id,  # type: ignore[arg-type]
-                                  progress=progress, register=lambda record: self.registry.put(record))
+                                  progress=progress, registry=self.registry)
         except Exception as e:
             error = e if isinstance(e, JobError) else JobError(f"{type(e).__name__}: {e}", code=ErrorCode.TRAINING_FAILED)
             with self._lock:

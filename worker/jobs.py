@@ -35,6 +35,7 @@ from worker.protocol import (
     TrainRequest,
     VetRequest,
 )
+from worker.registry_stores import redis_registry
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("safespot.worker.jobs")
@@ -43,7 +44,8 @@ log = logging.getLogger("safespot.worker.jobs")
 @dataclass
 class _ProcessContext:
     settings: WorkerSettings | None = None
-    models: Any = None  # worker.active_model.ActiveModel, for filter_job
+    conn: Any = None  # the Redis connection `models` reads
+    models: Any = None  # worker.checkpoints.ActiveModel, for filter_job
     processor: Any = None  # worker.processor.FilterProcessor, reused across jobs when the process lives on
 
 
@@ -103,12 +105,13 @@ def filter_job(request: FilterRequest) -> FilterResult:
 
 def _processor(conn: Any, settings: WorkerSettings) -> Any:
     """This process's FilterProcessor, (re)loaded when an activation happened."""
-    from worker.active_model import ActiveModel
+    from worker.checkpoints import ActiveModel
     from worker.processor import FilterProcessor, select_device
 
     ctx = _context
-    if ctx.models is None or ctx.models.conn is not conn:
-        ctx.models, ctx.processor = ActiveModel(conn, settings, select_device(settings.device)), None
+    if ctx.models is None or ctx.conn is not conn:
+        models = ActiveModel(redis_registry(conn, settings.checkpoint_path), settings, select_device(settings.device))
+        ctx.conn, ctx.models, ctx.processor = conn, models, None
     if ctx.processor is None or ctx.models.changed():
         try:
             loaded, checkpoint_id = ctx.models.load()
@@ -126,23 +129,19 @@ def _processor(conn: Any, settings: WorkerSettings) -> Any:
 def vet_checkpoint_job(request: VetRequest) -> CheckpointRecord:
     """Validate + vet the checkpoint a record names; the verdict is written to CHECKPOINTS_KEY."""
     from worker.processor import select_device
-    from worker.vetting import vet_checkpoint
+    from worker.vetting import vet_and_record
 
     job = _job()
     settings = current_settings()
+    job.meta["progress"] = {"phase": "vetting", "fraction": 0.0}
+    job.save_meta()
     checkpoint_id = str(request.get("checkpoint_id") or "")
-    record = store.read_record(job.connection, checkpoint_id)
-    if record is None:
+    verdict = vet_and_record(redis_registry(job.connection, settings.checkpoint_path), checkpoint_id, settings,
+                             select_device(settings.device))
+    if verdict is None:
         error = JobError(f"no checkpoint {checkpoint_id!r}", code=ErrorCode.CHECKPOINT_NOT_FOUND)
         _record_error(job, error)
         raise error
-    job.meta["progress"] = {"phase": "vetting", "fraction": 0.0}
-    job.save_meta()
-    verdict = vet_checkpoint(record, settings, select_device(settings.device))
-    if store.read_record(job.connection, checkpoint_id) is None:
-        log.warning("checkpoint %s was deleted while being vetted", checkpoint_id)
-        return verdict
-    store.write_record(job.connection, verdict)
     job.meta["progress"] = {"phase": "done", "fraction": 1.0}
     if verdict.get("error"):
         job.meta["error"] = verdict["error"]
@@ -155,14 +154,15 @@ def train_job(request: TrainRequest) -> CheckpointRecord:
     from worker.training_runs import run_training
 
     job = _job()
+    settings = current_settings()
 
     def progress(values: dict[str, Any]) -> None:
         job.meta["progress"] = values
         job.save_meta()
 
     try:
-        return run_training(request, current_settings(), job_id=job.id, progress=progress,
-                            register=lambda record: store.write_record(job.connection, record))
+        return run_training(request, settings, job_id=job.id, progress=progress,
+                            registry=redis_registry(job.connection, settings.checkpoint_path))
     except JobError as e:
         _record_error(job, e)
         raise

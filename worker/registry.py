@@ -1,137 +1,206 @@
-"""The checkpoint registry of the single-process mode: records in memory, persisted to
-``CHECKPOINT_DIR/registry.json`` (so uploads and the active choice survive a restart).
+"""The checkpoint registry's rules, written once (standard library only: the API imports it).
 
-The Redis deployment keeps the same records in CHECKPOINTS_KEY instead; the
-rules are the same: one active record (the shipped default while nothing
-else is), only a ``ready`` record can be activated, the active and the
-shipped records cannot be deleted.  Thread-safe.
+- A record is ``validating`` (not vetted yet), ``ready`` or ``rejected``; only
+  a ``ready`` one can be activated.  Ids are chosen by the server.
+- Exactly one record is active, derived from one stored key (the shipped model
+  while nothing was ever activated); records never store ``active`` themselves.
+- The active record and the shipped one cannot be deleted.
+
+Every change reads a :class:`Snapshot`, decides a :class:`Change` and applies it
+atomically (:mod:`worker.registry_stores`: Redis under ``WATCH``, or a locked JSON
+file), so concurrent admins and workers cannot break these rules.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-import threading
-from collections.abc import Mapping
+import math
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from worker.checkpoints import SHIPPED_ID, json_safe, shipped_record
 from worker.errors import CheckpointNotFoundError, CheckpointStateError, ConflictError
 from worker.protocol import CheckpointRecord
 
-REGISTRY_FILE = "registry.json"
+SHIPPED_ID = "default"  # record id of the shipped model
+# Ids the registry accepts on read: new ones are ckpt_<16 hex>; records written before the
+# ids were unified (ckpt-<16 hex>, test fixtures, "default") keep working.
+CHECKPOINT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+MAX_SAFETENSORS_HEADER = 100 * 1000 * 1000  # the safetensors library's own cap on its JSON header
+
+
+def new_checkpoint_id() -> str:
+    """A server-chosen id (never derived from an uploaded file name)."""
+    return "ckpt_" + secrets.token_hex(8)
+
+
+def looks_like_safetensors(head: bytes) -> bool:
+    """The container by its first 9 bytes, not its name: an 8-byte little-endian header
+    length within the format's limit, then a JSON object."""
+    if len(head) < 9:
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return 2 <= length <= MAX_SAFETENSORS_HEADER and head[8:9] == b"{"
+
+
+def json_safe(value: Any) -> Any:
+    """Replace non-finite floats by None (JSON has no NaN) and tuples by lists, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+@dataclass
+class Snapshot:
+    """What a store holds, read at one moment."""
+
+    records: dict[str, dict[str, Any]]
+    active_key: str | None  # the stored active id; None while nothing was ever activated
+    version: int  # bumped on every activation: workers reload when it moves
+
+    @property
+    def active_id(self) -> str:
+        return self.active_key or SHIPPED_ID
+
+
+@dataclass
+class Change:
+    """What one decision writes; ``result`` is handed back to the caller."""
+
+    put: list[Mapping[str, Any]] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    activate: str | None = None  # set the active id and bump the version
+    result: Any = None
+
+
+class RegistryStore(Protocol):
+    def snapshot(self) -> Snapshot: ...
+    def active_state(self) -> tuple[int, str | None]: ...  # (version, stored active id): cheap
+    def change(self, decide: Callable[[Snapshot], Change]) -> Change: ...  # atomic; decide may raise
 
 
 class CheckpointRegistry:
-    def __init__(self, directory: Path, default_model: str) -> None:
-        self.directory = directory
-        self.default_model = default_model
-        self.activation = 0  # bumped on every activation: the worker reloads when it moves
-        self._lock = threading.RLock()
-        self._records: dict[str, dict[str, Any]] = {}
-        self._active_id = SHIPPED_ID
+    """The rules over a store; ``directory`` holds the checkpoint files."""
 
-    def load(self) -> None:
-        """Read the saved registry (if any) and add the shipped model's record."""
-        path = self.directory / REGISTRY_FILE
-        saved: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-        records = {str(r["id"]): dict(r) for r in saved.get("records", []) if r.get("id")}
-        shipped = shipped_record(self.default_model)
-        if shipped is not None:
-            records[SHIPPED_ID] = dict(shipped)
-        active = str(saved.get("active") or SHIPPED_ID)
-        if active not in records:
-            active = SHIPPED_ID
-        for record in records.values():  # exactly one active record
-            if record["id"] == active:
-                record["status"] = "active"
-            elif record.get("status") == "active":
-                record["status"] = "ready"
-        with self._lock:
-            self._records, self._active_id = records, active
+    def __init__(self, store: RegistryStore, directory: Path) -> None:
+        self.store = store
+        self.directory = directory
 
     # ---------------------------------------------------------------- reads
     def records(self) -> list[CheckpointRecord]:
-        with self._lock:
-            records = [dict(r) for r in self._records.values()]
-        return cast(list[CheckpointRecord], sorted(records, key=lambda r: r.get("uploaded_at") or 0.0))
+        snap = self.store.snapshot()
+        ordered = sorted(snap.records.values(), key=lambda r: (r.get("uploaded_at") or 0.0, str(r["id"])))
+        return [_view(r, snap.active_id) for r in ordered]
 
-    def get(self, checkpoint_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            record = self._records.get(checkpoint_id)
-            return None if record is None else dict(record)
+    def get(self, checkpoint_id: str) -> CheckpointRecord | None:
+        snap = self.store.snapshot()
+        record = snap.records.get(checkpoint_id)
+        return None if record is None else _view(record, snap.active_id)
 
-    def active(self) -> tuple[str, dict[str, Any] | None, int]:
-        """(active id, a copy of its record, activation count) read together."""
-        with self._lock:
-            record = self._records.get(self._active_id)
-            return self._active_id, None if record is None else dict(record), self.activation
+    def active_state(self) -> tuple[int, str]:
+        """(activation version, active id)."""
+        version, active = self.store.active_state()
+        return version, active or SHIPPED_ID
 
     def ids_with_status(self, status: str) -> list[str]:
-        with self._lock:
-            return [i for i, r in self._records.items() if r.get("status") == status]
+        return [str(r["id"]) for r in self.records() if r.get("status") == status]
 
     # --------------------------------------------------------------- writes
     def add(self, record: Mapping[str, Any]) -> None:
         """A new upload, to be vetted."""
-        checkpoint_id = str(record["id"])
-        with self._lock:
-            if checkpoint_id in self._records:
+        checkpoint_id = _checked_id(str(record.get("id") or ""))
+
+        def decide(snap: Snapshot) -> Change:
+            if checkpoint_id in snap.records:
                 raise ConflictError(f"checkpoint {checkpoint_id} exists")
-            self._records[checkpoint_id] = {**record, "status": "validating"}
-            self._save()
+            return Change(put=[{**record, "status": "validating"}])
+
+        self.store.change(decide)
 
     def put(self, record: Mapping[str, Any], only_if_present: bool = False) -> bool:
         """Store a record (a training result, a vetting verdict); False when ``only_if_present``
-        and it was deleted meanwhile."""
-        checkpoint_id = str(record["id"])
-        with self._lock:
-            if only_if_present and checkpoint_id not in self._records:
-                return False
-            self._records[checkpoint_id] = dict(record)
-            self._save()
-            return True
+        and it was deleted meanwhile.  Never changes which record is active."""
+        checkpoint_id = _checked_id(str(record.get("id") or ""))
+
+        def decide(snap: Snapshot) -> Change:
+            if only_if_present and checkpoint_id not in snap.records:
+                return Change(result=False)
+            return Change(put=[{**record, "status": _stored_status(record)}], result=True)
+
+        return bool(self.store.change(decide).result)
+
+    def register_shipped(self, record: Mapping[str, Any] | None) -> None:
+        """The shipped model's record, describing its file as it is now (None: no file yet)."""
+        if record is not None:
+            self.put({**record, "id": SHIPPED_ID, "source": "shipped"})
 
     def activate(self, checkpoint_id: str) -> CheckpointRecord:
-        with self._lock:
-            record = self._existing(checkpoint_id)
-            if record.get("status") not in ("ready", "active"):
-                raise CheckpointStateError(f"checkpoint {checkpoint_id} is {record.get('status')}, not ready")
-            previous = self._records.get(self._active_id)
-            if previous is not None and previous is not record:
-                previous["status"] = "ready"
-            record["status"] = "active"
-            self._active_id = checkpoint_id
-            self.activation += 1
-            self._save()
-            return cast(CheckpointRecord, dict(record))
+        """Make a ready record the active one; activating the active one changes nothing."""
+        def decide(snap: Snapshot) -> Change:
+            record = _existing(snap, checkpoint_id)
+            if checkpoint_id == snap.active_id:
+                return Change(result=_view(record, snap.active_id))
+            if _stored_status(record) != "ready":
+                raise CheckpointStateError(
+                    f"checkpoint {checkpoint_id} is {record.get('status')}; "
+                    "only a ready (validated and vetted) checkpoint can be activated")
+            return Change(activate=checkpoint_id, result=_view(record, checkpoint_id))
 
-    def delete(self, checkpoint_id: str) -> dict[str, Any]:
-        """Remove a record (not the active one, not the shipped one); returns it."""
-        with self._lock:
-            record = self._existing(checkpoint_id)
-            if checkpoint_id == self._active_id:
-                raise CheckpointStateError("the active checkpoint cannot be deleted; activate another first")
-            if record.get("source") == "shipped":
+        return cast(CheckpointRecord, self.store.change(decide).result)
+
+    def delete(self, checkpoint_id: str) -> CheckpointRecord:
+        """Remove a record (never the active one, never the shipped one), then its file."""
+        def decide(snap: Snapshot) -> Change:
+            record = _existing(snap, checkpoint_id)
+            if checkpoint_id == snap.active_id:
+                raise CheckpointStateError(
+                    f"checkpoint {checkpoint_id} is active; activate another one first")
+            if checkpoint_id == SHIPPED_ID or record.get("source") == "shipped":
                 raise CheckpointStateError("the shipped model cannot be deleted")
-            del self._records[checkpoint_id]
-            self._save()
-            return record
+            return Change(delete=[checkpoint_id], result=_view(record, snap.active_id))
 
-    def _existing(self, checkpoint_id: str) -> dict[str, Any]:
-        record = self._records.get(checkpoint_id)
-        if record is None:
-            raise CheckpointNotFoundError(f"no checkpoint {checkpoint_id!r}")
+        record = cast(CheckpointRecord, self.store.change(decide).result)
+        remove_file(record, self.directory)
         return record
 
-    def _save(self) -> None:
-        """Uploaded/trained records and the active id, written atomically (lock held)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        body = {"active": self._active_id,
-                "records": [json_safe(r) for r in self._records.values() if r.get("source") != "shipped"]}
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{REGISTRY_FILE}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(body, f, indent=1)
-        os.replace(tmp, self.directory / REGISTRY_FILE)
+
+def remove_file(record: Mapping[str, Any], directory: Path) -> None:
+    """Delete a record's file, only ever directly inside the checkpoint directory
+    (a record's ``path`` is data, not to be trusted as a path)."""
+    name = Path(str(record.get("path") or "")).name
+    if not name or record.get("source") == "shipped":
+        return
+    root = directory.resolve()
+    target = (root / name).resolve()
+    if target.parent == root:
+        target.unlink(missing_ok=True)
+
+
+def _checked_id(checkpoint_id: str) -> str:
+    if not CHECKPOINT_ID.match(checkpoint_id):
+        raise ConflictError(f"invalid checkpoint id {checkpoint_id[:80]!r}")
+    return checkpoint_id
+
+
+def _existing(snap: Snapshot, checkpoint_id: str) -> dict[str, Any]:
+    record = snap.records.get(checkpoint_id)
+    if record is None:
+        raise CheckpointNotFoundError(f"no checkpoint {checkpoint_id[:80]!r}")
+    return record
+
+
+def _stored_status(record: Mapping[str, Any]) -> str:
+    """Records written before the active status was derived may say "active": they are ready."""
+    status = str(record.get("status") or "validating")
+    return "ready" if status == "active" else status
+
+
+def _view(record: Mapping[str, Any], active_id: str) -> CheckpointRecord:
+    status = "active" if record.get("id") == active_id else _stored_status(record)
+    return cast(CheckpointRecord, {**record, "status": status})

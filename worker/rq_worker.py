@@ -44,13 +44,13 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from worker import jobs, metrics, store
-from worker.active_model import ActiveModel
-from worker.checkpoints import shipped_record
+from worker.checkpoints import ActiveModel, shipped_record
 from worker.errors import JobError
 from worker.liveness import Liveness
 from worker.logs import fields, setup_logging
 from worker.processor import FilterProcessor, FinishedJob, select_device
 from worker.protocol import FILTER_FUNC, FILTER_QUEUE, ErrorCode, FilterRequest, Progress
+from worker.registry_stores import redis_registry
 from worker.settings import WorkerSettings
 from worker.webhooks import WebhookSender, payload
 
@@ -81,7 +81,7 @@ class BatchingWorker(SimpleWorker):
                          worker_ttl=max(IDLE_POLL_S + 25, settings.job_heartbeat_ttl_s))
         self.settings = settings
         self.device = select_device(settings.device)
-        self.models = ActiveModel(connection, settings, self.device)
+        self.models = ActiveModel(redis_registry(connection, settings.checkpoint_path), settings, self.device)
         self.processor: FilterProcessor | None = None
         self.webhooks = WebhookSender(settings.webhook_allowed_hosts, settings.webhook_timeout_s,
                                       settings.webhook_retries)
@@ -97,7 +97,7 @@ class BatchingWorker(SimpleWorker):
         jobs.use_settings(self.settings)
         if self._filter_queue is not None:
             self._load_model()  # fail fast, before the worker announces itself
-            store.ensure_shipped_record(self.connection, shipped_record(self.settings.default_model))
+            self.models.registry.register_shipped(shipped_record(self.settings.default_model))
         try:
             metrics.serve(self.settings.metrics_port)
         except OSError as e:  # a port clash must not stop the work; the log says why

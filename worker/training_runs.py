@@ -1,8 +1,8 @@
 """A training run as a job: TrainRequest in, a registered and vetted CheckpointRecord out.
 
 Shared by :func:`worker.jobs.train_job` (the trainer sidecar, records in
-Redis) and the embedded backend (records in memory): storage and progress
-reporting come in as callbacks.  The result is never activated.
+Redis) and the embedded backend (records in a JSON file): the registry and
+progress reporting come in as arguments.  The result is never activated.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from worker import metrics
-from worker.checkpoints import new_checkpoint_id, relative_path
+from worker.checkpoints import relative_path
 from worker.errors import JobError
 from worker.logs import fields
 from worker.protocol import CheckpointRecord, ErrorCode, TrainRequest
+from worker.registry import CheckpointRegistry, new_checkpoint_id
 from worker.settings import WorkerSettings
-from worker.vetting import vet_checkpoint
+from worker.vetting import vet_and_record
 
 log = logging.getLogger("safespot.worker.training")
 
 ProgressSink = Callable[[dict[str, Any]], None]
-RecordSink = Callable[[CheckpointRecord], object]
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -65,7 +65,7 @@ def _data_source(request: TrainRequest, settings: WorkerSettings) -> str:
 
 
 def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str,
-                 progress: ProgressSink, register: RecordSink) -> CheckpointRecord:
+                 progress: ProgressSink, registry: CheckpointRegistry) -> CheckpointRecord:
     """Train, register the checkpoint as "validating", vet it, register the verdict; return it."""
     from worker.trainer import train
 
@@ -93,11 +93,10 @@ def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str
         "path": relative_path(path, settings.checkpoint_path), "size_bytes": path.stat().st_size,
         "uploaded_at": round(time.time(), 3), "info": {}, "vetting": {}, "error": None,
         "source": f"training:{job_id}"}
-    register(record)
+    registry.put(record)
     progress({"phase": "vetting", "fraction": 0.97, "epoch": cfg.epochs, "epochs": cfg.epochs,
               "checkpoint_id": checkpoint_id, "train_seconds": round(time.time() - started, 1)})
-    record = vet_checkpoint(record, settings)
-    register(record)
+    record = vet_and_record(registry, checkpoint_id, settings) or record
     outcome = "finished" if record.get("status") == "ready" else "rejected"
     metrics.TRAINING_JOBS.labels(outcome=outcome).inc()
     progress({"phase": "done", "fraction": 1.0, "epoch": cfg.epochs, "epochs": cfg.epochs,

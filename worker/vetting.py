@@ -1,6 +1,8 @@
 """Validate and vet an uploaded (or freshly trained) checkpoint.
 
-:func:`vet_checkpoint` takes a CheckpointRecord whose file lies in the
+:func:`vet_and_record` is what the upload path (an RQ job, or the embedded
+backend's thread) and the training path call: it vets the record the
+registry holds and stores the verdict.  :func:`vet_checkpoint` takes a CheckpointRecord whose file lies in the
 checkpoint directory and returns the updated record: ``status: "ready"``
 with a short vetting evaluation, or ``status: "rejected"`` with an error
 code and message.  It never activates anything and never executes code
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -45,16 +46,28 @@ from models.checkpoint import (
 )
 from models.errors import ModelError
 from safespot.threat import Norm
-from worker.checkpoints import checkpoint_file, json_safe, new_checkpoint_id, relative_path
+from worker.checkpoints import checkpoint_file, relative_path
 from worker.errors import JobError
 from worker.protocol import CheckpointRecord, ErrorCode
+from worker.registry import CHECKPOINT_ID, CheckpointRegistry, json_safe, looks_like_safetensors
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("safespot.worker.vetting")
 
 VETTING_PRESET = "fast"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_SAFETENSORS_HEADER_LIMIT = 16 * 1024**2
+
+
+def vet_and_record(registry: CheckpointRegistry, checkpoint_id: str, settings: WorkerSettings,
+                   device: torch.device | None = None) -> CheckpointRecord | None:
+    """Vet the record the registry holds and store the verdict (unless the record was
+    deleted meanwhile); None when there is no such record."""
+    record = registry.get(checkpoint_id)
+    if record is None:
+        return None
+    verdict = vet_checkpoint(record, settings, device)
+    if not registry.put(verdict, only_if_present=True):
+        log.warning("checkpoint %s was deleted while being vetted", checkpoint_id)
+    return verdict
 
 
 def vet_checkpoint(record: Mapping[str, Any], settings: WorkerSettings,
@@ -63,20 +76,19 @@ def vet_checkpoint(record: Mapping[str, Any], settings: WorkerSettings,
     out: dict[str, Any] = dict(record)
     try:
         loaded = _validated(out, settings)
+        out.update(sha256=loaded.sha256, path=relative_path(loaded.path, settings.checkpoint_path),
+                   size_bytes=loaded.path.stat().st_size, info=json_safe(asdict(loaded.info)), error=None)
+        if not out.get("name"):
+            out["name"] = loaded.info.name or str(out.get("id"))
+        if device is not None:
+            loaded.model.to(device)
+        out["vetting"] = vetting_evaluation(loaded, settings)
     except JobError as e:
         return _rejected(out, e)
     except ModelError as e:
         return _rejected(out, JobError(str(e), code=ErrorCode(e.code)))
-    out.update(sha256=loaded.sha256, path=relative_path(loaded.path, settings.checkpoint_path),
-               size_bytes=loaded.path.stat().st_size, info=json_safe(asdict(loaded.info)), error=None)
-    if not out.get("name"):
-        out["name"] = loaded.info.name or str(out.get("id"))
-    if device is not None:
-        loaded.model.to(device)
-    try:
-        out["vetting"] = vetting_evaluation(loaded, settings)
-    except Exception as e:  # a model that loads but cannot be attacked is not servable either
-        log.exception("vetting evaluation of %s failed", out.get("id"))
+    except Exception as e:  # a bug, or a model that loads but cannot be attacked: not servable either
+        log.exception("vetting %s failed", out.get("id"))
         return _rejected(out, JobError(f"{type(e).__name__}: {e}", code=ErrorCode.VETTING_FAILED))
     out["status"] = "ready"
     return cast(CheckpointRecord, out)
@@ -94,20 +106,12 @@ def _validated(record: Mapping[str, Any], settings: WorkerSettings) -> LoadedChe
         raise JobError(f"no file for checkpoint {record.get('id')}", code=ErrorCode.CHECKPOINT_MISSING)
     size = path.stat().st_size
     if size > settings.max_checkpoint_bytes:
-        raise JobError(f"{size} bytes is over the {settings.max_checkpoint_bytes}-byte limit", code=ErrorCode.CHECKPOINT_TOO_LARGE)
-    if is_safetensors(path):
-        return load_checkpoint(path)
-    return _convert_state_dict(record, path, settings.checkpoint_path)
-
-
-def is_safetensors(path: Path) -> bool:
-    """Sniff the content, not the name: an 8-byte header length then a JSON object."""
+        raise JobError(f"{size} bytes is over the {settings.max_checkpoint_bytes}-byte limit",
+                       code=ErrorCode.CHECKPOINT_TOO_LARGE)
     with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9:
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return 0 < n <= _SAFETENSORS_HEADER_LIMIT and head[8:9] == b"{"
+        if looks_like_safetensors(f.read(9)):  # the content decides, not the name
+            return load_checkpoint(path)
+    return _convert_state_dict(record, path, settings.checkpoint_path)
 
 
 def _convert_state_dict(record: Mapping[str, Any], path: Path, checkpoint_dir: Path) -> LoadedCheckpoint:
@@ -123,8 +127,9 @@ def _convert_state_dict(record: Mapping[str, Any], path: Path, checkpoint_dir: P
         raise
     model = model_from_state(info, state)
     record_id = str(record.get("id") or "")
-    stem = record_id if _SAFE_ID.match(record_id) else new_checkpoint_id()
-    target = checkpoint_dir / f"{stem}.safetensors"
+    if not CHECKPOINT_ID.match(record_id):  # the registry never stores such an id; a direct caller might
+        raise JobError(f"invalid checkpoint id {record_id[:80]!r}", code=ErrorCode.INVALID_PATH)
+    target = checkpoint_dir / f"{record_id}.safetensors"
     save_checkpoint(model, info, target)
     loaded = load_checkpoint(target)  # re-read exactly what workers will load
     if path.resolve() != target.resolve():

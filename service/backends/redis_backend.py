@@ -30,13 +30,11 @@ import redis
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
-from service.backends import redis_checkpoints as registry
 from service.backends.rq_jobs import job_view, load_job
 from service.errors import NotReady, QueueFull
 from service.settings import Settings
 from worker.protocol import (
     ADMIN_QUEUE,
-    CHECKPOINTS_KEY,
     FILTER_FUNC,
     FILTER_QUEUE,
     TRAIN_FUNC,
@@ -53,6 +51,7 @@ from worker.protocol import (
     upload_key,
     worker_alive_key,
 )
+from worker.registry_stores import redis_registry
 
 logger = logging.getLogger("safespot.service")
 
@@ -86,6 +85,7 @@ class RedisJobBackend:
         self.redis = connection or settings.redis_client()
         self.queues = {name: Queue(name, connection=self.redis, serializer=JSONSerializer)
                        for name in (FILTER_QUEUE, ADMIN_QUEUE, TRAIN_QUEUE)}
+        self.registry = redis_registry(self.redis, settings.checkpoint_path)
         self._reap_lock = threading.Lock()
         self._last_reap: dict[str, float] = {}
 
@@ -196,12 +196,12 @@ class RedisJobBackend:
     # ----------------------------------------------------------- checkpoints
     @_redis_errors_as_503
     def list_checkpoints(self) -> list[CheckpointRecord]:
-        return registry.list_records(self.redis)
+        return self.registry.records()
 
     @_redis_errors_as_503
     def add_checkpoint(self, record: CheckpointRecord) -> None:
         checkpoint_id = record["id"]
-        self.redis.hset(CHECKPOINTS_KEY, checkpoint_id, json.dumps(record))
+        self.registry.add(record)
         self.queues[ADMIN_QUEUE].enqueue_call(
             VET_FUNC, args=(VetRequest(checkpoint_id=checkpoint_id),), job_id=f"vet-{checkpoint_id}",
             timeout=self.settings.vet_timeout_s, result_ttl=ADMIN_RESULT_TTL_S,
@@ -210,11 +210,11 @@ class RedisJobBackend:
 
     @_redis_errors_as_503
     def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
-        return registry.activate(self.redis, checkpoint_id)
+        return self.registry.activate(checkpoint_id)
 
     @_redis_errors_as_503
     def delete_checkpoint(self, checkpoint_id: str) -> None:
-        registry.delete(self.redis, checkpoint_id, self.settings.checkpoint_path)
+        self.registry.delete(checkpoint_id)
 
     # -------------------------------------------------------------- training
     @_redis_errors_as_503

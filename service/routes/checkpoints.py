@@ -1,9 +1,12 @@
-"""Checkpoint admin: list, upload, activate, delete (admin key only)."""
+"""Checkpoint admin: list, upload, activate, delete (admin key only).
+
+The rules (only a ready checkpoint activates; the active and the shipped ones
+cannot be deleted) are the registry's (worker.registry), whichever backend
+holds it; its refusals arrive here as 404/409 through `call_backend`."""
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -11,25 +14,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from service.auth import AdminRole
-from service.checkpoint_files import clean_name, new_checkpoint_id, parse_metadata, store_checkpoint
+from service.checkpoint_files import clean_name, parse_metadata, store_checkpoint
 from service.deps import BackendDep, SettingsDep, call_backend
-from service.errors import Conflict, NotFound, Validation
+from service.errors import Conflict, Validation
 from service.schemas import CheckpointList, CheckpointResponse, error_responses
-from worker.protocol import CheckpointRecord, ErrorCode, JobBackend
+from worker.protocol import CheckpointRecord, ErrorCode
+from worker.registry import new_checkpoint_id
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints (admin)"])
 logger = logging.getLogger("safespot.service")
-
-CHECKPOINT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
-
-
-async def find_checkpoint(backend: JobBackend, checkpoint_id: str) -> CheckpointRecord:
-    if not CHECKPOINT_ID.match(checkpoint_id):
-        raise NotFound(f"no checkpoint {checkpoint_id[:80]!r}")
-    for record in await call_backend(backend.list_checkpoints):
-        if record.get("id") == checkpoint_id:
-            return record
-    raise NotFound(f"no checkpoint {checkpoint_id}")
 
 
 @router.get("", response_model=CheckpointList, summary="List checkpoints",
@@ -99,25 +92,17 @@ async def upload_checkpoint(request: Request, _role: AdminRole, settings: Settin
              responses=error_responses(401, 403, 404, 409, 503))
 async def activate_checkpoint(checkpoint_id: str, _role: AdminRole,
                               backend: BackendDep) -> CheckpointResponse:
-    """Workers switch to it between batches, without restarting or losing jobs."""
-    record = await find_checkpoint(backend, checkpoint_id)
-    if record.get("status") == "active":
-        return CheckpointResponse.model_validate(record)
-    if record.get("status") != "ready":
-        raise Conflict(f"checkpoint {checkpoint_id} is {record.get('status')}; "
-                       "only a ready (validated and vetted) checkpoint can be activated")
+    """Workers switch to it between batches, without restarting or losing jobs.
+    Activating the active checkpoint changes nothing."""
     activated = await call_backend(backend.activate_checkpoint, checkpoint_id)
     logger.info("checkpoint activated", extra={"checkpoint_id": checkpoint_id})
     return CheckpointResponse.model_validate(activated)
 
 
 @router.delete("/{checkpoint_id}", status_code=204, response_class=Response,
-               summary="Delete a checkpoint that is not active",
+               summary="Delete a checkpoint that is neither active nor shipped",
                responses=error_responses(401, 403, 404, 409, 503))
 async def delete_checkpoint(checkpoint_id: str, _role: AdminRole, backend: BackendDep) -> Response:
-    record = await find_checkpoint(backend, checkpoint_id)
-    if record.get("status") == "active":
-        raise Conflict(f"checkpoint {checkpoint_id} is active; activate another one first")
     await call_backend(backend.delete_checkpoint, checkpoint_id)
     logger.info("checkpoint deleted", extra={"checkpoint_id": checkpoint_id})
     return Response(status_code=204)

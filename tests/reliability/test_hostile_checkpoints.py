@@ -31,7 +31,7 @@ from tests.reliability.conftest import (
     stream_upload,
     wait_for,
 )
-from worker.checkpoints import json_safe
+from worker.registry import json_safe
 
 pytestmark = pytest.mark.integration
 

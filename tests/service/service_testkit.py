@@ -2,12 +2,14 @@
 
 `FakeJobBackend` is a test double for the *queue* (the JobBackend protocol),
 not for Redis: Redis itself is tested with a real server in
-test_service_redis_backend.py.
+test_service_redis_backend.py.  Its checkpoints live in the real registry
+(worker.registry, on a JSON file), so the routes meet the real rules.
 """
 
 from __future__ import annotations
 
 import io
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from rq.serializers import JSONSerializer
 
 from worker import protocol
 from worker.protocol import CheckpointRecord, FilterRequest, JobView, TrainRequest
+from worker.registry_stores import file_registry
 
 PHOTOS = Path(__file__).resolve().parents[1] / "fixtures" / "photos"
 CLIENT_KEY = "client-key-0123456789abcdef"
@@ -66,7 +69,8 @@ class FakeJobBackend:
         self.requests: dict[str, FilterRequest] = {}
         self.uploads: dict[str, bytes] = {}
         self.images: dict[str, bytes] = {}
-        self.checkpoints: dict[str, CheckpointRecord] = {}
+        self._registry_dir = tempfile.TemporaryDirectory(prefix="safespot-fake-registry-")  # removed with self
+        self.registry = file_registry(Path(self._registry_dir.name))
         self.training: dict[str, TrainRequest] = {}
         self.lock = threading.Lock()
 
@@ -84,7 +88,12 @@ class FakeJobBackend:
             self.jobs[job_id].update(status="failed", error={"code": code, "message": "it broke"})
 
     def set_status(self, checkpoint_id: str, status: str) -> None:
-        self.checkpoints[checkpoint_id]["status"] = status  # type: ignore[typeddict-item]
+        """What a worker's vetting verdict does."""
+        self.registry.put({**self.checkpoints[checkpoint_id], "status": status})
+
+    @property
+    def checkpoints(self) -> dict[str, CheckpointRecord]:
+        return {r["id"]: r for r in self.registry.records()}
 
     # --- JobBackend
     def submit_filter(self, request: FilterRequest, image_png: bytes) -> None:
@@ -112,20 +121,16 @@ class FakeJobBackend:
         return (True, "1 worker") if self.is_ready else (False, "no live worker with a loaded model")
 
     def list_checkpoints(self) -> list[CheckpointRecord]:
-        return [CheckpointRecord(**r) for r in self.checkpoints.values()]  # type: ignore[typeddict-item]
+        return self.registry.records()
 
     def add_checkpoint(self, record: CheckpointRecord) -> None:
-        self.checkpoints[record["id"]] = CheckpointRecord(**record)  # type: ignore[typeddict-item]
+        self.registry.add(record)
 
     def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
-        for record in self.checkpoints.values():
-            if record.get("status") == "active":
-                record["status"] = "ready"
-        self.checkpoints[checkpoint_id]["status"] = "active"
-        return self.checkpoints[checkpoint_id]
+        return self.registry.activate(checkpoint_id)
 
     def delete_checkpoint(self, checkpoint_id: str) -> None:
-        del self.checkpoints[checkpoint_id]
+        self.registry.delete(checkpoint_id)
 
     def submit_training(self, request: TrainRequest) -> None:
         self.training[request["job_id"]] = request

@@ -20,9 +20,10 @@ from rq.serializers import JSONSerializer
 from service_testkit import install_stand_in_jobs, run_worker
 
 from service.backends.redis_backend import RedisJobBackend
-from service.errors import Conflict, NotFound, QueueFull
+from service.errors import QueueFull
 from service.settings import Settings
 from worker import protocol
+from worker.errors import CheckpointStateError
 
 pytestmark = pytest.mark.integration
 
@@ -161,13 +162,14 @@ def record(checkpoint_id: str, status: str = "ready", **extra: Any) -> protocol.
                                      size_bytes=1, uploaded_at=time.time(), source="upload", **extra)
 
 
-def test_checkpoint_registry_lifecycle(backend, redis_conn, settings):  # type: ignore[no-untyped-def]
+def test_checkpoints_go_through_the_registry_and_uploads_are_vetted(backend, redis_conn, settings):  # type: ignore[no-untyped-def]
+    """The rules themselves are tested against both stores in tests/worker/test_registry.py."""
     settings.checkpoint_path.mkdir(parents=True)
     backend.add_checkpoint(record("ck1", status="validating"))
     vet = Job.fetch("vet-ck1", connection=redis_conn, serializer=JSONSerializer)
     assert vet.func_name == protocol.VET_FUNC and vet.origin == protocol.ADMIN_QUEUE
     assert vet.args[0] == {"checkpoint_id": "ck1"}
-    with pytest.raises(Conflict):
+    with pytest.raises(CheckpointStateError):
         backend.activate_checkpoint("ck1")  # still validating
 
     for name in ("ck1", "ck2"):  # a worker vetted them
@@ -175,26 +177,7 @@ def test_checkpoint_registry_lifecycle(backend, redis_conn, settings):  # type: 
         (settings.checkpoint_path / f"{name}.safetensors").write_bytes(b"x")
     assert backend.activate_checkpoint("ck1")["status"] == "active"
     assert redis_conn.get(protocol.ACTIVE_CHECKPOINT_KEY) == b"ck1"
-    assert backend.activate_checkpoint("ck2")["status"] == "active"
-    assert int(redis_conn.get(protocol.ACTIVE_VERSION_KEY)) == 2
-    statuses = {r["id"]: r["status"] for r in backend.list_checkpoints()}
-    assert statuses == {"ck1": "ready", "ck2": "active"}
-
-    with pytest.raises(Conflict):
-        backend.delete_checkpoint("ck2")
+    backend.activate_checkpoint("ck2")
+    assert {r["id"]: r["status"] for r in backend.list_checkpoints()} == {"ck1": "ready", "ck2": "active"}
     backend.delete_checkpoint("ck1")
-    assert [r["id"] for r in backend.list_checkpoints()] == ["ck2"]
     assert not (settings.checkpoint_path / "ck1.safetensors").exists()
-    assert (settings.checkpoint_path / "ck2.safetensors").exists()
-    with pytest.raises(NotFound):
-        backend.activate_checkpoint("nope")
-
-
-def test_delete_never_leaves_the_checkpoint_directory(backend, redis_conn, settings, tmp_path):  # type: ignore[no-untyped-def]
-    outside = tmp_path / "precious.txt"
-    outside.write_text("keep me")
-    evil = record("ck3")
-    evil["path"] = "../precious.txt"
-    redis_conn.hset(protocol.CHECKPOINTS_KEY, "ck3", json.dumps(evil))
-    backend.delete_checkpoint("ck3")
-    assert outside.read_text() == "keep me"

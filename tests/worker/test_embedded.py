@@ -17,7 +17,7 @@ from tests.conftest import FIXTURES, TINY_MODEL
 from tests.worker.conftest import cifar_png, filter_request, photo, png_bytes, wait_for
 from worker.embedded import EmbeddedBackend
 from worker.errors import CheckpointNotFoundError, CheckpointStateError, QueueFullError
-from worker.registry import REGISTRY_FILE
+from worker.registry_stores import REGISTRY_FILE
 from worker.settings import WorkerSettings
 
 
@@ -111,7 +111,8 @@ def test_checkpoints_are_vetted_activated_and_deleted(backend, tmp_path, cifar_m
     with pytest.raises(CheckpointNotFoundError):
         backend.activate_checkpoint("nope")
     saved = json.loads((directory / REGISTRY_FILE).read_text())
-    assert saved["active"] == "mine" and [r["id"] for r in saved["records"]] == ["mine"]
+    assert saved["active"] == "mine" and sorted(r["id"] for r in saved["records"]) == ["default", "mine"]
+    assert {r["status"] for r in saved["records"]} == {"ready"}  # "active" is derived, never stored
     backend.activate_checkpoint("default")
     backend.delete_checkpoint("mine")
     assert not (directory / "mine.safetensors").exists()

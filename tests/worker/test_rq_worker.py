@@ -41,6 +41,7 @@ from worker.protocol import (
     upload_key,
     worker_alive_key,
 )
+from worker.registry_stores import redis_registry
 
 pytestmark = pytest.mark.integration
 TERMINAL = ("finished", "failed")
@@ -105,7 +106,8 @@ def test_queued_jobs_share_batches_and_each_ends_on_its_own(
     status = json.loads(redis_conn.hget(WORKERS_KEY, redis_conn.hkeys(WORKERS_KEY)[0]))
     assert status["model"]["sha256"] == result["model"]["sha256"] and FILTER_QUEUE in status["queues"]
     assert redis_conn.exists(worker_alive_key(status["name"]))
-    assert json.loads(redis_conn.hget(CHECKPOINTS_KEY, "default"))["status"] == "active"
+    shipped = redis_registry(redis_conn, tmp_path / "checkpoints").get("default")  # registered by the worker
+    assert shipped is not None and shipped["status"] == "active"  # derived: nothing else was activated
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
     model = {"model": "tiny-test-fixture"}
