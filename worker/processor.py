@@ -101,6 +101,15 @@ def reencode_quality(request: FilterRequest) -> int:
     return int(spec["quality"])
 
 
+def build_processor(settings: Any, checkpoint: LoadedCheckpoint, checkpoint_id: str, *,
+                    progress: ProgressCallback | None = None, **limits: Any) -> FilterProcessor:
+    """The one way a FilterProcessor is made: batch limits from worker settings (``None``:
+    the defaults), overridden by ``limits`` (the command line's own)."""
+    if settings is not None:
+        limits = {"max_batch": settings.max_batch, "max_batch_pixels": settings.max_batch_pixels, **limits}
+    return FilterProcessor(checkpoint, checkpoint_id, progress=progress, **limits)
+
+
 class FilterProcessor:
     """Loaded model + search engines; add jobs, step, collect finished jobs."""
 

@@ -1,0 +1,175 @@
+"""Every use of RQ's internals, in one place.
+
+The batching worker keeps :class:`rq.SimpleWorker`'s work loop, signals,
+maintenance and registries, but runs filter jobs itself, many per search
+pass.  That needs parts of RQ that are not its public API: marking a job
+started the way ``perform_job`` does, the tail of ``perform_job`` (success
+and failure paths), the worker's table of executions, the dequeue loop.
+They all live here, ``rq`` is pinned to one minor version in pyproject.toml,
+and tests/worker/test_rq_compat.py exercises each against a real Redis, so
+an RQ upgrade that changes them fails that test rather than production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.exceptions import DequeueTimeout
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.utils import now
+from rq.worker import WorkerStatus
+
+log = logging.getLogger("safespot.worker")
+
+IDLE_POLL_S = 5  # an idle worker wakes this often (heartbeat, maintenance, the idle hook)
+REDIS_WAIT_CAP_S = 5.0  # after a job, retry an unreachable Redis at least this often
+
+
+class CompatWorker(SimpleWorker):
+    """SimpleWorker plus the few operations the batching worker needs, named for what they do."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.finalize_lock = threading.Lock()  # never heartbeat an execution while it is being ended
+        self.on_idle: Callable[[], None] = lambda: None  # called between short dequeue waits
+
+    @property
+    def stop_requested(self) -> bool:
+        return bool(self._stop_requested)
+
+    @property
+    def busy(self) -> bool:
+        """Some execution (a batched filter job or a job RQ performs) is in flight."""
+        return bool(self.executions)
+
+    # ------------------------------------------------------------ dequeuing
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None,
+                                     max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
+        """RQ's blocking dequeue, in short waits so an idle worker runs ``on_idle`` (activations)."""
+        self.set_state(WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        idle_since, backoff = time.monotonic(), 1.0
+        while True:
+            try:
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                self.on_idle()
+                wait = None if timeout is None else max(1, min(timeout, IDLE_POLL_S))
+                result = self._dequeue(self._ordered_queues, wait)
+                if result is not None:
+                    self.reorder_queues(reference_queue=result[1])
+                return result
+            except DequeueTimeout:
+                if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                    return None
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                log.error("Redis unreachable (%s); retrying in %.0f s", e, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 60.0)
+
+    def dequeue_now(self, queue: Queue) -> tuple[Job, Queue] | None:
+        """One job from ``queue`` without waiting, or None."""
+        return self._dequeue([queue], None)
+
+    def _dequeue(self, queues: list[Queue], wait: int | None) -> tuple[Job, Queue] | None:
+        return self.queue_class.dequeue_any(
+            queues, wait, connection=self.connection, job_class=self.job_class,
+            serializer=self.serializer, death_penalty_class=self.death_penalty_class)
+
+    def requeue_at_front(self, job: Job, queue: Queue) -> None:
+        """Return a dequeued, not yet started job to the front of its queue (atomically)."""
+        with self.connection.pipeline() as pipe:
+            pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            queue.push_job_id(job.id, pipeline=pipe, at_front=True)
+            pipe.execute()
+
+    def run_as_rq_would(self, job: Job, queue: Queue) -> None:
+        """Perform a job the stock SimpleWorker way (vetting, training, a stray job)."""
+        SimpleWorker.execute_job(self, job, queue)
+
+    def set_idle(self) -> None:
+        self.set_state(WorkerStatus.IDLE)
+
+    def set_busy(self) -> None:
+        self.set_state(WorkerStatus.BUSY)
+
+    # ------------------------------------------------ the job's bookkeeping
+    def mark_started(self, job: Job) -> Execution:
+        """What RQ does before running a job: an Execution in the StartedJobRegistry, status
+        ``started``, the job out of the intermediate queue (a leftover entry would later be
+        failed by RQ's cleanup)."""
+        execution = self.prepare_execution(job)
+        self.prepare_job_execution(job, remove_from_intermediate_queue=True)
+        job.started_at = now()
+        return execution
+
+    def record_success(self, job: Job, queue: Queue, execution: Execution, result: Any) -> None:
+        """The tail of RQ's ``perform_job`` for a job that returned ``result``."""
+        with self.finalize_lock:
+            self._finalize_success(job, queue, execution, result)
+
+    def record_failure(self, job: Job, queue: Queue, execution: Execution, reason: str,
+                       retryable: bool) -> bool:
+        """RQ's failure path (a retry is spent when one is left and ``retryable``);
+        True when the job was queued again rather than failed."""
+        if not retryable:
+            job.retries_left = 0  # the same input fails the same way: spend no retry on it
+        with self.finalize_lock:
+            self.handle_execution_ended(job, queue, job.failure_callback_timeout)
+            self.handle_job_failure(job, queue, started_job_registry=queue.started_job_registry,
+                                    exc_string=reason, execution=execution)
+        return job.get_status(refresh=False) != JobStatus.FAILED
+
+    def forget(self, execution: Execution) -> None:
+        """Stop heart-beating an execution whose end could not be recorded, so that RQ's
+        abandoned-job cleanup retries or fails it rather than it staying ``started``."""
+        self.executions.pop(execution.id, None)
+
+    def heartbeat_executions(self) -> None:
+        """Push every in-flight execution's expiry in the StartedJobRegistry ahead."""
+        with self.finalize_lock:
+            for execution in list(self.executions.values()):
+                self.maintain_heartbeats(execution.job, execution)
+
+    # -------------------------------------------------------------- shutdown
+    def unsubscribe(self) -> None:
+        """Leave the command channel at once.
+
+        RQ's own version unsubscribes, then stops redis-py's reader thread, which
+        waits for the reader's current ``get_message(timeout=60)``: when the
+        unsubscribe reply arrived before the stop, shutdown took a minute.
+        Stopping first (without waiting) makes the unsubscribe reply wake the reader,
+        which then sees the stop and closes the connection itself."""
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        if thread is None or pubsub is None:
+            return
+        thread.stop(timeout=0)
+        with contextlib.suppress(redis.exceptions.RedisError):  # nothing left to leave
+            pubsub.unsubscribe()
+        thread.join(timeout=2)
+        self.pubsub_thread = None
+
+    def wait_for_redis(self) -> None:
+        """Block until Redis answers again (backoff up to REDIS_WAIT_CAP_S), or a stop.
+
+        RQ's work loop quits the process on any Redis error raised outside the dequeue
+        (``set_state``, ``heartbeat``, maintenance), so a batch that ended because Redis
+        went away would otherwise take the worker down with it."""
+        backoff = 0.5
+        while not self.stop_requested:
+            try:
+                self.connection.ping()
+                return
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                log.error("Redis unreachable after a job (%s); retrying in %.1f s", e, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, REDIS_WAIT_CAP_S)
