@@ -173,14 +173,18 @@ class FilterProcessor:
 
     def abandon(self, job_id: str) -> None:
         """Stop reporting a job (its caller failed it, e.g. on a timeout).  Its image stays in
-        its batch until the engine lets it go, so the slot frees a little later."""
+        its batch until the engine lets it go, so the slot frees a little later; an engine
+        left with only abandoned images is dropped at once (nobody waits for its answers)."""
         job = self._jobs.get(job_id)
         if job is None:
             return
-        if job.submitted:
-            job.abandoned = True
-        else:
-            del self._jobs[job_id]
+        job.abandoned = True
+        searched = [j for j in self._jobs.values() if j.key == job.key and j.submitted]
+        if not job.submitted or all(j.abandoned for j in searched):
+            for j in [job, *searched]:
+                self._jobs.pop(j.job_id, None)
+            if job.submitted:
+                self._engines.pop(job.key, None)
 
     def step(self) -> list[FinishedJob]:
         """One pass of the engine holding the oldest job; returns the jobs that finished."""

@@ -181,3 +181,13 @@ def test_the_result_says_what_was_verified(processor, cifar_mini) -> None:  # ty
     assert "32x32" in v["view"] and v["guarantee"].startswith("empirical")
     assert v["summary"] == result["robustness"]["attack"]
     assert result["robustness"]["margin"] is None or isinstance(result["robustness"]["margin"], float)
+
+
+def test_abandoning_every_image_of_a_batch_frees_its_slots_at_once(processor, cifar_mini) -> None:
+    for job_id in ("left", "kept"):
+        processor.add(job_id, filter_request(job_id, preset="paper"), cifar_png(cifar_mini))
+    processor.step()  # both are in one engine's batch now
+    processor.abandon("left")
+    assert processor.in_flight == 2, "an abandoned image stays while its batch still serves another"
+    processor.abandon("kept")
+    assert processor.in_flight == 0 and processor.step() == []
