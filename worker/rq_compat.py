@@ -1,14 +1,8 @@
-"""Every use of RQ's internals, in one place.
-
-The batching worker keeps :class:`rq.SimpleWorker`'s work loop, signals,
-maintenance and registries, but runs filter jobs itself, many per search
-pass.  That needs parts of RQ that are not its public API: marking a job
-started the way ``perform_job`` does, the tail of ``perform_job`` (success
-and failure paths), the worker's table of executions, the dequeue loop.
-They all live here, ``rq`` is pinned to one minor version in pyproject.toml,
-and tests/worker/test_rq_compat.py exercises each against a real Redis, so
-an RQ upgrade that changes them fails that test rather than production.
-"""
+"""Every use of RQ's internals, in one place: the batching worker runs filter jobs
+itself, so it marks them started as ``perform_job`` does, ends them through the
+tail of ``perform_job``, and heart-beats RQ's executions.  ``rq`` is pinned to
+one minor version and tests/worker/test_rq_compat.py exercises each helper
+against a real Redis, so an upgrade that changes them fails there first."""
 
 from __future__ import annotations
 
@@ -21,7 +15,6 @@ from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker
-from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.utils import now
@@ -50,31 +43,17 @@ class CompatWorker(SimpleWorker):
         """Some execution (a batched filter job or a job RQ performs) is in flight."""
         return bool(self.executions)
 
-    # ------------------------------------------------------------ dequeuing
     def dequeue_job_and_maintain_ttl(self, timeout: int | None,
                                      max_idle_time: int | None = None) -> tuple[Job, Queue] | None:
         """RQ's blocking dequeue, in short waits so an idle worker runs ``on_idle`` (activations)."""
-        self.set_state(WorkerStatus.IDLE)
-        self.procline("Listening on " + ",".join(self.queue_names()))
-        idle_since, backoff = time.monotonic(), 1.0
+        idle_since = time.monotonic()
         while True:
-            try:
-                self.heartbeat()
-                if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()
-                self.on_idle()
-                wait = None if timeout is None else max(1, min(timeout, IDLE_POLL_S))
-                result = self._dequeue(self._ordered_queues, wait)
-                if result is not None:
-                    self.reorder_queues(reference_queue=result[1])
+            self.on_idle()
+            wait = None if timeout is None else max(1, min(timeout, IDLE_POLL_S))
+            result = super().dequeue_job_and_maintain_ttl(wait, max_idle_time=wait)
+            idle_s = time.monotonic() - idle_since
+            if result is not None or wait is None or (max_idle_time is not None and idle_s >= max_idle_time):
                 return result
-            except DequeueTimeout:
-                if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
-                    return None
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-                log.error("Redis unreachable (%s); retrying in %.0f s", e, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
 
     def dequeue_now(self, queue: Queue) -> tuple[Job, Queue] | None:
         """One job from ``queue`` without waiting, or None."""
@@ -96,17 +75,12 @@ class CompatWorker(SimpleWorker):
         """Perform a job the stock SimpleWorker way (vetting, training, a stray job)."""
         SimpleWorker.execute_job(self, job, queue)
 
-    def set_idle(self) -> None:
-        self.set_state(WorkerStatus.IDLE)
+    def set_idle(self, idle: bool = True) -> None:
+        self.set_state(WorkerStatus.IDLE if idle else WorkerStatus.BUSY)
 
-    def set_busy(self) -> None:
-        self.set_state(WorkerStatus.BUSY)
-
-    # ------------------------------------------------ the job's bookkeeping
     def mark_started(self, job: Job) -> Execution:
         """What RQ does before running a job: an Execution in the StartedJobRegistry, status
-        ``started``, the job out of the intermediate queue (a leftover entry would later be
-        failed by RQ's cleanup)."""
+        ``started``, out of the intermediate queue (where RQ's cleanup would fail it)."""
         execution = self.prepare_execution(job)
         self.prepare_job_execution(job, remove_from_intermediate_queue=True)
         job.started_at = now()
@@ -130,8 +104,8 @@ class CompatWorker(SimpleWorker):
         return job.get_status(refresh=False) != JobStatus.FAILED
 
     def forget(self, execution: Execution) -> None:
-        """Stop heart-beating an execution whose end could not be recorded, so that RQ's
-        abandoned-job cleanup retries or fails it rather than it staying ``started``."""
+        """Stop heart-beating an execution whose end could not be recorded: RQ's
+        abandoned-job cleanup then retries or fails it."""
         self.executions.pop(execution.id, None)
 
     def heartbeat_executions(self) -> None:
@@ -140,15 +114,10 @@ class CompatWorker(SimpleWorker):
             for execution in list(self.executions.values()):
                 self.maintain_heartbeats(execution.job, execution)
 
-    # -------------------------------------------------------------- shutdown
     def unsubscribe(self) -> None:
-        """Leave the command channel at once.
-
-        RQ's own version unsubscribes, then stops redis-py's reader thread, which
-        waits for the reader's current ``get_message(timeout=60)``: when the
-        unsubscribe reply arrived before the stop, shutdown took a minute.
-        Stopping first (without waiting) makes the unsubscribe reply wake the reader,
-        which then sees the stop and closes the connection itself."""
+        """Leave the command channel at once.  RQ unsubscribes, then stops redis-py's
+        reader, which waits out the reader's ``get_message(timeout=60)`` when the reply
+        came first (a minute-long shutdown); stopping first lets the reply end it."""
         thread, pubsub = self.pubsub_thread, self.pubsub
         if thread is None or pubsub is None:
             return
@@ -159,11 +128,8 @@ class CompatWorker(SimpleWorker):
         self.pubsub_thread = None
 
     def wait_for_redis(self) -> None:
-        """Block until Redis answers again (backoff up to REDIS_WAIT_CAP_S), or a stop.
-
-        RQ's work loop quits the process on any Redis error raised outside the dequeue
-        (``set_state``, ``heartbeat``, maintenance), so a batch that ended because Redis
-        went away would otherwise take the worker down with it."""
+        """Block until Redis answers again, or a stop: RQ's work loop quits the process on a
+        Redis error outside the dequeue, so a batch ended by Redis going away would too."""
         backoff = 0.5
         while not self.stop_requested:
             try:

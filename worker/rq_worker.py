@@ -1,28 +1,16 @@
 """A batching RQ worker: one process, the model loaded once, many jobs per search pass.
 
 RQ's stock workers run one job at a time (``Worker`` forks a work horse per
-job, which would reload the model and is unsafe after CUDA starts).  This
-worker keeps :class:`rq.SimpleWorker`'s semantics (jobs run in the worker
-process, RQ's own work loop, signals, maintenance and registries) and hands
-filter jobs to :class:`worker.lifecycle.BatchLoop`:
-
-1. the first filter job comes from RQ's blocking dequeue; the loop then
-   takes more from the filter queue (up to ``max_batch``, waiting at most
-   ``max_wait_ms``);
-2. every job taken is marked started exactly as RQ does it (an Execution in
-   the StartedJobRegistry, status ``started``) and heart-beaten from a
-   background thread (:mod:`worker.liveness`) while in flight;
-3. jobs end through RQ's success or failure path (:mod:`worker.rq_compat`,
-   the one module that knows RQ's internals); a job past its RQ timeout fails
-   with ``timeout``;
-4. when an activation happened, the loop stops taking jobs, lets the
-   in-flight ones finish on the model they started with, reloads, resumes.
-
-Other jobs (checkpoint vetting, training) run as SimpleWorker runs them.
-If the process dies, its jobs' heartbeats stop and RQ's StartedJobRegistry
-cleanup (run by every worker's maintenance) retries or fails them.
-:class:`PerformedJob` is the source for a filter job that a stock RQ worker
-performs (``worker.jobs.filter_job``): the same loop, for that one job.
+job, which would reload the model and is unsafe after CUDA starts).  This one
+keeps :class:`rq.SimpleWorker`'s work loop, signals, maintenance and
+registries, and hands filter jobs to :class:`worker.lifecycle.BatchLoop`,
+with itself as the loop's JobSource: jobs are taken from the filter queue,
+marked started and ended exactly as RQ does it (:mod:`worker.rq_compat`), and
+heart-beaten from a thread (:mod:`worker.liveness`) while in flight.  Other
+jobs (vetting, training) run as SimpleWorker runs them.  If the process dies,
+the heartbeats stop and RQ's registry cleanup retries or fails its jobs.
+:class:`PerformedJob` is the loop's source for one filter job that a stock RQ
+worker performs (``worker.jobs.filter_job``).
 """
 
 from __future__ import annotations
@@ -88,7 +76,6 @@ class BatchingWorker(CompatWorker):
     def processor(self) -> FilterProcessor | None:
         return self.loop.processor
 
-    # ------------------------------------------------------------ RQ's hooks
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         jobs.use_settings(self.settings)
         if self.filter_queue is not None:
@@ -125,7 +112,6 @@ class BatchingWorker(CompatWorker):
         if self.processor is not None:
             self.loop.reload_if_changed()
 
-    # ------------------------------------------------- the loop's JobSource
     @property
     def stopping(self) -> bool:
         return self.stop_requested
@@ -146,7 +132,7 @@ class BatchingWorker(CompatWorker):
             if job.func_name == FILTER_FUNC:
                 return taken(job, queue)
             self.run_as_rq_would(job, queue)  # something else was put on the filter queue
-            self.set_busy()
+            self.set_idle(False)
 
     def put_back(self, item: Taken) -> None:
         self.requeue_at_front(item.handle[0], item.handle[1])
