@@ -1,6 +1,7 @@
 """Every use of RQ's internals, in one place: the batching worker runs filter jobs
 itself, so it marks them started as ``perform_job`` does, ends them through the
-tail of ``perform_job``, and heart-beats RQ's executions.  ``rq`` is pinned to
+tail of ``perform_job``, and heart-beats RQ's executions; the API reads a job's
+place in RQ's queue list and runs the StartedJobRegistry cleanup (torch-free).  ``rq`` is pinned to
 one minor version and tests/worker/test_rq_compat.py exercises each helper
 against a real Redis, so an upgrade that changes them fails there first."""
 
@@ -11,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import redis
 from rq import Queue, SimpleWorker
@@ -24,6 +25,24 @@ log = logging.getLogger("safespot.worker")
 
 IDLE_POLL_S = 5  # an idle worker wakes this often (heartbeat, maintenance, the idle hook)
 REDIS_WAIT_CAP_S = 5.0  # after a job, retry an unreachable Redis at least this often
+
+
+def place_in_queue(queue: Queue, job_id: str) -> int | None:
+    """A queued job's position (0: taken next), or None when it is not waiting."""
+    return cast(int | None, queue.connection.lpos(queue.key, job_id, rank=-1))
+
+
+def withdraw(queue: Queue, job: Job) -> bool:
+    """Take a waiting job out of its queue and delete it; False when a worker took it first."""
+    if not queue.connection.lrem(queue.key, 1, job.id):
+        return False
+    job.delete(remove_from_queue=False)
+    return True
+
+
+def reap_abandoned(queue: Queue) -> None:
+    """Retry or fail the started jobs whose worker stopped heart-beating (RQ's cleanup)."""
+    queue.started_job_registry.cleanup()
 
 
 class CompatWorker(SimpleWorker):

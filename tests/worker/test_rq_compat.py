@@ -15,7 +15,7 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from worker.rq_compat import CompatWorker
+from worker.rq_compat import CompatWorker, place_in_queue, reap_abandoned, withdraw
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +138,18 @@ def test_wait_for_redis_returns_when_redis_answers(worker) -> None:
     started_at = time.monotonic()
     worker.wait_for_redis()
     assert time.monotonic() - started_at < 1 and not worker.stop_requested
+
+
+def test_the_api_side_helpers_place_withdraw_and_reap(worker, queue) -> None:
+    for job_id in ("q0", "q1"):
+        enqueue(queue, job_id)
+    assert place_in_queue(queue, "q0") == 0 and place_in_queue(queue, "q1") == 1
+    assert withdraw(queue, fetch(queue, "q1")) and queue.job_ids == ["q0"]
+    with pytest.raises(Exception, match="No such job"):
+        fetch(queue, "q1")
+    job, execution = started(worker, queue, "q0")
+    assert place_in_queue(queue, "q0") is None and not withdraw(queue, job)
+    worker.forget(execution)  # the worker "died": its execution's heartbeat lapses
+    queue.connection.zadd(queue.started_job_registry.key, {execution.composite_key: 1})
+    reap_abandoned(queue)
+    assert fetch(queue, "q0").get_status() == JobStatus.FAILED and not queue.started_job_registry.get_job_ids()
