@@ -187,7 +187,7 @@ class EmbeddedBackend:
 
     # ------------------------------------------------- the loop's JobSource
     @property
-    def stopping(self) -> bool:
+    def stop_requested(self) -> bool:
         return self._stopping.is_set()
 
     def take(self) -> Taken | None:

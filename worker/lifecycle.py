@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from models.checkpoint import LoadedCheckpoint
@@ -43,13 +43,16 @@ class Taken:
     request: FilterRequest
     timeout_s: float | None = None  # the search may take this long; None or 0: no limit
     handle: Any = None  # the source's own record of the job (RQ: the job and its queue)
+    started: float = 0.0  # the loop's own bookkeeping from here on
+    progress: Progress | None = None
+    progress_saved: float = 0.0
 
 
 class JobSource(Protocol):
     """Where filter jobs come from and where their ends are written."""
 
     @property
-    def stopping(self) -> bool: ...  # take no more jobs; finish those in flight
+    def stop_requested(self) -> bool: ...  # take no more jobs; finish those in flight
     def take(self) -> Taken | None: ...  # the next queued job, without waiting
     def put_back(self, taken: Taken) -> None: ...  # return a taken job to the front of the queue
     def begin(self, taken: Taken) -> bytes | None: ...  # mark it started; its upload (JobError: unusable)
@@ -94,14 +97,6 @@ def finish(done: FinishedJob, request: FilterRequest, *, started: float, model: 
     return outcome
 
 
-@dataclass
-class _InFlight:
-    taken: Taken
-    started: float = field(default_factory=time.time)
-    progress: Progress | None = None
-    progress_saved: float = 0.0
-
-
 class BatchLoop:
     """Continuous batching over one :class:`JobSource`; one thread drives it."""
 
@@ -111,7 +106,7 @@ class BatchLoop:
         self.models = models
         self.notify = notify
         self.processor: FilterProcessor | None = None
-        self._inflight: dict[str, _InFlight] = {}
+        self._inflight: dict[str, Taken] = {}
         self._reload_pending = False
         self._activation_checked = 0.0
 
@@ -119,7 +114,6 @@ class BatchLoop:
     def model_name(self) -> str:
         return "none" if self.processor is None else self.processor.model_ref["name"]
 
-    # ---------------------------------------------------------------- model
     def load(self) -> None:
         """Load the active checkpoint now; raises when it cannot."""
         loaded, checkpoint_id = self.models.load()
@@ -139,7 +133,6 @@ class BatchLoop:
                 raise
             log.exception("could not load the activated checkpoint; keeping %s", self.model_name)
 
-    # ---------------------------------------------------------------- batch
     def run(self, first: Taken | None = None) -> bool:
         """Admit ``first`` (else the next queued job) and search until no job is in flight,
         admitting more between passes.  False when there was nothing to run."""
@@ -177,7 +170,7 @@ class BatchLoop:
 
     @property
     def _draining(self) -> bool:
-        return self._reload_pending or self.source.stopping
+        return self._reload_pending or self.source.stop_requested
 
     def _take_more(self, wait_s: float) -> None:
         """Fill free slots, waiting up to ``wait_s`` for jobs to arrive."""
@@ -189,32 +182,29 @@ class BatchLoop:
                     return
                 time.sleep(0.002)
                 continue
-            # A job that arrives after an activation must get the new model.  Checked per
-            # job: an activation may land while this call waits for more.
-            if self.models.changed():
+            if self.models.changed():  # per job: one that arrives after an activation gets the new model
                 self.source.put_back(taken)
                 self._reload_pending = True
                 return
             self._admit(taken)
 
-    def _admit(self, taken: Taken) -> None:
-        entry = self._inflight[taken.job_id] = _InFlight(taken)
+    def _admit(self, job: Taken) -> None:
+        self._inflight[job.job_id], job.started = job, time.time()
         try:
-            upload = self.source.begin(taken)
-            if not taken.request:
+            upload = self.source.begin(job)
+            if not job.request:
                 raise JobError("invalid_request", "a filter job takes one FilterRequest argument")
-            self._processor.add(taken.job_id, taken.request, upload)
+            self._processor.add(job.job_id, job.request, upload)
         except Exception as e:
             if not isinstance(e, JobError):
-                log.exception("could not start job %s", taken.job_id)
+                log.exception("could not start job %s", job.job_id)
             error = e if isinstance(e, JobError) else JobError("internal_error", f"{type(e).__name__}: {e}")
-            self._end(entry, FinishedJob(taken.job_id, error=error))
+            self._end(job, FinishedJob(job.job_id, error=error))
             return
-        submitted = float(taken.request.get("submitted_at") or time.time())
-        metrics.QUEUE_WAIT.observe(max(0.0, time.time() - submitted))
-        entry.progress = {"phase": "searching", "fraction": 0.0, "grad_evals": 0, "outer_steps": 0,
-                          "batch_size": self._processor.in_flight}
-        log.info("job started", extra=fields(job_id=taken.job_id, preset=taken.request.get("preset")))
+        metrics.QUEUE_WAIT.observe(max(0.0, time.time() - float(job.request.get("submitted_at") or time.time())))
+        job.progress = {"phase": "searching", "fraction": 0.0, "grad_evals": 0, "outer_steps": 0,
+                        "batch_size": self._processor.in_flight}
+        log.info("job started", extra=fields(job_id=job.job_id, preset=job.request.get("preset")))
 
     def _step(self) -> None:
         processor = self._processor
@@ -227,20 +217,20 @@ class BatchLoop:
             if entry is not None:
                 self._end(entry, done)
 
-    def _end(self, entry: _InFlight, done: FinishedJob) -> None:
-        self._inflight.pop(entry.taken.job_id, None)
-        finish(done, entry.taken.request, started=entry.started, model=self.model_name,
-               record=lambda d, progress: self.source.record(entry.taken, d, progress),
+    def _end(self, entry: Taken, done: FinishedJob) -> None:
+        self._inflight.pop(entry.job_id, None)
+        finish(done, entry.request, started=entry.started, model=self.model_name,
+               record=lambda d, progress: self.source.record(entry, d, progress),
                notify=self.notify, last_progress=entry.progress)
 
     def _fail_all(self, error: JobError) -> None:
         for entry in list(self._inflight.values()):
             if self.processor is not None:
-                self.processor.abandon(entry.taken.job_id)
+                self.processor.abandon(entry.job_id)
             try:
-                self._end(entry, FinishedJob(entry.taken.job_id, error=error))
+                self._end(entry, FinishedJob(entry.job_id, error=error))
             except Exception:  # keep going: the others must not stay "started" either
-                log.exception("could not fail job %s", entry.taken.job_id)
+                log.exception("could not fail job %s", entry.job_id)
 
     def _on_progress(self, job_id: str, progress: Progress) -> None:
         entry = self._inflight.get(job_id)
@@ -252,16 +242,16 @@ class BatchLoop:
         clock = time.time()
         for entry in list(self._inflight.values()):
             if entry.progress is not None and clock - entry.progress_saved >= self.settings.progress_interval_s:
-                self.source.save_progress(entry.taken, dict(entry.progress))  # type: ignore[arg-type]
+                self.source.save_progress(entry, dict(entry.progress))  # type: ignore[arg-type]
                 entry.progress_saved = clock
 
     def _expire_timeouts(self) -> None:
         clock = time.time()
         for entry in list(self._inflight.values()):
-            timeout = entry.taken.timeout_s
+            timeout = entry.timeout_s
             if timeout and clock - entry.started > timeout:
-                self._processor.abandon(entry.taken.job_id)
-                self._end(entry, FinishedJob(entry.taken.job_id, error=JobError(
+                self._processor.abandon(entry.job_id)
+                self._end(entry, FinishedJob(entry.job_id, error=JobError(
                     "timeout", f"the search took longer than {timeout:g} s")))
 
     def _check_activation(self) -> None:

@@ -156,9 +156,6 @@ class FilterProcessor:
     def free_slots(self) -> int:
         return max(0, self.max_batch - len(self._jobs))
 
-    def job_ids(self) -> list[str]:
-        return list(self._jobs)
-
     # ------------------------------------------------------------------ jobs
     def add(self, job_id: str, request: FilterRequest, png: bytes | None) -> None:
         """Decode the upload and queue it for its engine; raises JobError for a bad request."""

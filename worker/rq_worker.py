@@ -112,10 +112,6 @@ class BatchingWorker(CompatWorker):
         if self.processor is not None:
             self.loop.reload_if_changed()
 
-    @property
-    def stopping(self) -> bool:
-        return self.stop_requested
-
     def take(self) -> Taken | None:
         assert self.filter_queue is not None
         while True:
@@ -142,9 +138,8 @@ class BatchingWorker(CompatWorker):
         return store.load_upload(self.connection, item.job_id)
 
     def save_progress(self, item: Taken, progress: Progress) -> None:
-        job = item.handle[0]
-        job.meta["progress"] = progress
-        job.save_meta()
+        item.handle[0].meta["progress"] = progress
+        item.handle[0].save_meta()
 
     def record(self, item: Taken, done: FinishedJob, progress: Progress) -> str:
         job, queue, execution = item.handle
@@ -164,13 +159,15 @@ class PerformedJob:
     """The JobSource of one filter job that RQ itself is performing (``worker.jobs.filter_job``):
     its end is written to meta and the PNG here; RQ records the return value or the raise."""
 
+    save_progress = BatchingWorker.save_progress
+
     def __init__(self, job: Job) -> None:
         self.job = job
         self.pending: Taken | None = taken(job, None)
         self.done: FinishedJob | None = None
 
     @property
-    def stopping(self) -> bool:
+    def stop_requested(self) -> bool:
         return self.pending is None  # its one job is taken: nothing more to wait for
 
     def take(self) -> Taken | None:
@@ -184,10 +181,6 @@ class PerformedJob:
 
     def begin(self, item: Taken) -> bytes | None:
         return store.load_upload(self.job.connection, item.job_id)
-
-    def save_progress(self, item: Taken, progress: Progress) -> None:
-        self.job.meta["progress"] = progress
-        self.job.save_meta()
 
     def record(self, item: Taken, done: FinishedJob, progress: Progress) -> str:
         if done.error is not None and not done.error.retryable:
