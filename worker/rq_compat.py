@@ -76,12 +76,8 @@ class CompatWorker(SimpleWorker):
 
     def dequeue_now(self, queue: Queue) -> tuple[Job, Queue] | None:
         """One job from ``queue`` without waiting, or None."""
-        return self._dequeue([queue], None)
-
-    def _dequeue(self, queues: list[Queue], wait: int | None) -> tuple[Job, Queue] | None:
-        return self.queue_class.dequeue_any(
-            queues, wait, connection=self.connection, job_class=self.job_class,
-            serializer=self.serializer, death_penalty_class=self.death_penalty_class)
+        return self.queue_class.dequeue_any([queue], None, connection=self.connection, job_class=self.job_class,
+                                            serializer=self.serializer, death_penalty_class=self.death_penalty_class)
 
     def requeue_at_front(self, job: Job, queue: Queue) -> None:
         """Return a dequeued, not yet started job to the front of its queue (atomically)."""
