@@ -60,8 +60,9 @@ class BatchingWorker(CompatWorker):
     """SimpleWorker whose filter jobs share continuous-batching search passes."""
 
     def __init__(self, settings: WorkerSettings, connection: redis.Redis) -> None:
-        super().__init__(settings.queues, name=settings.name or default_name(), connection=connection,
-                         serializer=JSONSerializer, maintenance_interval=settings.maintenance_interval_s,
+        name = settings.name or f"safespot-{socket.gethostname()}-{os.getpid()}"
+        super().__init__(settings.queues, name=name, connection=connection, serializer=JSONSerializer,
+                         maintenance_interval=settings.maintenance_interval_s,
                          worker_ttl=max(IDLE_POLL_S + 25, settings.job_heartbeat_ttl_s))
         self.settings = settings
         self.device = select_device(settings.device)
@@ -188,10 +189,6 @@ class PerformedJob:
         write_end(self.job, done, progress, self.job.get_result_ttl(500))
         self.done = done
         return "finished" if done.error is None else "retried" if self.job.retries_left else "failed"
-
-
-def default_name() -> str:
-    return f"safespot-{socket.gethostname()}-{os.getpid()}"
 
 
 def run_worker(settings: WorkerSettings, burst: bool = False) -> int:
