@@ -177,11 +177,12 @@ class FilterProcessor:
             return
         job.abandoned = True
         searched = [j for j in self._jobs.values() if j.key == job.key and j.submitted]
-        if not job.submitted or all(j.abandoned for j in searched):
-            for j in [job, *searched]:
-                self._jobs.pop(j.job_id, None)
-            if job.submitted:
-                self._engines.pop(job.key, None)
+        if not job.submitted:
+            del self._jobs[job_id]
+        elif all(j.abandoned for j in searched):
+            for j in searched:
+                del self._jobs[j.job_id]
+            self._engines.pop(job.key, None)
 
     def step(self) -> list[FinishedJob]:
         """One pass of the engine holding the oldest job; returns the jobs that finished."""

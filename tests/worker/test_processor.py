@@ -187,6 +187,9 @@ def test_abandoning_every_image_of_a_batch_frees_its_slots_at_once(processor, ci
     for job_id in ("left", "kept"):
         processor.add(job_id, filter_request(job_id, preset="paper"), cifar_png(cifar_mini))
     processor.step()  # both are in one engine's batch now
+    processor.add("held", filter_request("held", preset="paper"), cifar_png(cifar_mini))
+    processor.abandon("held")  # not yet in a batch: gone at once, the others untouched
+    assert processor.in_flight == 2
     processor.abandon("left")
     assert processor.in_flight == 2, "an abandoned image stays while its batch still serves another"
     processor.abandon("kept")
