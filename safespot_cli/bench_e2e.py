@@ -31,12 +31,12 @@ def _library_rate(model: str, uploads: list[bytes], preset: str, max_batch: int,
 
     from models import load_checkpoint
     from service.images import decode_upload
-    from worker.processor import FilterProcessor, select_device
+    from worker.processor import build_processor, select_device
 
     torch.set_num_threads(threads)
     loaded = load_checkpoint(model, select_device())  # the device the worker picks (CUDA when present)
     pngs = [decode_upload(data, max_pixels=40_000_000) for data in uploads]  # what the API stores
-    processor = FilterProcessor(loaded, "bench", max_batch=max_batch)
+    processor = build_processor(None, loaded, "bench", max_batch=max_batch)
 
     def request(i: int, info: Any) -> Any:
         return {"job_id": f"lib{i}", "preset": preset, "norm": "linf", "eps": 8 / 255, "delta": 8 / 255,

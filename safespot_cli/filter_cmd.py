@@ -217,7 +217,7 @@ class Filtering:
 
         from safespot.config import DEFAULT_EPS
         from safespot_cli.common import open_model, write_json
-        from worker.processor import FilterProcessor
+        from worker.processor import build_processor
 
         args = self.args
         for f in self.failures:
@@ -231,7 +231,7 @@ class Filtering:
         eps = args.eps if args.eps is not None else DEFAULT_EPS[args.norm]
         self.settings = {"preset": args.preset, "norm": args.norm, "eps": eps,
                          "delta": args.delta if args.delta is not None else eps, "device": str(device)}
-        self.processor = FilterProcessor(loaded, args.model_id, max_batch=args.batch_size,
+        self.processor = build_processor(None, loaded, args.model_id, max_batch=args.batch_size,
                                          max_image_pixels=args.max_pixels, progress=self.on_progress)
         started = time.time()
         self.bar = tqdm(total=len(self.items), unit="img", desc="filter", file=sys.stderr,

@@ -29,6 +29,7 @@ TORCH_FREE: dict[str, set[str]] = {
     "worker.logs": {"pythonjsonlogger"},
     "worker.registry": {"worker.errors", "worker.protocol"},
     "worker.registry_stores": {"redis", "worker.protocol", "worker.registry"},
+    "worker.rq_compat": {"rq", "redis"},  # RQ's internals, for both sides
 }
 TORCH_FREE_WORKER = tuple(TORCH_FREE)
 ALLOWED: dict[str, set[str]] = {

@@ -3,8 +3,9 @@
 :class:`EmbeddedBackend` implements :class:`worker.protocol.JobBackend`
 entirely in-process: a bounded in-memory queue and job store (entries
 expire after the job / result TTLs), a driver thread running the same
-:class:`~worker.processor.FilterProcessor` as ``safespot worker`` (continuous
-batching, the same results), the checkpoint registry of
+:class:`~worker.lifecycle.BatchLoop` as ``safespot worker`` (continuous
+batching, timeouts, reloads, the same results) with this queue as its
+:class:`~worker.lifecycle.JobSource`, the checkpoint registry of
 :mod:`worker.registry`, vetting and training on background threads.  Thread-safe: every public method may be
 called from any thread (the API's request handlers).
 """
@@ -22,7 +23,8 @@ from typing import Any
 from worker import metrics
 from worker.checkpoints import ActiveModel, shipped_record
 from worker.errors import ConflictError, JobError, QueueFullError
-from worker.processor import FilterProcessor, FinishedJob, select_device
+from worker.lifecycle import BatchLoop, Taken
+from worker.processor import FinishedJob, select_device
 from worker.protocol import (
     CheckpointRecord,
     ErrorCode,
@@ -33,7 +35,7 @@ from worker.protocol import (
 )
 from worker.registry_stores import file_registry
 from worker.settings import SharedSettings, WorkerSettings
-from worker.webhooks import WebhookSender, payload
+from worker.webhooks import WebhookSender
 
 log = logging.getLogger("safespot.worker.embedded")
 
@@ -68,6 +70,7 @@ class EmbeddedBackend:
     def __init__(self, settings: SharedSettings) -> None:
         self.settings = WorkerSettings.from_shared(settings)
         self.max_queue, self.job_ttl_s, self.result_ttl_s = settings.max_queue, settings.job_ttl_s, settings.result_ttl_s
+        self.job_timeout_s = float(getattr(settings, "job_timeout_s", None) or 0) or None
         self.device = select_device(self.settings.device)
         self.webhooks = WebhookSender(self.settings.webhook_allowed_hosts, self.settings.webhook_timeout_s,
                                       self.settings.webhook_retries)
@@ -77,8 +80,8 @@ class EmbeddedBackend:
         self._queue: deque[str] = deque()
         self._tombstones: OrderedDict[str, float] = OrderedDict()
         self.registry = file_registry(self.settings.checkpoint_path)
-        self.models = ActiveModel(self.registry, self.settings, self.device)
-        self._processor: FilterProcessor | None = None
+        self.loop = BatchLoop(self.settings, self, ActiveModel(self.registry, self.settings, self.device),
+                              self.webhooks.submit)
         self._stopping = threading.Event()
         self._driver: threading.Thread | None = None
         self._vetting = ThreadPoolExecutor(1, thread_name_prefix="safespot-vet")
@@ -94,7 +97,7 @@ class EmbeddedBackend:
 
             torch.set_num_threads(self.settings.threads)
         self.registry.register_shipped(shipped_record(self.settings.default_model))
-        self._processor = self._new_processor()
+        self.loop.load()
         self._driver = threading.Thread(target=self._drive, name="safespot-embedded-worker", daemon=True)
         self._driver.start()
         self.webhooks.start()
@@ -139,7 +142,7 @@ class EmbeddedBackend:
     def ready(self) -> tuple[bool, str]:
         if self._driver is None or not self._driver.is_alive():
             return False, "the embedded worker is not running"
-        if self._processor is None:
+        if self.loop.processor is None:
             return False, "no model loaded"
         return True, ""
 
@@ -174,104 +177,56 @@ class EmbeddedBackend:
 
     # -------------------------------------------------------------- threads
     def _drive(self) -> None:
-        """The worker loop: admit queued jobs into free slots, run a pass, end finished jobs."""
+        """The worker thread: one batch after another, sleeping while the queue is empty."""
         while not self._stopping.is_set():
             try:
-                if not self._drive_once():
+                if not self.loop.run():
                     with self._wake:
                         if not self._queue and not self._stopping.is_set():
                             self._wake.wait(timeout=EXPIRY_SWEEP_S)
-            except Exception:  # never let the loop die: fail what is in flight and go on
+            except Exception:  # never let the thread die (the loop already failed its jobs)
                 log.exception("embedded worker pass failed")
-                self._fail_in_flight(JobError("the search failed", code=ErrorCode.INTERNAL_ERROR, retryable=True))
 
-    def _drive_once(self) -> bool:
-        """One round; False when there was nothing to do."""
-        processor = self._processor
-        assert processor is not None
+    # ------------------------------------------------- the loop's JobSource
+    @property
+    def stop_requested(self) -> bool:
+        return self._stopping.is_set()
+
+    def take(self) -> Taken | None:
         with self._lock:
             self._sweep()
-        reload_due = self.models.changed()
-        if reload_due and processor.in_flight == 0:
-            self._reload()
-            return True
-        if not reload_due:
-            idle = processor.in_flight == 0
-            self._admit(self._take(processor.free_slots))
-            if idle and processor.in_flight and processor.free_slots and self.settings.max_wait_ms:
-                time.sleep(self.settings.max_wait_ms / 1000)  # let a burst gather into one batch
-                self._admit(self._take(processor.free_slots))
-        if processor.in_flight == 0:
-            return False
-        started, passes = time.perf_counter(), processor.passes
-        finished = processor.step()
-        metrics.pass_ran(processor.model_ref["name"], processor.last_batch, time.perf_counter() - started,
-                         processor.passes - passes)
-        for done in finished:
-            self._end(done.job_id, done)
-        return True
-
-    def _take(self, n: int) -> list[_Job]:
-        taken: list[_Job] = []
-        with self._lock:
-            while self._queue and len(taken) < n:
+            while self._queue:
                 job = self._jobs.get(self._queue.popleft())
                 if job is not None and job.status == "queued":
-                    job.status, job.started_at = "started", time.time()
-                    job.progress = {"phase": "searching", "fraction": 0.0}
-                    taken.append(job)
-        return taken
+                    return Taken(job.id, job.request, self.job_timeout_s, handle=job)  # type: ignore[arg-type]
+        return None
 
-    def _admit(self, jobs: list[_Job]) -> None:
-        assert self._processor is not None
-        for job in jobs:
+    def put_back(self, taken: Taken) -> None:
+        with self._lock:
+            self._queue.appendleft(taken.job_id)
+
+    def begin(self, taken: Taken) -> bytes | None:
+        job: _Job = taken.handle
+        with self._lock:
+            job.status, job.started_at = "started", time.time()
+            job.progress = {"phase": "searching", "fraction": 0.0}
             upload, job.upload = job.upload, None  # the processor holds the pixels now
-            submitted = float(job.request.get("submitted_at") or job.created_at)
-            metrics.QUEUE_WAIT.observe(max(0.0, time.time() - submitted))
-            try:
-                self._processor.add(job.id, job.request, upload)  # type: ignore[arg-type]
-            except JobError as e:
-                self._end(job.id, FinishedJob(job.id, error=e))
+        return upload
 
-    def _end(self, job_id: str, done: FinishedJob) -> None:
-        processor = self._processor
-        model = processor.model_ref["name"] if processor is not None else "none"
+    def save_progress(self, taken: Taken, progress: Progress) -> None:
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                return
-            job.ended_at = time.time()
-            if done.error is None and done.result is not None:
+            if taken.handle.status == "started":
+                taken.handle.progress = dict(progress)
+
+    def record(self, taken: Taken, done: FinishedJob, progress: Progress) -> str:
+        job: _Job = taken.handle
+        with self._lock:
+            job.ended_at, job.progress = time.time(), dict(progress)
+            if done.error is None:
                 job.status, job.result, job.png = "finished", done.result, done.png
-                job.progress = {"phase": "done", "fraction": 1.0, "grad_evals": done.result["grad_evals"],
-                                "batch_size": done.batch_size}
-                body = payload(job_id, "finished", result=done.result)
             else:
-                error = done.error or JobError("the search returned no result", code=ErrorCode.INTERNAL_ERROR)
-                job.status, job.error = "failed", error.to_dict()
-                job.progress = {**job.progress, "phase": "done"}
-                body = payload(job_id, "failed", error=job.error)
-            started = job.started_at or job.created_at
-        metrics.job_ended(job.status, str(job.request.get("preset") or "unknown"), model,
-                          job.ended_at - started, job.result if job.status == "finished" else None)
-        self.webhooks.submit(job.request.get("webhook_url"), body)
-
-    def _on_progress(self, job_id: str, progress: Progress) -> None:
-        with self._lock:
-            job = self._jobs.get(job_id)
-            if job is not None and job.status == "started":
-                job.progress = dict(progress)
-
-    def _fail_in_flight(self, error: JobError) -> None:
-        processor = self._processor
-        if processor is None:
-            return
-        for job_id in processor.job_ids():
-            self._end(job_id, FinishedJob(job_id, error=error))
-        self._processor = FilterProcessor(processor.checkpoint, processor.checkpoint_id,
-                                          max_batch=self.settings.max_batch,
-                                          max_batch_pixels=self.settings.max_batch_pixels,
-                                          progress=self._on_progress)
+                job.status, job.error = "failed", done.error.to_dict()
+            return job.status
 
     def _sweep(self) -> None:
         """Expire queued jobs past the job TTL and ended jobs past the result TTL (lock held)."""
@@ -300,23 +255,7 @@ class EmbeddedBackend:
                 return {"id": job_id, "status": "expired"}
             return None
 
-    # ------------------------------------------------------- model and registry
-    def _new_processor(self) -> FilterProcessor:
-        loaded, checkpoint_id = self.models.load()
-        processor = FilterProcessor(loaded, checkpoint_id, max_batch=self.settings.max_batch,
-                                    max_batch_pixels=self.settings.max_batch_pixels, progress=self._on_progress)
-        ref = processor.model_ref
-        metrics.set_model(ref["name"], ref["sha256"], ref["checkpoint_id"])
-        return processor
-
-    def _reload(self) -> None:
-        """Between batches: load the activated checkpoint; on failure keep the loaded one
-        (ActiveModel does not retry that activation; the log says why)."""
-        try:
-            self._processor = self._new_processor()
-        except Exception:
-            log.exception("could not load the activated checkpoint; keeping the loaded model")
-
+    # ------------------------------------------------------- vetting and training
     def _vet(self, checkpoint_id: str) -> None:
         from worker.vetting import vet_and_record
 
@@ -345,3 +284,4 @@ class EmbeddedBackend:
             return
         with self._lock:
             job.status, job.result, job.ended_at = "finished", record, time.time()
+

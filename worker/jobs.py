@@ -1,8 +1,8 @@
 """The RQ job functions named in worker.protocol (FILTER_FUNC, VET_FUNC, TRAIN_FUNC).
 
 - :func:`filter_job` runs when a plain RQ worker (not ``safespot worker``)
-  takes a filter job: it processes that one image with the same
-  :class:`~worker.processor.FilterProcessor` the batching worker uses.
+  takes a filter job: it runs that one image through the same
+  :class:`~worker.lifecycle.BatchLoop` the batching worker uses.
   ``safespot worker`` never calls it: it batches filter jobs itself.
 - :func:`vet_checkpoint_job` validates and vets an uploaded checkpoint.
 - :func:`train_job` runs the trainer and registers (never activates) the result.
@@ -24,14 +24,12 @@ from typing import Any
 
 from rq import get_current_job
 
-from worker import store
 from worker.errors import JobError
 from worker.protocol import (
     CheckpointRecord,
     ErrorCode,
     FilterRequest,
     FilterResult,
-    Progress,
     TrainRequest,
     VetRequest,
 )
@@ -44,9 +42,8 @@ log = logging.getLogger("safespot.worker.jobs")
 @dataclass
 class _ProcessContext:
     settings: WorkerSettings | None = None
-    conn: Any = None  # the Redis connection `models` reads
-    models: Any = None  # worker.checkpoints.ActiveModel, for filter_job
-    processor: Any = None  # worker.processor.FilterProcessor, reused across jobs when the process lives on
+    conn: Any = None  # the Redis connection filter_job's loop reads activations from
+    loop: Any = None  # worker.lifecycle.BatchLoop, reused across jobs when the process lives on
 
 
 _context = _ProcessContext()
@@ -66,63 +63,43 @@ def current_settings() -> WorkerSettings:
 # ---------------------------------------------------------------- filtering
 def filter_job(request: FilterRequest) -> FilterResult:
     """Filter one uploaded image (FilterRequest) -> FilterResult; the PNG goes to Redis."""
-    from worker.webhooks import WebhookSender, payload
+    from worker.lifecycle import finish
+    from worker.processor import FinishedJob
+    from worker.rq_worker import PerformedJob
 
     job = _job()
-    settings = current_settings()
-    last_saved = 0.0
-
-    def on_progress(_job_id: str, progress: Progress) -> None:
-        nonlocal last_saved
-        if time.time() - last_saved >= settings.progress_interval_s:
-            job.meta["progress"] = dict(progress)
-            job.save_meta()
-            last_saved = time.time()
-
-    sender = WebhookSender(settings.webhook_allowed_hosts, settings.webhook_timeout_s, settings.webhook_retries)
+    source = PerformedJob(job)
+    loop = _loop(job.connection, source)
     try:
-        processor = _processor(job.connection, settings)
-        processor.progress = on_progress
-        processor.add(job.id, request, store.load_upload(job.connection, job.id))
-        finished = processor.drain()[0]
-        if finished.error is not None:
-            raise finished.error
-        assert finished.result is not None and finished.png is not None
-    except JobError as e:
-        _record_error(job, e)
-        if not job.retries_left:  # the job really ends here (RQ retries it otherwise)
-            sender.send_now(request.get("webhook_url"), payload(job.id, "failed", error=e.to_dict()))
-        raise
-    ttl = job.get_result_ttl(500)
-    if ttl != 0:
-        store.store_result_image(job.connection, job.id, finished.png, ttl)
-    job.meta["progress"] = {"phase": "done", "fraction": 1.0, "grad_evals": finished.result["grad_evals"],
-                            "batch_size": 1}
-    job.save_meta()
-    sender.send_now(request.get("webhook_url"), payload(job.id, "finished", result=finished.result))
-    return finished.result
+        loop.run()
+    except Exception as e:  # no model could be loaded: the job ends without a search
+        error = JobError(f"no model could be loaded: {e}", code=ErrorCode.MODEL_UNAVAILABLE, retryable=True)
+        finish(FinishedJob(job.id, error=error), request, started=time.time(), model="none",
+               record=lambda done, progress: source.record(None, done, progress),  # type: ignore[arg-type]
+               notify=loop.notify)
+    done = source.done
+    assert done is not None
+    if done.error is not None:
+        raise done.error
+    assert done.result is not None
+    return done.result
 
 
-def _processor(conn: Any, settings: WorkerSettings) -> Any:
-    """This process's FilterProcessor, (re)loaded when an activation happened."""
+def _loop(conn: Any, source: Any) -> Any:
+    """This process's BatchLoop (its model reloaded on activation), now fed by ``source``."""
     from worker.checkpoints import ActiveModel
-    from worker.processor import FilterProcessor, select_device
+    from worker.lifecycle import BatchLoop
+    from worker.processor import select_device
+    from worker.webhooks import WebhookSender
 
     ctx = _context
-    if ctx.models is None or ctx.conn is not conn:
-        models = ActiveModel(redis_registry(conn, settings.checkpoint_path), settings, select_device(settings.device))
-        ctx.conn, ctx.models, ctx.processor = conn, models, None
-    if ctx.processor is None or ctx.models.changed():
-        try:
-            loaded, checkpoint_id = ctx.models.load()
-        except Exception as e:
-            if ctx.processor is None:
-                raise JobError(f"no model could be loaded: {e}", code=ErrorCode.MODEL_UNAVAILABLE, retryable=True) from e
-            log.exception("could not load the activated checkpoint; keeping the loaded one")
-        else:
-            ctx.processor = FilterProcessor(loaded, checkpoint_id, max_batch=settings.max_batch,
-                                            max_batch_pixels=settings.max_batch_pixels)
-    return ctx.processor
+    if ctx.loop is None or ctx.conn is not conn:
+        s = current_settings()
+        sender = WebhookSender(s.webhook_allowed_hosts, s.webhook_timeout_s, s.webhook_retries)
+        ctx.conn = conn
+        ctx.loop = BatchLoop(s, source, ActiveModel(redis_registry(conn, s.checkpoint_path), s, select_device(s.device)), sender.send_now)
+    ctx.loop.source = source
+    return ctx.loop
 
 
 # -------------------------------------------------------------- checkpoints

@@ -57,14 +57,12 @@ class Liveness:
                 "model": None if processor is None else processor.model_ref,
                 "device": str(w.device), "pid": os.getpid(), "host": socket.gethostname(),
                 "started_at": round(self.started_at, 3), "last_seen": round(time.time(), 3),
-                "busy": bool(w.executions)}
+                "busy": w.busy}
 
     def beat(self) -> None:
         w = self.worker
         store.write_worker_status(w.connection, self.status())
-        with w.finalize_lock:  # never heartbeat an execution while it is being cleaned up
-            for execution in list(w.executions.values()):
-                w.maintain_heartbeats(execution.job, execution)
+        w.heartbeat_executions()
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):

@@ -97,6 +97,15 @@ def reencode_quality(request: FilterRequest) -> int:
     return int(spec["quality"]) if spec else 0
 
 
+def build_processor(settings: Any, checkpoint: LoadedCheckpoint, checkpoint_id: str, *,
+                    progress: ProgressCallback | None = None, **limits: Any) -> FilterProcessor:
+    """The one way a FilterProcessor is made: batch limits from worker settings (``None``:
+    the defaults), overridden by ``limits`` (the command line's own)."""
+    if settings is not None:
+        limits = {"max_batch": settings.max_batch, "max_batch_pixels": settings.max_batch_pixels, **limits}
+    return FilterProcessor(checkpoint, checkpoint_id, progress=progress, **limits)
+
+
 class FilterProcessor:
     """Loaded model + search engines; add jobs, step, collect finished jobs."""
 
@@ -143,9 +152,6 @@ class FilterProcessor:
     def free_slots(self) -> int:
         return max(0, self.max_batch - len(self._jobs))
 
-    def job_ids(self) -> list[str]:
-        return list(self._jobs)
-
     # ------------------------------------------------------------------ jobs
     def add(self, job_id: str, request: FilterRequest, png: bytes | None) -> None:
         """Decode the upload and queue it for its engine; raises JobError for a bad request."""
@@ -160,14 +166,19 @@ class FilterProcessor:
 
     def abandon(self, job_id: str) -> None:
         """Stop reporting a job (its caller failed it, e.g. on a timeout).  Its image stays in
-        its batch until the engine lets it go, so the slot frees a little later."""
+        its batch until the engine lets it go, so the slot frees a little later; an engine
+        left with only abandoned images is dropped at once (nobody waits for its answers)."""
         job = self._jobs.get(job_id)
         if job is None:
             return
-        if job.submitted:
-            job.abandoned = True
-        else:
+        job.abandoned = True
+        searched = [j for j in self._jobs.values() if j.key == job.key and j.submitted]
+        if not job.submitted:
             del self._jobs[job_id]
+        elif all(j.abandoned for j in searched):
+            for j in searched:
+                del self._jobs[j.job_id]
+            self._engines.pop(job.key, None)
 
     def step(self) -> list[FinishedJob]:
         """One pass of the engine holding the oldest job; returns the jobs that finished."""

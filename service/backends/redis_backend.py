@@ -52,6 +52,7 @@ from worker.protocol import (
     worker_alive_key,
 )
 from worker.registry_stores import redis_registry
+from worker.rq_compat import place_in_queue, reap_abandoned, withdraw
 
 logger = logging.getLogger("safespot.service")
 
@@ -115,9 +116,8 @@ class RedisJobBackend:
         # The depth check above races with concurrent submissions (every request of a
         # burst may read the same depth): admit by position instead.  A job queued
         # behind max_queue others takes itself back, unless a worker already took it.
-        position = cast(int | None, self.redis.lpos(queue.key, job_id, rank=-1))
-        if position is not None and position >= s.max_queue and self.redis.lrem(queue.key, 1, job_id):
-            job.delete(remove_from_queue=False)
+        position = place_in_queue(queue, job_id)
+        if position is not None and position >= s.max_queue and withdraw(queue, job):
             self.redis.delete(upload_key(job_id))
             raise QueueFull(f"the filter queue is full ({position} jobs waiting)",
                             retry_after_s=self.retry_after_s(position))
@@ -252,7 +252,7 @@ class RedisJobBackend:
             return False
         try:
             self._last_reap[queue_name] = now
-            self.queues[queue_name].started_job_registry.cleanup()
+            reap_abandoned(self.queues[queue_name])
             return True
         finally:
             self._reap_lock.release()

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from rq import Queue, SimpleWorker, get_current_job
+from rq import Queue, get_current_job
 from rq.serializers import JSONSerializer
 
 from worker import protocol
 from worker.protocol import CheckpointRecord, FilterRequest, JobView, TrainRequest
 from worker.registry_stores import file_registry
+from worker.rq_compat import CompatWorker
 
 PHOTOS = Path(__file__).resolve().parents[1] / "fixtures" / "photos"
 CLIENT_KEY = "client-key-0123456789abcdef"
@@ -258,5 +259,7 @@ def install_stand_in_jobs(monkeypatch: Any) -> None:
 
 
 def run_worker(redis_conn) -> None:  # type: ignore[no-untyped-def]
+    """Run the queued jobs with RQ's own work loop.  The worker's prompt unsubscribe matters:
+    RQ's own could wait up to 60 s at shutdown, as long as the stand-in's result image lives."""
     queue = Queue(protocol.FILTER_QUEUE, connection=redis_conn, serializer=JSONSerializer)
-    SimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer).work(burst=True)
+    CompatWorker([queue], connection=redis_conn, serializer=JSONSerializer).work(burst=True)

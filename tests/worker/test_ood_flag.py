@@ -16,7 +16,7 @@ from PIL import Image
 
 from models.checkpoint import load_checkpoint
 from tests.worker.conftest import cifar_png, filter_request, png_bytes
-from worker.processor import FilterProcessor
+from worker.processor import FilterProcessor, build_processor
 
 OOD_MODEL = "models/zoo/ood.safetensors"
 
@@ -27,7 +27,7 @@ def ood_processor() -> FilterProcessor:
     loaded = load_checkpoint(REPO / OOD_MODEL)
     assert loaded.info.ood.get("threshold") is not None, "the shipped OOD model must be calibrated"
     assert loaded.info.ood["search"]["preset"] == "fast"
-    return FilterProcessor(loaded, "ood", max_batch=32)
+    return build_processor(None, loaded, "ood", max_batch=32)
 
 
 def _flags(processor: FilterProcessor, uploads: list[bytes]) -> list[bool]:

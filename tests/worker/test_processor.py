@@ -15,14 +15,14 @@ from safespot.attacks import pgd
 from safespot.canvas import ResizeView
 from tests.worker.conftest import cifar_png, filter_request, photo, png_bytes
 from worker.errors import JobError
-from worker.processor import FilterProcessor
+from worker.processor import FilterProcessor, build_processor
 
 EPS = 8 / 255
 
 
 @pytest.fixture
 def processor(tiny_checkpoint):
-    return FilterProcessor(tiny_checkpoint, "tiny", max_batch=8)
+    return build_processor(None, tiny_checkpoint, "tiny", max_batch=8)
 
 
 def decoded(data: bytes) -> Image.Image:
@@ -101,7 +101,7 @@ def test_jobs_share_passes_and_configs_get_their_own_engine(processor, cifar_min
 
 
 def test_pixel_budget_holds_back_images_that_do_not_fit(tiny_checkpoint, cifar_mini) -> None:
-    small = FilterProcessor(tiny_checkpoint, "tiny", max_batch=8, max_batch_pixels=2 * 32 * 32)
+    small = build_processor(None, tiny_checkpoint, "tiny", max_batch=8, max_batch_pixels=2 * 32 * 32)
     for i in range(3):
         small.add(f"j{i}", filter_request(f"j{i}"), cifar_png(cifar_mini, i))
     done = small.drain()
@@ -110,14 +110,14 @@ def test_pixel_budget_holds_back_images_that_do_not_fit(tiny_checkpoint, cifar_m
 
 def test_ood_score_and_flag_follow_the_checkpoint(tiny_checkpoint, cifar_mini) -> None:
     info = dataclasses.replace(tiny_checkpoint.info, ood={"mu": 0.25, "threshold": 1.01})
-    processor = FilterProcessor(dataclasses.replace(tiny_checkpoint, info=info), "tiny")
+    processor = build_processor(None, dataclasses.replace(tiny_checkpoint, info=info), "tiny")
     processor.add("j", filter_request("j"), cifar_png(cifar_mini, 3))
     result = processor.drain()[0].result
     conf = result["prediction"]["confidence"]
     under_attack = result["robustness"]["confidence_under_attack"]
     assert result["ood_score"] == pytest.approx(0.25 * conf + 0.75 * under_attack, abs=1e-5)
     assert result["ood_flag"] is True  # every score is below 1.01
-    plain = FilterProcessor(tiny_checkpoint, "tiny")
+    plain = build_processor(None, tiny_checkpoint, "tiny")
     plain.add("j", filter_request("j"), cifar_png(cifar_mini, 3))
     assert plain.drain()[0].result["ood_flag"] is None  # no threshold: no verdict
 
@@ -179,3 +179,16 @@ def test_the_result_says_what_was_verified(processor, cifar_mini) -> None:  # ty
     assert "32x32" in v["view"] and v["guarantee"].startswith("empirical")
     assert v["summary"] == result["robustness"]["attack"]
     assert result["robustness"]["margin"] is None or isinstance(result["robustness"]["margin"], float)
+
+
+def test_abandoning_every_image_of_a_batch_frees_its_slots_at_once(processor, cifar_mini) -> None:
+    for job_id in ("left", "kept"):
+        processor.add(job_id, filter_request(job_id, preset="paper"), cifar_png(cifar_mini))
+    processor.step()  # both are in one engine's batch now
+    processor.add("held", filter_request("held", preset="paper"), cifar_png(cifar_mini))
+    processor.abandon("held")  # not yet in a batch: gone at once, the others untouched
+    assert processor.in_flight == 2
+    processor.abandon("left")
+    assert processor.in_flight == 2, "an abandoned image stays while its batch still serves another"
+    processor.abandon("kept")
+    assert processor.in_flight == 0 and processor.step() == []
