@@ -41,7 +41,6 @@ class Settings(SharedSettings):
         4, ge=1, description="uploads decoded at once (each may take ~4 bytes x max_pixels)")
 
     # --- the queue
-    job_timeout_s: int = Field(600, gt=0, description="longest a worker may spend on one filter job")
     job_retries: int = Field(1, ge=0, le=5, description="re-runs of a job whose worker died")
     vet_timeout_s: int = Field(1800, gt=0, description="longest checkpoint validation + vetting")
     train_timeout_s: int = Field(24 * 3600, gt=0, description="longest training run")

@@ -70,7 +70,7 @@ class EmbeddedBackend:
     def __init__(self, settings: SharedSettings) -> None:
         self.settings = WorkerSettings.from_shared(settings)
         self.max_queue, self.job_ttl_s, self.result_ttl_s = settings.max_queue, settings.job_ttl_s, settings.result_ttl_s
-        self.job_timeout_s = float(getattr(settings, "job_timeout_s", None) or 0) or None
+        self.job_timeout_s = float(settings.job_timeout_s)
         self.device = select_device(self.settings.device)
         self.webhooks = WebhookSender(self.settings.webhook_allowed_hosts, self.settings.webhook_timeout_s,
                                       self.settings.webhook_retries)

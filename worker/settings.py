@@ -60,6 +60,7 @@ class SharedSettings(BaseSettings):
     # --- limits of the queue and of checkpoints
     max_queue: int = Field(default=256, gt=0, description="queued filter jobs beyond which 429 is answered")
     job_ttl_s: int = Field(default=3600, gt=0, description="how long a queued job may wait before it expires")
+    job_timeout_s: int = Field(default=600, gt=0, description="longest a worker may spend on one filter job")
     result_ttl_s: int = Field(default=3600, gt=0, description="how long results and output images are kept")
     max_checkpoint_bytes: int = Field(default=512 * MIB, gt=0, description="largest checkpoint upload")
 
