@@ -62,7 +62,7 @@ def fixed_test_images(n: int, data: str, data_dir: str | None, device: torch.dev
                       input_size: tuple[int, ...], required: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed test images (stride over the set); for speed alone, random 8-bit images
     when no data set is at hand (`required` raises instead)."""
-    from worker.data import DataError, load_dataset, strided_indices, to_tensor
+    from training.data import DataError, load_dataset, strided_indices, to_tensor
 
     try:
         ds = load_dataset(data, "test", data_dir)
@@ -148,7 +148,7 @@ def measure_presets(model: nn.Module, device: torch.device, presets: list[str], 
                     data: str, data_dir: str | None) -> dict[str, Any]:
     """Safe-spot rate (paper protocol) and passes per image of each preset on n test images."""
     from safespot.evaluation import evaluate_methods
-    from worker.data import DataError
+    from training.data import DataError
 
     try:
         x, y = fixed_test_images(n, data, data_dir, device, (3, 32, 32), required=True)

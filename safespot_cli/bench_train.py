@@ -1,6 +1,6 @@
 """The trainer's speed behind `safespot bench --sections train`.
 
-Images per second of :func:`worker.trainer.train_step` (the recipe's attack
+Images per second of :func:`training.trainer.train_step` (the recipe's attack
 passes plus the training pass, no data loading) for each recipe, precision
 (fp32, bf16 autocast) and memory layout (channels-last, NCHW).  Configurations
 are measured in interleaved rounds and each keeps its median, so a shared
@@ -20,7 +20,7 @@ import torch
 from models.normalize import Classifier
 from safespot.training import Recipe
 from safespot_cli.bench_search import sync_device
-from worker.trainer import train_step, use_layout
+from training.trainer import train_step, use_layout
 
 # The recipes we train with: the warm-up of the shipped models and the default's
 # safe-spot-aware epochs (a 5-step PGD attack, a quarter of each batch from x_s*).

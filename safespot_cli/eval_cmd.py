@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from safespot.evaluation import METHODS, evaluate_methods
     from safespot.yardstick import suites_from
-    from worker.data import load_dataset, strided_indices, to_tensor
+    from training.data import load_dataset, strided_indices, to_tensor
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if set(methods) - set(METHODS):

@@ -76,8 +76,8 @@ def register(sub: Any) -> None:
 
 def heldout_images(info: Any, data_dir: str | None, n: int) -> tuple[np.ndarray, str]:
     """Up to n training images the trainer held out (never trained on) for this checkpoint."""
-    from worker.data import load_dataset
-    from worker.trainer import _split  # the trainer's own split: the single source of truth
+    from training.data import load_dataset
+    from training.trainer import _split  # the trainer's own split: the single source of truth
 
     config = info.training.get("config") or {}
     holdout = int(info.data.get("holdout") or 0)
@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
 
     from models.checkpoint import save_checkpoint
     from safespot.ood import safespot_score, threshold_for_tpr
-    from worker.data import DataError, load_dataset, to_tensor
-    from worker.ood_training import OUTLIER_SPLIT_SEED, OUTLIER_VAL, load_outliers, outlier_split
+    from training.data import DataError, load_dataset, to_tensor
+    from training.ood_training import OUTLIER_SPLIT_SEED, OUTLIER_VAL, load_outliers, outlier_split
 
     if not 0 < args.tpr <= 1:
         raise UsageError("--tpr must lie in (0, 1]")

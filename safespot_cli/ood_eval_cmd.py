@@ -184,7 +184,7 @@ def noise_images(kind: str, n: int, size: tuple[int, int], seed: int = NOISE_SEE
 
 
 def strided(x: np.ndarray, n: int) -> np.ndarray:
-    from worker.data import strided_indices
+    from training.data import strided_indices
 
     return x[strided_indices(len(x), n)]
 
@@ -205,7 +205,7 @@ class Scored:
 
 def load_ood_sets(args: argparse.Namespace, size: tuple[int, int], n: int) -> tuple[list[OodSet], dict[str, str]]:
     """The requested OOD sets (strided to n) and, for absent built-in ones, why they were skipped."""
-    from worker.data import default_data_dir
+    from training.data import default_data_dir
 
     sets, skipped = [], {}
     wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -269,7 +269,7 @@ class Scorer:
 
     def __call__(self, x_u8: np.ndarray, name: str) -> Scored:
         from safespot import ood
-        from worker.data import to_tensor
+        from training.data import to_tensor
 
         x = to_tensor(x_u8, self.device)
         out = Scored()
@@ -294,7 +294,7 @@ def fit_mahalanobis(args: argparse.Namespace, model: Any, device: Any) -> tuple[
     import torch
 
     from safespot import ood
-    from worker.data import load_dataset, strided_indices, to_tensor
+    from training.data import load_dataset, strided_indices, to_tensor
 
     data = load_dataset(args.fit_data, "train", args.data_dir)
     if (data.y < 0).any():
@@ -313,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models import load_checkpoint
     from models.errors import ModelError
-    from worker.data import DataError, load_dataset, strided_indices
+    from training.data import DataError, load_dataset, strided_indices
 
     started = time.time()
     for spec in args.ood_set:  # fail on a typo before any work

@@ -1,10 +1,11 @@
 """The dependency rules of the architecture (layers below), checked on the source (every import statement).
 
-    safespot  <- models <- worker        service talks to workers only through Redis
+    safespot  <- models <- training <- worker    service talks to workers only through Redis
     safespot: torch, numpy (scipy for the certification's binomial tests; torchattacks,
               an optional extra, for the evaluation yardstick only)
     models:   safespot, torch (+ safetensors, torchvision for ResNet-50)
-    worker:   safespot, models, rq, redis (+ the wire contract, image and HTTP helpers)
+    training: safespot, models, torch, numpy, PIL (the trainer and its data sets)
+    worker:   safespot, models, training, rq, redis (+ the wire contract, image and HTTP helpers)
     service:  rq, redis, pydantic, fastapi ... never torch, never the computing packages
 """
 
@@ -24,7 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     # torchattacks: the yardstick's optional extra, imported only when a suite needs it.
     "safespot": {"safespot", "torch", "numpy", "scipy", "torchattacks"},
     "models": {"models", "safespot", "torch", "torchvision", "safetensors"},
-    "worker": {"worker", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",
+    "training": {"training", "safespot", "models", "torch", "numpy", "PIL", "tqdm"},
+    "worker": {"worker", "training", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",
                "pydantic", "pydantic_settings", "prometheus_client", "tqdm"},
     "service": {"service", "worker.protocol", "worker.errors", "fastapi", "starlette", "pydantic",
                 "pydantic_settings", "rq", "redis", "PIL", "prometheus_client", "anyio", "uvicorn",

@@ -35,7 +35,7 @@ def train_config(request: TrainRequest, settings: WorkerSettings, checkpoint_id:
     """The trainer's TrainConfig for a request; JobError("invalid_request") when it makes no sense."""
     from safespot.config import DEFAULT_EPS
     from safespot.training import Recipe
-    from worker.trainer import TrainConfig
+    from training.trainer import TrainConfig
 
     try:
         norm = request.get("norm") or "linf"
@@ -72,7 +72,7 @@ def _data_source(request: TrainRequest, settings: WorkerSettings) -> str:
 def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str,
                  progress: ProgressSink, register: RecordSink) -> CheckpointRecord:
     """Train, register the checkpoint as "validating", vet it, register the verdict; return it."""
-    from worker.trainer import train
+    from training.trainer import train
 
     checkpoint_id = new_checkpoint_id()
     cfg = train_config(request, settings, checkpoint_id, job_id)

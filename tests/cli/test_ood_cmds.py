@@ -17,7 +17,7 @@ from safespot.ood import safespot_score
 from safespot_cli import ood_calibrate_cmd, ood_eval_cmd
 from safespot_cli.errors import UsageError
 from tests.cli.clikit import make_cli
-from worker.data import to_tensor
+from training.data import to_tensor
 from worker.results import ood_score
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny.safetensors"
@@ -137,7 +137,7 @@ def test_calibration_stores_mu_and_a_threshold_with_95_percent_tpr(
 
 
 def test_calibration_finds_the_trainers_holdout(tmp_path: Path, cifar_mini: dict[str, np.ndarray]) -> None:
-    from worker.trainer import _split
+    from training.trainer import _split
 
     (tmp_path / "data").mkdir()
     np.savez(tmp_path / "data" / "cifar10_train.npz", x=cifar_mini["x_train"], y=cifar_mini["y_train"])

@@ -1,4 +1,4 @@
-"""The trainer's outlier terms (worker.ood_training): split, sampling, modes, metadata."""
+"""The trainer's outlier terms (training.ood_training): split, sampling, modes, metadata."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 
 from models.checkpoint import read_info
 from safespot.training import Recipe
-from worker.data import DataError
-from worker.ood_training import load_outliers, outlier_loss, outlier_split
-from worker.trainer import TrainConfig, train
+from training.data import DataError
+from training.ood_training import load_outliers, outlier_loss, outlier_split
+from training.trainer import TrainConfig, train
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from models.checkpoint import ModelInfo, build_model, save_checkpoint
 from models.normalize import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from safespot.attacks import pgd
 from safespot.training import Recipe, training_inputs
-from worker.data import ImageSet, load_dataset, to_tensor
+from training.data import ImageSet, load_dataset, to_tensor
 
 PRECISIONS = ("fp32", "bf16")
 ExtraLoss = Callable[[nn.Module, int], tuple[Tensor, dict[str, float]]]  # (model, step) -> loss, logs

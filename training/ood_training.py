@@ -1,6 +1,6 @@
 """Auxiliary outliers for the trainer: the OOD terms of the paper's objective (docs/ood.md).
 
-``outlier_loss(path, cfg, gamma=, lam=)`` returns an :data:`worker.trainer.ExtraLoss`
+``outlier_loss(path, cfg, gamma=, lam=)`` returns an :data:`training.trainer.ExtraLoss`
 that the trainer adds to each step's cross-entropy:
 
     gamma * KL(uniform || softmax f(x~)) - lam * min(CE(f(x~_a*), c(x~)), cap)
@@ -39,8 +39,8 @@ from torch import Tensor, nn
 from safespot.ood import default_ce_cap, last_linear, outlier_recipe
 from safespot.ood import outlier_loss as outlier_terms_loss
 from safespot.training import Recipe
-from worker.data import DataError, load_dataset, to_tensor
-from worker.trainer import _augment, _split  # the trainer's own augmentation and split
+from training.data import DataError, load_dataset, to_tensor
+from training.trainer import _augment, _split  # the trainer's own augmentation and split
 
 OUTLIER_KEY = "x_outlier_train"
 OUTLIER_VAL = 1000  # outliers held out for calibration, never trained on
