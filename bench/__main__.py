@@ -16,15 +16,14 @@ HTTP with concurrent clients uploading real photographs.
   cross-request batching (``max_batch=64``) over ``max_batch=1``.
 
 Both return JSON-able dicts and fill ``out`` in place as they go (a caller
-keeps partial figures if a run is interrupted)::
+keeps partial figures if a run is interrupted).  From the repository root::
 
-    python -m safespot_cli.bench_service soak --duration 300 --json soak.json
-    python -m safespot_cli.bench_service e2e --json e2e.json
+    python -m bench soak --duration 300 --json soak.json
+    python -m bench e2e --json e2e.json
 
-The harness they share is :mod:`safespot_cli.service_harness`; each
-benchmark lives in its own module (:mod:`safespot_cli.bench_soak`,
-:mod:`safespot_cli.bench_e2e`).  Run them on an otherwise idle machine for figures worth comparing: clients,
-API, worker and Redis share its CPUs.
+Their harness is :mod:`bench.harness` on :mod:`bench.stack`.  Run them on an
+otherwise idle machine for figures worth comparing: clients, API, worker and
+Redis share its CPUs.
 """
 
 from __future__ import annotations
@@ -35,8 +34,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from safespot_cli.bench_e2e import run_e2e
-from safespot_cli.bench_soak import run_soak
+from bench.e2e import run_e2e
+from bench.soak import run_soak
 
 
 # ---------------------------------------------------------------------- CLI
@@ -46,7 +45,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m safespot_cli.bench_service", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="kind", required=True)
     for name in ("soak", "e2e"):

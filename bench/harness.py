@@ -1,10 +1,10 @@
-"""The harness of the service benchmarks (bench_soak, bench_e2e): the real
-service as separate processes, real photos as uploads, HTTP clients that
-account for every job, and the statistics both benchmarks report.
+"""The harness of the service benchmarks (:mod:`bench.soak`, :mod:`bench.e2e`):
+the real service as separate processes, real photos as uploads, HTTP clients
+that account for every job, and the statistics both benchmarks report.
 
-- :class:`ServiceStack`: Redis (a private ``redis-server`` unless a URL is
+- :class:`BenchService`: Redis (a private ``redis-server`` unless a URL is
   given), one ``python -m worker.rq_worker`` and one ``safespot serve`` (the
-  API only, Redis mode); started, health-checked and stopped as processes.
+  API only, Redis mode), on :mod:`bench.stack` (the integration tests' too).
 - :func:`photo_uploads`: random crops of the repository's test photographs,
   encoded as the uploads clients send.
 - :class:`Ledger`, :func:`drive_uploads`, :func:`start_poller`: concurrent
@@ -17,13 +17,9 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.stack import REPO, RedisServer, Stack, free_port, service_env
+
 PHOTOS = REPO / "tests" / "fixtures" / "photos"
 BENCH_KEY = "bench-" + uuid.uuid4().hex  # the only client key of the API this module starts
 TERMINAL = frozenset({"finished", "failed", "canceled", "expired"})
-FILTER_QUEUE = "safespot-filter"  # worker.protocol.FILTER_QUEUE (kept import-free here)
 
 
 # ---------------------------------------------------------------- images
@@ -72,12 +68,6 @@ def photo_uploads(count: int, size: tuple[int, int], seed: int = 0) -> list[byte
 
 
 # ------------------------------------------------------------- processes
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def rss_mib(pid: int) -> float | None:
     """Resident memory of a process (VmRSS from /proc; psutil when /proc is absent)."""
     try:
@@ -95,96 +85,60 @@ def rss_mib(pid: int) -> float | None:
 
 
 @dataclass
-class ServiceStack:
-    """Redis + one worker + the API, as processes; `with` stops what it started."""
+class BenchService:
+    """The API (key BENCH_KEY) and workers on `redis_url` (a private Redis when None),
+    in a temporary folder; `with` stops everything it started."""
 
     redis_url: str | None
     model: str
-    max_batch: int = 64
-    max_queue: int = 64
     threads: int = 1
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="safespot-bench-")))
-    redis_proc: subprocess.Popen[bytes] | None = None
-    worker_proc: subprocess.Popen[bytes] | None = None
-    api_proc: subprocess.Popen[bytes] | None = None
-    api_port: int = 0
+    max_batch: int = 64
     worker_metrics_port: int = 0
+    stack: Stack = field(default_factory=lambda: Stack(Path(tempfile.mkdtemp(prefix="safespot-bench-"))))
+    redis: RedisServer | None = None
+
+    def __enter__(self) -> BenchService:
+        if self.redis_url is None:
+            self.redis = RedisServer(self.stack.workdir / "redis").start()
+            self.redis_url = self.redis.url
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.stop_all()
+        if self.redis is not None:
+            self.redis.stop()
+        shutil.rmtree(self.stack.workdir, ignore_errors=True)
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return self.stack.url
 
-    def _env(self, **settings: Any) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SAFESPOT_")}
-        env.update({"PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                    "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
-                    "SAFESPOT_REDIS_URL": str(self.redis_url),
-                    "SAFESPOT_DATA_DIR": str(self.workdir / "data"),
-                    "SAFESPOT_CHECKPOINT_DIR": str(self.workdir / "checkpoints"),
-                    "SAFESPOT_LOG_LEVEL": "warning"})
-        env.update({f"SAFESPOT_{k.upper()}": str(v) for k, v in settings.items()})
-        return env
+    def env(self, **settings: Any) -> dict[str, str]:
+        return service_env(self.redis_url, threads=self.threads, data_dir=self.stack.workdir / "data",
+                           checkpoint_dir=self.stack.workdir / "checkpoints", log_level="warning", **settings)
 
-    def _spawn(self, args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
-        with open(self.workdir / log, "ab") as out:
-            return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-    def start_redis(self) -> None:
-        if self.redis_url is not None:
-            return
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("no redis-server on PATH: install it or pass a Redis URL")
-        port = _free_port()
-        self.redis_proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.redis_url = f"redis://127.0.0.1:{port}/0"
-        wait_until(lambda: _port_open(port), 10, "redis-server to listen")
+    def start_api(self, max_queue: int) -> None:
+        self.stack.start_api(self.env(api_keys=BENCH_KEY, max_queue=max_queue, max_wait_s=60,
+                                      seconds_per_job=0.5))
 
     def start_worker(self, max_batch: int | None = None) -> None:
+        """One worker (named "worker": one at a time) that `wait_ready` waits for."""
         self.max_batch = max_batch or self.max_batch
-        self.worker_metrics_port = _free_port()
-        env = self._env(default_model=self.model, max_batch=self.max_batch, threads=self.threads,
-                        metrics_port=self.worker_metrics_port, log_json="true", max_wait_ms=20)
-        self.worker_proc = self._spawn([sys.executable, "-m", "worker.rq_worker"], env, "worker.log")
-
-    def stop_worker(self) -> None:
-        _stop(self.worker_proc)
-        self.worker_proc = None
-
-    def start_api(self) -> None:
-        import httpx
-
-        self.api_port = _free_port()
-        env = self._env(api_keys=BENCH_KEY, max_queue=self.max_queue, max_wait_s=60,
-                        seconds_per_job=0.5)
-        self.api_proc = self._spawn([sys.executable, "-m", "safespot_cli.main", "serve", "--port",
-                                     str(self.api_port), "--log-level", "warning"], env, "api.log")
-
-        def up() -> bool:
-            if self.api_proc is not None and self.api_proc.poll() is not None:
-                raise RuntimeError(f"the API exited: {(self.workdir / 'api.log').read_text()[-2000:]}")
-            try:
-                return httpx.get(f"{self.api_url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, "the API to answer")
+        self.worker_metrics_port = free_port()
+        self.stack.start_worker(self.env(default_model=self.model, max_batch=self.max_batch,
+                                         metrics_port=self.worker_metrics_port, log_json="true",
+                                         max_wait_ms=20), name="worker")
 
     def wait_ready(self, timeout: float = 300) -> None:
-        import httpx
+        self.stack.wait_http(self.api_url + "readyz", timeout, "a worker with a loaded model")
 
-        def ready() -> bool:
-            if self.worker_proc is not None and self.worker_proc.poll() is not None:
-                raise RuntimeError(f"the worker exited: {(self.workdir / 'worker.log').read_text()[-2000:]}")
-            return httpx.get(f"{self.api_url}/readyz", timeout=5).status_code == 200
-
-        wait_until(ready, timeout, "a worker with a loaded model")
+    def worker_alive(self) -> bool:
+        worker = self.stack.procs.get("worker")
+        return worker is not None and worker.poll() is None
 
     def pids(self) -> dict[str, int]:
-        procs = {"worker": self.worker_proc, "api": self.api_proc, "redis": self.redis_proc}
-        return {name: p.pid for name, p in procs.items() if p is not None and p.poll() is None}
+        procs = {**self.stack.procs, **({"redis": self.redis.proc} if self.redis and self.redis.proc else {})}
+        return {name: p.pid for name, p in procs.items() if p.poll() is None}
 
     def worker_jobs_total(self) -> dict[str, float]:
         """safespot_worker_jobs_total by outcome, from the worker's /metrics."""
@@ -199,39 +153,6 @@ class ServiceStack:
                     outcome = sample.labels["outcome"]
                     totals[outcome] = totals.get(outcome, 0.0) + sample.value
         return totals
-
-    def __enter__(self) -> ServiceStack:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in (self.api_proc, self.worker_proc, self.redis_proc):
-            _stop(proc)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 # ------------------------------------------------------------- statistics
@@ -259,7 +180,7 @@ def slope_per_min(series: list[tuple[float, float]]) -> float | None:
 class MemorySampler:
     """RSS of the stack's processes every `every_s` seconds, in a thread."""
 
-    def __init__(self, stack: ServiceStack, every_s: float) -> None:
+    def __init__(self, stack: BenchService, every_s: float) -> None:
         self.stack, self.every_s = stack, every_s
         self.t0 = time.monotonic()
         self.series: dict[str, list[tuple[float, float]]] = {}
@@ -352,7 +273,7 @@ def _poll(client: Any, ledger: Ledger, job_ids: list[str]) -> None:
                 ledger.observed_s[job_id] = time.monotonic() - ledger.accepted[job_id]
 
 
-def drive_uploads(stack: ServiceStack, ledger: Ledger, uploads: list[bytes], clients: int, preset: str,
+def drive_uploads(stack: BenchService, ledger: Ledger, uploads: list[bytes], clients: int, preset: str,
            until: float | None, per_client: int | None) -> None:
     """`clients` threads submitting back to back (a 429 waits its Retry-After, at
     most 0.5 s) until the clock passes `until` or each sent `per_client`."""
@@ -389,7 +310,7 @@ def drive_uploads(stack: ServiceStack, ledger: Ledger, uploads: list[bytes], cli
         thread.join()
 
 
-def start_poller(stack: ServiceStack, ledger: Ledger, stop: threading.Event, interval_s: float = 0.25,
+def start_poller(stack: BenchService, ledger: Ledger, stop: threading.Event, interval_s: float = 0.25,
             per_round: int = 8) -> threading.Thread:
     """Follow the accepted jobs, oldest first, `per_round` of them every `interval_s`.
 

@@ -10,7 +10,8 @@ Sections (``--sections``, comma-separated):
   test images (the cost/quality curve of early exit against ``paper``).
 - ``memory``: peak resident memory (CPU) or peak allocated memory (GPU) of a
   search per batch size.
-- ``service``: the service end to end (see :mod:`safespot_cli.bench_e2e`).
+- ``service``: the service end to end: ``python -m bench e2e`` in a child
+  process (the repository's ``bench/``, not installed with the package).
 - ``train``: the trainer's step per recipe, precision and memory layout
   (see :mod:`safespot_cli.bench_train`); not in the default sections.
 
@@ -114,10 +115,7 @@ def run(args: argparse.Namespace) -> int:
                                          args.data, args.data_dir)
         save()
     if "service" in sections:
-        from safespot_cli.bench_e2e import run_e2e
-
-        out["service"] = run_e2e(args.service_images, args.service_clients, args.redis_url,
-                                 args.model, {}, threads=args.threads or 2)
+        out["service"] = run_service_bench(args)
         save()
     if "train" in sections:
         from models.normalize import Classifier
@@ -133,6 +131,31 @@ def run(args: argparse.Namespace) -> int:
     save()
     print(summary(out))
     return 0
+
+
+def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """`python -m bench e2e` from the source tree this package lives in; its JSON figures."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from safespot_cli.errors import UsageError
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "bench" / "__main__.py").is_file():
+        raise UsageError("the service section runs bench/ from a source checkout; none is next to "
+                         f"this installation ({repo})")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "e2e.json"
+        model = str(Path(args.model).resolve()) if args.model.endswith(".safetensors") else args.model
+        command = [sys.executable, "-m", "bench", "e2e", "--images", str(args.service_images),
+                   "--clients", str(args.service_clients), "--model", model,
+                   "--threads", str(args.threads or 2), "--json", str(report)]
+        subprocess.run(command + (["--redis-url", args.redis_url] if args.redis_url else []),
+                       cwd=repo, check=True)
+        return dict(json.loads(report.read_text()))
 
 
 def describe_device(device: Any) -> str:

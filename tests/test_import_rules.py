@@ -60,6 +60,14 @@ def test_packages_import_only_what_the_design_allows(package: str) -> None:
     assert not offenders, "imports outside the design's rules:\n" + "\n".join(offenders)
 
 
+@pytest.mark.parametrize("package", ["safespot", "models", "training", "worker", "service", "safespot_cli"])
+def test_installed_packages_never_import_the_benchmarks_or_the_tests(package: str) -> None:
+    # bench/ and tests/ are not installed: `safespot bench` runs `python -m bench` as a child.
+    for path in (REPO / package).rglob("*.py"):
+        for name in _imports(path):
+            assert name.split(".")[0] not in ("bench", "tests"), f"{path.relative_to(REPO)}: {name}"
+
+
 def test_service_uses_only_the_torch_free_parts_of_worker() -> None:
     for path in (REPO / "service").rglob("*.py"):
         for name in _imports(path):

@@ -10,9 +10,9 @@ import io
 import pytest
 from PIL import Image
 
-from safespot_cli.bench_e2e import run_e2e
-from safespot_cli.bench_soak import run_soak
-from safespot_cli.service_harness import percentiles, photo_uploads, slope_per_min
+from bench.e2e import run_e2e
+from bench.harness import percentiles, photo_uploads, slope_per_min
+from bench.soak import run_soak
 from tests.conftest import TINY_MODEL
 
 
