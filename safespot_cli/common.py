@@ -61,6 +61,33 @@ def search_config(args: argparse.Namespace) -> Any:
         raise UsageError(str(e)) from e
 
 
+def recorded_search_config(args: argparse.Namespace, info: Any) -> tuple[Any, dict[str, Any]]:
+    """The OOD score's search: the command line first, then what calibration recorded in the
+    checkpoint (`info.ood["search"]`), then its threat model; with the record to store."""
+    recorded = info.ood.get("search", {})
+    args.preset = args.preset or recorded.get("preset", "standard")
+    args.norm = args.norm or recorded.get("norm") or info.threat.get("norm", "linf")
+    args.eps = args.eps if args.eps is not None else (recorded.get("eps") or info.threat.get("eps"))
+    args.delta = args.delta if args.delta is not None else recorded.get("delta")
+    cfg = search_config(args)
+    return cfg, {"preset": args.preset, "norm": cfg.norm, "eps": cfg.eps, "delta": cfg.budget, "seed": cfg.seed}
+
+
+def progress_bar(total: int, desc: str) -> Any:
+    """A tqdm bar on stderr and the `progress(done, total)` callback of the search that moves it."""
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr, mininterval=2.0)
+
+    def update(done: int, _total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """FIELD=VALUE pairs for SearchConfig, each value parsed as the field's type."""
     import dataclasses

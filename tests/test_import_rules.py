@@ -1,8 +1,8 @@
 """The dependency rules of the architecture (layers below), checked on the source (every import statement).
 
     safespot  <- models <- training <- worker    service talks to workers only through Redis
-    safespot: torch, numpy (scipy for the certification's binomial tests; torchattacks,
-              an optional extra, for the evaluation yardstick only)
+    safespot: torch, numpy (scipy for the certification's binomial tests, scikit-learn for
+              the OOD metrics; torchattacks, an optional extra, for the evaluation yardstick only)
     models:   safespot, torch (+ safetensors, torchvision for ResNet-50)
     training: safespot, models, torch, numpy, PIL (the trainer and its data sets)
     worker:   safespot, models, training, rq, redis (+ the wire contract, image and HTTP helpers)
@@ -22,8 +22,9 @@ from tests.conftest import REPO
 
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 ALLOWED: dict[str, set[str]] = {
-    # torchattacks: the yardstick's optional extra, imported only when a suite needs it.
-    "safespot": {"safespot", "torch", "numpy", "scipy", "torchattacks"},
+    # torchattacks: the yardstick's optional extra, imported only when a suite needs it;
+    # sklearn: the OOD metrics (safespot/ood_eval.py).
+    "safespot": {"safespot", "torch", "numpy", "scipy", "torchattacks", "sklearn"},
     "models": {"models", "safespot", "torch", "torchvision", "safetensors"},
     "training": {"training", "safespot", "models", "torch", "numpy", "PIL", "tqdm"},
     "worker": {"worker", "training", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",

@@ -40,12 +40,6 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.x)
 
-    def subset(self, idx: np.ndarray, note: str = "") -> ImageSet:
-        prov = dict(self.provenance)
-        if note:
-            prov["subset"] = note
-        return ImageSet(self.x[idx], self.y[idx], self.class_names, prov)
-
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("SAFESPOT_DATA_DIR", "data"))
@@ -145,6 +139,11 @@ def strided_indices(n_total: int, n: int) -> np.ndarray:
     if n >= n_total:
         return np.arange(n_total)
     return (np.arange(n) * (n_total / n)).astype(np.int64)
+
+
+def strided(x: np.ndarray, n: int) -> np.ndarray:
+    """The `n` images of :func:`strided_indices`."""
+    return x[strided_indices(len(x), n)]
 
 
 def to_tensor(x: np.ndarray, device: Any = "cpu") -> Any:

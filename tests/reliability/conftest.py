@@ -33,7 +33,8 @@ import pytest
 import redis
 from PIL import Image
 
-from bench.stack import RedisServer, Stack, free_port, stop_process
+from bench.stack import RedisServer, free_port, stop_process
+from bench.stack import Stack as Processes
 from bench.stack import service_env as stack_env
 from bench.stack import wait_until as wait_for
 from tests.conftest import FIXTURES, PHOTOS, TINY_MODEL
@@ -108,9 +109,9 @@ def api_settings(redis_url: str, tmp: Path, **overrides: Any) -> Any:
 
 def serve_subprocess(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     """`safespot serve` (Redis mode: the API only) as its own process, logging to `log`."""
-    stack = Stack(log.parent)
-    stack.start_api(env, port, name=log.stem)
-    return stack.procs[log.stem]
+    processes = Processes(log.parent)
+    processes.start_api(env, port, name=log.stem)
+    return processes.procs[log.stem]
 
 
 def service_env(redis_url: str, tmp: Path, **settings: Any) -> dict[str, str]:
@@ -118,7 +119,7 @@ def service_env(redis_url: str, tmp: Path, **settings: Any) -> dict[str, str]:
                      checkpoint_dir=tmp / "checkpoints", redis_timeout_s=1, log_level="warning", **settings)
 
 
-class WorkerPool(Stack):
+class WorkerPool(Processes):
     """Workers on the tiny model (tests/worker's environment), logs in the test's folder."""
 
     def start_tiny(self, redis_url: str, checkpoint_dir: Path, *args: str, **settings: Any) -> subprocess.Popen[bytes]:
