@@ -1,29 +1,12 @@
-"""Service benchmarks: a soak run at saturation, and end-to-end throughput.
+"""Service benchmarks: ``python -m bench soak|e2e`` from the repository root.
 
-Both start the real thing as separate processes: Redis (a private
-``redis-server`` unless a URL is given), one ``python -m worker.rq_worker``
-and one ``safespot serve`` (the API only, Redis mode), then drive the API over
-HTTP with concurrent clients uploading real photographs.
-
-- :func:`run_soak`: clients keep the bounded queue full for ``duration_s``;
-  records submissions, 429s, completions, failures, lost jobs (accepted, never
-  ended), duplicated results (a job finished twice), latency percentiles,
-  throughput, and the RSS of the worker, the API and Redis over time with its
-  slope (steady memory or a leak).
-- :func:`run_e2e`: images per second through the service versus the library
-  (:class:`worker.processor.FilterProcessor`, what the worker runs) called
-  directly on the same images, latency percentiles, and the gain of
-  cross-request batching (``max_batch=64``) over ``max_batch=1``.
-
-Both return JSON-able dicts and fill ``out`` in place as they go (a caller
-keeps partial figures if a run is interrupted).  From the repository root::
-
-    python -m bench soak --duration 300 --json soak.json
-    python -m bench e2e --json e2e.json
-
-Their harness is :mod:`bench.harness` on :mod:`bench.stack`.  Run them on an
-otherwise idle machine for figures worth comparing: clients, API, worker and
-Redis share its CPUs.
+Both start the real service as processes (Redis, one worker, the API in
+Redis mode) and drive it over HTTP with concurrent clients uploading real
+photographs: ``soak`` keeps the bounded queue full for ``--duration`` seconds
+and accounts for every job, latency and memory (:func:`bench.soak.run_soak`);
+``e2e`` compares images/s through the service with the library on the same
+images, and measures the gain of cross-request batching (:func:`bench.e2e.run_e2e`).
+Run them on an otherwise idle machine: clients, API, worker and Redis share its CPUs.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ batching.  Run it through ``python -m bench e2e`` (``safespot bench
 from __future__ import annotations
 
 import math
-import threading
 import time
 from typing import Any
 
@@ -17,8 +16,8 @@ from bench.harness import (
     drive_uploads,
     percentiles,
     photo_uploads,
+    polling,
     server_latencies,
-    start_poller,
 )
 from bench.stack import wait_until
 
@@ -61,14 +60,11 @@ def _service_rate(stack: BenchService, uploads: list[bytes], clients: int, prese
     """All `uploads` through the API by `clients` concurrent clients; the clock runs
     from the first submission to the last job's end."""
     ledger = Ledger()
-    stop_polling = threading.Event()
-    poller = start_poller(stack, ledger, stop_polling)
     per_client = math.ceil(len(uploads) / clients)
     started = time.monotonic()
-    drive_uploads(stack, ledger, uploads, clients, preset, until=None, per_client=per_client)
-    wait_until(lambda: not ledger.outstanding(), 900, "the service to filter every image")
-    stop_polling.set()
-    poller.join(timeout=30)
+    with polling(stack, ledger):
+        drive_uploads(stack, ledger, uploads, clients, preset, until=None, per_client=per_client)
+        wait_until(lambda: not ledger.outstanding(), 900, "the service to filter every image")
     ends = [v["ended_at"] for v in ledger.ended.values() if v.get("ended_at")]
     starts = [v["created_at"] for v in ledger.ended.values() if v.get("created_at")]
     seconds = max(ends) - min(starts) if ends and starts else time.monotonic() - started
@@ -104,7 +100,6 @@ def run_e2e(images: int, clients: int, redis_url: str | None, model: str, out: d
         service.start_api(max_queue=images + 16)
         for batch in batch_sizes:
             service.start_worker(max_batch=batch)
-            service.wait_ready()
             _service_rate(service, uploads[:2], 1, preset)  # warm-up: model and code paths
             out[f"service_batch_{batch}"] = _service_rate(service, uploads, clients, preset)
             service.stack.stop("worker")

@@ -7,7 +7,7 @@ that account for every job, and the statistics both benchmarks report.
   API only, Redis mode), on :mod:`bench.stack` (the integration tests' too).
 - :func:`photo_uploads`: random crops of the repository's test photographs,
   encoded as the uploads clients send.
-- :class:`Ledger`, :func:`drive_uploads`, :func:`start_poller`: concurrent
+- :class:`Ledger`, :func:`drive_uploads`, :func:`polling`: concurrent
   clients that submit and a poller that follows each accepted job to its end.
 - :func:`percentiles`, :func:`slope_per_min`, :class:`MemorySampler`:
   latency percentiles and RSS over time with its slope (steady or a leak).
@@ -25,11 +25,14 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.stack import REPO, RedisServer, Stack, free_port, service_env
+from safespot_cli.bench_cmd import RssSampler
 
 PHOTOS = REPO / "tests" / "fixtures" / "photos"
 BENCH_KEY = "bench-" + uuid.uuid4().hex  # the only client key of the API this module starts
@@ -68,26 +71,10 @@ def photo_uploads(count: int, size: tuple[int, int], seed: int = 0) -> list[byte
 
 
 # ------------------------------------------------------------- processes
-def rss_mib(pid: int) -> float | None:
-    """Resident memory of a process (VmRSS from /proc; psutil when /proc is absent)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        return float(psutil.Process(pid).memory_info().rss) / 2**20
-    except Exception:
-        return None
-
-
 @dataclass
 class BenchService:
-    """The API (key BENCH_KEY) and workers on `redis_url` (a private Redis when None),
-    in a temporary folder; `with` stops everything it started."""
+    """The API (key BENCH_KEY) and one worker at a time on `redis_url` (a private Redis
+    when None), in a temporary folder; `with` stops everything it started."""
 
     redis_url: str | None
     model: str
@@ -109,34 +96,20 @@ class BenchService:
             self.redis.stop()
         shutil.rmtree(self.stack.workdir, ignore_errors=True)
 
-    @property
-    def api_url(self) -> str:
-        return self.stack.url
-
     def env(self, **settings: Any) -> dict[str, str]:
         return service_env(self.redis_url, threads=self.threads, data_dir=self.stack.workdir / "data",
                            checkpoint_dir=self.stack.workdir / "checkpoints", log_level="warning", **settings)
 
     def start_api(self, max_queue: int) -> None:
-        self.stack.start_api(self.env(api_keys=BENCH_KEY, max_queue=max_queue, max_wait_s=60,
-                                      seconds_per_job=0.5))
+        self.stack.start_api(self.env(api_keys=BENCH_KEY, max_queue=max_queue, max_wait_s=60, seconds_per_job=0.5))
 
     def start_worker(self, max_batch: int | None = None) -> None:
-        """One worker (named "worker": one at a time) that `wait_ready` waits for."""
-        self.max_batch = max_batch or self.max_batch
-        self.worker_metrics_port = free_port()
-        self.stack.start_worker(self.env(default_model=self.model, max_batch=self.max_batch,
-                                         metrics_port=self.worker_metrics_port, log_json="true",
-                                         max_wait_ms=20), name="worker")
+        self.max_batch, self.worker_metrics_port = max_batch or self.max_batch, free_port()
+        self.stack.start_worker(self.env(default_model=self.model, max_batch=self.max_batch, max_wait_ms=20,
+                                         metrics_port=self.worker_metrics_port, log_json="true"), name="worker")
+        self.stack.wait_http(self.stack.url + "readyz", 300, "a worker with a loaded model")
 
-    def wait_ready(self, timeout: float = 300) -> None:
-        self.stack.wait_http(self.api_url + "readyz", timeout, "a worker with a loaded model")
-
-    def worker_alive(self) -> bool:
-        worker = self.stack.procs.get("worker")
-        return worker is not None and worker.poll() is None
-
-    def pids(self) -> dict[str, int]:
+    def pids(self) -> dict[str, int | str]:
         procs = {**self.stack.procs, **({"redis": self.redis.proc} if self.redis and self.redis.proc else {})}
         return {name: p.pid for name, p in procs.items() if p.poll() is None}
 
@@ -150,8 +123,7 @@ class BenchService:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == "safespot_worker_jobs_total":
-                    outcome = sample.labels["outcome"]
-                    totals[outcome] = totals.get(outcome, 0.0) + sample.value
+                    totals[sample.labels["outcome"]] = totals.get(sample.labels["outcome"], 0.0) + sample.value
         return totals
 
 
@@ -177,40 +149,16 @@ def slope_per_min(series: list[tuple[float, float]]) -> float | None:
     return round(60 * statistics.linear_regression(times, values).slope, 3)
 
 
-class MemorySampler:
-    """RSS of the stack's processes every `every_s` seconds, in a thread."""
+class MemorySampler(RssSampler):
+    """RSS of the service's processes over time, and its slope (steady or a leak)."""
 
-    def __init__(self, stack: BenchService, every_s: float) -> None:
-        self.stack, self.every_s = stack, every_s
-        self.t0 = time.monotonic()
-        self.series: dict[str, list[tuple[float, float]]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while True:
-            clock = round(time.monotonic() - self.t0, 2)
-            for name, pid in self.stack.pids().items():
-                value = rss_mib(pid)
-                if value is not None:
-                    self.series.setdefault(name, []).append((clock, round(value, 2)))
-            if self._stop.wait(self.every_s):
-                return
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+    def __init__(self, service: BenchService, every_s: float) -> None:
+        super().__init__(service.pids, every_s)
 
     def summary(self, warmup_fraction: float = 0.25) -> dict[str, Any]:
         """Per process: start/end/max MiB, the slope after warm-up, and the samples."""
         out: dict[str, Any] = {}
         for name, series in self.series.items():
-            if not series:
-                continue
             cut = series[0][0] + warmup_fraction * (series[-1][0] - series[0][0])
             steady = [s for s in series if s[0] >= cut]
             out[name] = {"start_mib": series[0][1], "end_mib": series[-1][1],
@@ -281,7 +229,7 @@ def drive_uploads(stack: BenchService, ledger: Ledger, uploads: list[bytes], cli
 
     def client_loop(index: int) -> None:
         sent = 0
-        with httpx.Client(base_url=stack.api_url, timeout=120) as client:
+        with httpx.Client(base_url=stack.stack.url, timeout=120) as client:
             while (until is None or time.monotonic() < until) and (per_client is None or sent < per_client):
                 data = uploads[(index + sent * clients) % len(uploads)]
                 started = time.monotonic()
@@ -310,24 +258,30 @@ def drive_uploads(stack: BenchService, ledger: Ledger, uploads: list[bytes], cli
         thread.join()
 
 
-def start_poller(stack: BenchService, ledger: Ledger, stop: threading.Event, interval_s: float = 0.25,
-            per_round: int = 8) -> threading.Thread:
-    """Follow the accepted jobs, oldest first, `per_round` of them every `interval_s`.
+@contextmanager
+def polling(stack: BenchService, ledger: Ledger, interval_s: float = 0.25, per_round: int = 8) -> Iterator[None]:
+    """While inside: follow the accepted jobs, oldest first, `per_round` of them every `interval_s`.
 
     Bounded on purpose: polling every outstanding job would load the API (and
     steal CPU from the worker on a shared machine).  Latencies are taken from the
     jobs' own timestamps, so the polling rate only affects `observed_latency_s`."""
     import httpx
 
+    stop = threading.Event()
+
     def loop() -> None:
-        with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+        with httpx.Client(base_url=stack.stack.url, timeout=30) as client:
             while not stop.is_set():
                 _poll(client, ledger, ledger.outstanding()[:per_round])
                 stop.wait(interval_s)
 
     thread = threading.Thread(target=loop, name="poller", daemon=True)
     thread.start()
-    return thread
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 def server_latencies(ledger: Ledger, ids: list[str] | None = None) -> list[float]:

@@ -26,6 +26,8 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from safespot_cli.common import add_model_args, write_json
@@ -139,7 +141,6 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
     import subprocess
     import sys
     import tempfile
-    from pathlib import Path
 
     from safespot_cli.errors import UsageError
 
@@ -195,11 +196,51 @@ def summary(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rss_mib(pid: int | str = "self") -> float | None:
+    """Resident memory of a process in MiB (VmRSS from /proc); None where there is none."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class RssSampler:
+    """The RSS (MiB) of the processes `pids()` names, every `every_s` seconds, in a thread."""
+
+    def __init__(self, pids: Callable[[], dict[str, int | str]], every_s: float) -> None:
+        self.pids, self.every_s, self.t0 = pids, every_s, time.monotonic()
+        self.series: dict[str, list[tuple[float, float]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            clock = round(time.monotonic() - self.t0, 2)
+            for name, pid in self.pids().items():
+                value = rss_mib(pid)
+                if value is not None:
+                    self.series.setdefault(name, []).append((clock, round(value, 2)))
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 class PeakMemory:
-    """Peak resident set size (CPU) sampled in a thread, or CUDA's peak allocation."""
+    """Peak resident set size (CPU, sampled every 10 ms) or CUDA's peak allocation, in bytes."""
 
     def __init__(self, device: Any) -> None:
-        self.device, self.peak, self._stop = device, 0, threading.Event()
+        self.device, self.peak = device, 0
+        self._rss = RssSampler(lambda: {"self": "self"}, 0.01)
 
     def __enter__(self) -> PeakMemory:
         import torch
@@ -207,8 +248,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            self._rss.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -217,18 +257,5 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.peak = int(torch.cuda.max_memory_allocated(self.device))
         else:
-            self._stop.set()
-            self._thread.join()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(0.01)
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            self._rss.__exit__()
+            self.peak = int(max((v for _, v in self._rss.series.get("self", [])), default=0) * 2**20)
