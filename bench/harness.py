@@ -41,20 +41,14 @@ TERMINAL = frozenset({"finished", "failed", "canceled", "expired"})
 
 # ---------------------------------------------------------------- images
 def photo_uploads(count: int, size: tuple[int, int], seed: int = 0) -> list[bytes]:
-    """`count` PNG uploads of `size` cut from real photographs (the test
-    fixtures, else scikit-image's copies of the same photos): random crops,
+    """`count` PNG uploads of `size` cut from the test photographs: random crops,
     so no two requests carry the same pixels."""
     from PIL import Image
 
     sources: list[Image.Image] = []
-    for path in sorted(PHOTOS.glob("*")) if PHOTOS.is_dir() else []:
+    for path in sorted(PHOTOS.glob("*")):
         with Image.open(path) as im:
             sources.append(im.convert("RGB"))
-    if not sources:
-        from skimage import data
-
-        sources = [Image.fromarray(getattr(data, name)()).convert("RGB")
-                   for name in ("astronaut", "chelsea", "coffee")]
     rng = random.Random(seed)
     uploads = []
     for i in range(count):

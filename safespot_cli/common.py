@@ -121,11 +121,18 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    path = Path(path)
+    atomic_write(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """A reader (or an interrupted run) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

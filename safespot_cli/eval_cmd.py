@@ -12,6 +12,7 @@ from safespot_cli.common import (
     add_model_args,
     add_threat_args,
     open_model,
+    progress_bar,
     search_config,
     write_json,
 )
@@ -58,7 +59,6 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from safespot.evaluation import METHODS, evaluate_methods
     from safespot.yardstick import suites_from
@@ -83,12 +83,9 @@ def run(args: argparse.Namespace) -> int:
     bars: dict[str, Any] = {}
 
     def progress(method: str) -> Any:
-        bar = bars.setdefault(method, tqdm(total=len(idx), desc=method, unit="img", dynamic_ncols=True))
-
-        def update(done: int, total: int) -> None:
-            bar.n = done
-            bar.refresh()
-        return update
+        if method not in bars:
+            bars[method] = progress_bar(len(idx), method)
+        return bars[method][1]
 
     started = time.time()
     if args.certify:

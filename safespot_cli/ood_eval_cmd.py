@@ -21,8 +21,6 @@ from safespot_cli.common import (
 )
 from safespot_cli.errors import UsageError
 
-METHODS = ("msp", "oe", "energy", "mahalanobis", "safespot")  # safespot.ood_eval.METHODS (no torch here)
-BUILTIN_SETS = "tinyimagenet,fashion-mnist,gaussian,uniform"  # training.ood_sets.BUILTIN_SETS
 DEFAULT_MU = 0.5  # as the service, when a checkpoint records no calibrated mu
 
 HELP = """Score a fixed, class-balanced CIFAR-10 test slice (in-distribution, --n images at
@@ -67,13 +65,13 @@ def register(sub: Any) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=1000, help="in-distribution images, at a fixed stride")
     p.add_argument("--n-ood", type=int, default=None, help="images per OOD set, at a fixed stride (default: --n)")
-    p.add_argument("--sets", default=BUILTIN_SETS, help="built-in OOD sets to use")
+    p.add_argument("--sets", default="tinyimagenet,fashion-mnist,gaussian,uniform", help="built-in OOD sets to use")
     p.add_argument("--ood-set", action="append", default=[], metavar="NAME=PATH.npz",
                    help="an extra OOD set (array x, uint8 NHWC); repeatable")
     p.add_argument("--tinyimagenet", default=None, help="default: DATA_DIR/tinyimagenet32.npz")
     p.add_argument("--fashion-mnist", default="/usr/share/datasets/fashion-mnist",
                    help="folder with the gzipped IDX files (default: Debian's dataset-fashion-mnist)")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default="msp,oe,energy,mahalanobis,safespot")
     p.add_argument("--fit-data", default="cifar10", help="Mahalanobis fit images: 'cifar10' (train split) or .npz")
     p.add_argument("--fit-n", type=int, default=5000)
     add_recorded_search_args(p)
@@ -107,14 +105,12 @@ def fit_mahalanobis(args: argparse.Namespace, model: Any, device: Any) -> tuple[
 
 
 def extra_sets(specs: list[str]) -> dict[str, Path]:
-    """--ood-set NAME=PATH.npz, each name once and none a built-in set's."""
+    """--ood-set NAME=PATH.npz, each name once."""
     extra: dict[str, Path] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
-        if not (sep and name and path):
-            raise UsageError(f"--ood-set expects NAME=PATH.npz, got {spec!r}")
-        if name in extra or name in BUILTIN_SETS.split(","):
-            raise UsageError(f"OOD set names must be unique: {name!r} is given twice")
+        if not (sep and name and path) or name in extra:
+            raise UsageError(f"--ood-set expects NAME=PATH.npz, each NAME once; got {spec!r}")
         extra[name] = Path(path)
     return extra
 
@@ -124,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     from models import load_checkpoint
     from models.errors import ModelError
-    from safespot.ood_eval import OodScorer, Scored, ood_metrics
+    from safespot.ood_eval import METHODS, OodScorer, Scored, ood_metrics
     from training.data import DataError, default_data_dir, load_dataset, strided_indices, to_tensor
     from training.ood_sets import load_ood_sets
 
@@ -230,25 +226,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def markdown_table(report: dict[str, Any], methods: list[str]) -> str:
-    sets = report["sets"]
+    sets, metrics = report["sets"], ("auroc", "aupr", "fpr95")
+    rows = dict(sets)
+    if len(sets) > 1:
+        rows["average"] = {m: {k: float(np.mean([per[m][k] for per in sets.values()])) for k in metrics}
+                           for m in methods if all(m in per for per in sets.values())}
     lines = [f"model {report['model']['name']} ({report['model']['sha256'][:12]}); in-distribution: "
              f"{report['in_distribution']}", ""]
-    for metric, label, scale in (("auroc", "AUROC (%)", 100), ("aupr", "AUPR-in (%)", 100),
-                                 ("fpr95", "FPR at 95% TPR (%), lower is better", 100)):
-        lines += [f"{label}:", "", "| OOD set | " + " | ".join(methods) + " |",
-                  "|---" * (len(methods) + 1) + "|"]
-        for name, per in sets.items():
-            cells = [f"{per[m][metric] * scale:.2f}" if m in per else "missing" for m in methods]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        if len(sets) > 1:
-            avg = []
-            for m in methods:
-                vals = [per[m][metric] for per in sets.values() if m in per]
-                avg.append(f"{np.mean(vals) * scale:.2f}" if len(vals) == len(sets) else "missing")
-            lines.append("| average | " + " | ".join(avg) + " |")
+    for metric, label in zip(metrics, ("AUROC (%)", "AUPR-in (%)", "FPR at 95% TPR (%), lower is better"),
+                             strict=True):
+        lines += [f"{label}:", "", "| OOD set | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(f"{per[m][metric] * 100:.2f}" if m in per else "missing"
+                                              for m in methods) + " |" for name, per in rows.items()]
         lines.append("")
-    for name, why in {**report["missing"], **report["skipped"]}.items():
-        lines.append(f"- {name}: {why}")
+    lines += [f"- {name}: {why}" for name, why in {**report["missing"], **report["skipped"]}.items()]
     return "\n".join(lines).rstrip()
 
 

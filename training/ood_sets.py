@@ -100,6 +100,8 @@ def load_ood_sets(names: list[str], extra: dict[str, Path], size: tuple[int, int
         else:
             sets.append(found)
     sets += [OodSet(name, strided(load_dataset(str(path)).x, n), path.name) for name, path in extra.items()]
+    if len({s.name for s in sets}) != len(sets):
+        raise DataError(f"OOD set names must be unique: {[s.name for s in sets]}")
     for s in sets:
         if s.x.shape[1:3] != size:
             raise DataError(f"OOD set {s.name}: images are {s.x.shape[1]}x{s.x.shape[2]}, "

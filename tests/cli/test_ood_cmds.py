@@ -102,8 +102,11 @@ def test_absent_sets_are_skipped_and_a_missing_oe_model_is_reported(
     assert "skipping OOD set fashion-mnist" in printed.err and "missing" in printed.out
     with pytest.raises(UsageError, match="NAME=PATH"):
         cli("ood-eval", "--model", str(TINY), "--data", str(files["in"]), "--ood-set", "nonsense")
+    with pytest.raises(UsageError, match="each NAME once"):
+        cli("ood-eval", "--data", str(files["in"]), "--ood-set", "a=x.npz", "--ood-set", "a=y.npz")
     with pytest.raises(UsageError, match="unique"):
-        cli("ood-eval", "--model", str(TINY), "--data", str(files["in"]), "--ood-set", f"gaussian={files['extra']}")
+        cli("ood-eval", "--model", str(TINY), "--data", str(files["in"]), "--methods", "msp",
+            "--ood-set", f"gaussian={files['extra']}")
 
 
 def _calibratable(tmp_path: Path, **ood: Any) -> Path:
