@@ -103,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
     from models.checkpoint import save_checkpoint
     from safespot.ood import safespot_score, threshold_for_tpr
     from safespot.ood_eval import choose_mu, ood_metrics, safespot_parts
-    from training.data import DataError, load_dataset, strided, to_tensor
-    from training.ood_training import OUTLIER_SPLIT_SEED, OUTLIER_VAL, load_outliers, outlier_split
+    from training.data import DataError, load_dataset, load_images, strided, to_tensor
+    from training.ood_training import OUTLIER_KEY, OUTLIER_SPLIT_SEED, OUTLIER_VAL, outlier_split
 
     if not 0 < args.tpr <= 1:
         raise UsageError("--tpr must lie in (0, 1]")
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             x_in, in_desc = strided(val.x, args.n_in), f"{Path(args.val_data).name}: {min(args.n_in, len(val))} images (given)"
         else:
             x_in, in_desc = heldout_images(info, args.data_dir, args.n_in)
-        outliers = load_outliers(args.outliers)
+        outliers = load_images(args.outliers, OUTLIER_KEY)
         n_val = int(trained.get("val_outliers", OUTLIER_VAL))
         seed = int(trained.get("split_seed", OUTLIER_SPLIT_SEED))
         _, val_idx = outlier_split(len(outliers), n_val, seed)

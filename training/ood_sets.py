@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import DataError, load_dataset, strided
+from training.data import DataError, load_images, strided
 
 BUILTIN_SETS = ("tinyimagenet", "fashion-mnist", "gaussian", "uniform")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -70,10 +70,7 @@ def _builtin(name: str, n: int, size: tuple[int, int], tinyimagenet: Path, fashi
     if name == "tinyimagenet":
         if not tinyimagenet.is_file():
             return f"{tinyimagenet} not found (give --tinyimagenet PATH or --data-dir)"
-        with np.load(tinyimagenet, allow_pickle=False) as f:
-            if TINY_KEY not in f:
-                raise DataError(f"{tinyimagenet}: no array {TINY_KEY!r}")
-            return OodSet(name, strided(f[TINY_KEY], n), f"{tinyimagenet.name}:{TINY_KEY}")
+        return OodSet(name, strided(load_images(tinyimagenet, TINY_KEY), n), f"{tinyimagenet.name}:{TINY_KEY}")
     if name == "fashion-mnist":
         path = fashion_dir / FASHION_MNIST_TEST
         if not path.is_file():
@@ -99,7 +96,7 @@ def load_ood_sets(names: list[str], extra: dict[str, Path], size: tuple[int, int
             skipped[name] = found
         else:
             sets.append(found)
-    sets += [OodSet(name, strided(load_dataset(str(path)).x, n), path.name) for name, path in extra.items()]
+    sets += [OodSet(name, strided(load_images(path), n), path.name) for name, path in extra.items()]
     if len({s.name for s in sets}) != len(sets):
         raise DataError(f"OOD set names must be unique: {[s.name for s in sets]}")
     for s in sets:
