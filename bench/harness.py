@@ -36,6 +36,7 @@ from safespot_cli.bench_cmd import RssSampler
 
 PHOTOS = REPO / "tests" / "fixtures" / "photos"
 BENCH_KEY = "bench-" + uuid.uuid4().hex  # the only client key of the API this module starts
+AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
 TERMINAL = frozenset({"finished", "failed", "canceled", "expired"})
 
 
@@ -181,20 +182,10 @@ class Ledger:
             return [j for j in self.accepted if j not in self.ended]
 
 
-def _submit(client: Any, data: bytes, preset: str) -> tuple[int, dict[str, Any], dict[str, str]]:
-    response = client.post("/v1/filter", headers={"Authorization": f"Bearer {BENCH_KEY}"},
-                           data={"preset": preset}, files={"image": ("photo.png", data, "image/png")})
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    return response.status_code, body, dict(response.headers)
-
-
 def _poll(client: Any, ledger: Ledger, job_ids: list[str]) -> None:
     for job_id in job_ids:
         try:
-            response = client.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {BENCH_KEY}"})
+            response = client.get(f"/v1/jobs/{job_id}")
         except Exception as e:  # count it; the next round asks again
             with ledger.lock:
                 ledger.errors[f"poll:{type(e).__name__}"] += 1
@@ -223,12 +214,14 @@ def drive_uploads(stack: BenchService, ledger: Ledger, uploads: list[bytes], cli
 
     def client_loop(index: int) -> None:
         sent = 0
-        with httpx.Client(base_url=stack.stack.url, timeout=120) as client:
+        with httpx.Client(base_url=stack.stack.url, timeout=120, headers=AUTH) as client:
             while (until is None or time.monotonic() < until) and (per_client is None or sent < per_client):
                 data = uploads[(index + sent * clients) % len(uploads)]
                 started = time.monotonic()
                 try:
-                    status, body, headers = _submit(client, data, preset)
+                    response = client.post("/v1/filter", data={"preset": preset},
+                                           files={"image": ("photo.png", data, "image/png")})
+                    status, headers = response.status_code, response.headers
                 except Exception as e:
                     with ledger.lock:
                         ledger.errors[f"submit:{type(e).__name__}"] += 1
@@ -237,7 +230,7 @@ def drive_uploads(stack: BenchService, ledger: Ledger, uploads: list[bytes], cli
                 with ledger.lock:
                     ledger.answers[status] += 1
                     if status in (200, 202):
-                        ledger.accepted[body["job_id"]] = started
+                        ledger.accepted[response.json()["job_id"]] = started
                 if status in (200, 202):
                     sent += 1
                 elif status == 429:
@@ -264,7 +257,7 @@ def polling(stack: BenchService, ledger: Ledger, interval_s: float = 0.25, per_r
     stop = threading.Event()
 
     def loop() -> None:
-        with httpx.Client(base_url=stack.stack.url, timeout=30) as client:
+        with httpx.Client(base_url=stack.stack.url, timeout=30, headers=AUTH) as client:
             while not stop.is_set():
                 _poll(client, ledger, ledger.outstanding()[:per_round])
                 stop.wait(interval_s)
@@ -278,8 +271,7 @@ def polling(stack: BenchService, ledger: Ledger, interval_s: float = 0.25, per_r
         thread.join(timeout=30)
 
 
-def server_latencies(ledger: Ledger, ids: list[str] | None = None) -> list[float]:
+def server_latencies(ledger: Ledger) -> list[float]:
     """Server-side end-to-end latency (submission accepted -> job ended) of finished jobs."""
-    picked = ledger.ended if ids is None else {j: ledger.ended[j] for j in ids if j in ledger.ended}
-    return [v["ended_at"] - v["created_at"] for v in picked.values()
+    return [v["ended_at"] - v["created_at"] for v in ledger.ended.values()
             if v.get("status") == "finished" and v.get("ended_at") and v.get("created_at")]

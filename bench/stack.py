@@ -169,12 +169,10 @@ class Stack:
 
         wait_until(answered, timeout, what, interval=0.25)
 
-    def log(self, name: str) -> str:
-        path = self.workdir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
     def log_tail(self, chars: int = 3000) -> str:
-        return "\n".join(f"--- {name}.log (last {chars} chars)\n{self.log(name)[-chars:]}" for name in self.procs)
+        logs = {name: self.workdir / f"{name}.log" for name in self.procs}
+        return "\n".join(f"--- {path.name} (last {chars} chars)\n{path.read_text(errors='replace')[-chars:]}"
+                         for path in logs.values() if path.exists())
 
     def stop(self, name: str) -> None:
         stop_process(self.procs.pop(name))

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from safespot_cli.common import add_model_args, write_json
+from safespot_cli.errors import UsageError
 
 HELP = """Measure the search's speed against the model's own forward+backward limit,
 against batch size 1, and the presets' cost and safe-spot rate against `paper`.
@@ -82,8 +83,6 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
-    from safespot_cli.errors import UsageError
-
     if unknown:
         raise UsageError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     if "train" in sections:  # before any measuring: a typo should not cost the first sections' minutes
@@ -141,8 +140,6 @@ def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
     import subprocess
     import sys
     import tempfile
-
-    from safespot_cli.errors import UsageError
 
     repo = Path(__file__).resolve().parents[1]
     if not (repo / "bench" / "__main__.py").is_file():
