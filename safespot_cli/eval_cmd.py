@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         reports = evaluate_methods(loaded.model, x, y, cfg, methods, suites, progress)
     except ImportError as e:  # the optional yardstick extra is missing
         raise UsageError(str(e)) from None
-    for bar in bars.values():
+    for bar, _ in bars.values():
         bar.close()
     out = {
         "model": {"name": args.model, "sha256": loaded.sha256, "arch": loaded.info.arch},

@@ -21,8 +21,6 @@ from safespot_cli.common import (
 )
 from safespot_cli.errors import UsageError
 
-DEFAULT_MU = 0.5  # as the service, when a checkpoint records no calibrated mu
-
 HELP = """Score a fixed, class-balanced CIFAR-10 test slice (in-distribution, --n images at
 a fixed stride) and several OOD sets with each method, and report AUROC,
 AUPR (in-distribution positive) and the false-positive rate at 95% true-positive
@@ -69,7 +67,7 @@ def register(sub: Any) -> None:
     p.add_argument("--ood-set", action="append", default=[], metavar="NAME=PATH.npz",
                    help="an extra OOD set (array x, uint8 NHWC); repeatable")
     p.add_argument("--tinyimagenet", default=None, help="default: DATA_DIR/tinyimagenet32.npz")
-    p.add_argument("--fashion-mnist", default="/usr/share/datasets/fashion-mnist",
+    p.add_argument("--fashion-mnist", default=None,
                    help="folder with the gzipped IDX files (default: Debian's dataset-fashion-mnist)")
     p.add_argument("--methods", default="msp,oe,energy,mahalanobis,safespot")
     p.add_argument("--fit-data", default="cifar10", help="Mahalanobis fit images: 'cifar10' (train split) or .npz")
@@ -122,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     from models.errors import ModelError
     from safespot.ood_eval import METHODS, OodScorer, Scored, ood_metrics
     from training.data import DataError, default_data_dir, load_dataset, strided_indices, to_tensor
-    from training.ood_sets import load_ood_sets
+    from training.ood_sets import FASHION_MNIST_DIR, load_ood_sets
+    from worker.results import DEFAULT_OOD_MU  # the service's mu when a checkpoint records none
 
     started = time.time()
     extra = extra_sets(args.ood_set)  # fail on a typo before any work
@@ -148,20 +147,20 @@ def run(args: argparse.Namespace) -> int:
     base = baseline or loaded
     recorded = info.ood.get("search")
     cfg, search = recorded_search_config(args, info)
-    mu = float(info.ood.get("mu", DEFAULT_MU))
-    mu_source = "checkpoint (ood-calibrate)" if "mu" in info.ood else f"default {DEFAULT_MU} (not calibrated)"
+    mu = float(info.ood.get("mu", DEFAULT_OOD_MU))
+    mu_source = "checkpoint (ood-calibrate)" if "mu" in info.ood else f"default {DEFAULT_OOD_MU} (not calibrated)"
     if "safespot" in methods and recorded and recorded != search:
         print(f"warning: the checkpoint was calibrated with search {recorded}, scoring with {search}",
               file=sys.stderr)
 
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    tinyimagenet = Path(args.tinyimagenet or Path(args.data_dir or default_data_dir()) / "tinyimagenet32.npz")
     try:
         data = load_dataset(args.data, args.split, args.data_dir)
         maha, maha_fit = (fit_mahalanobis(args, base.model, device) if "mahalanobis" in methods
                           else (None, None))
-        wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
-        sets, skipped = load_ood_sets(wanted, extra, size, args.n_ood or args.n, fashion_dir=Path(args.fashion_mnist),
-                                      tinyimagenet=Path(args.tinyimagenet or data_dir / "tinyimagenet32.npz"))
+        sets, skipped = load_ood_sets([s.strip() for s in args.sets.split(",") if s.strip()], extra, size,
+                                      args.n_ood or args.n, tinyimagenet=tinyimagenet,
+                                      fashion_dir=Path(args.fashion_mnist or FASHION_MNIST_DIR))
     except DataError as e:
         raise UsageError(str(e)) from e
     for name, why in skipped.items():
