@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "models": {"models", "safespot", "torch", "torchvision", "safetensors"},
     "training": {"training", "safespot", "models", "torch", "numpy", "PIL", "tqdm"},
     "worker": {"worker", "training", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",
-               "pydantic", "pydantic_settings", "prometheus_client", "tqdm"},
+               "pydantic", "pydantic_settings", "prometheus_client"},
     "service": {"service", "worker.protocol", "worker.errors", "fastapi", "starlette", "pydantic",
                 "pydantic_settings", "rq", "redis", "PIL", "prometheus_client", "anyio", "uvicorn",
                 "multipart", "python_multipart", "httpx"},
