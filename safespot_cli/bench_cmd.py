@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from safespot_cli.common import add_model_args, write_json
+from safespot_cli.common import add_model_args, open_device, write_json
 from safespot_cli.errors import UsageError
 
 HELP = """Measure the search's speed against the model's own forward+backward limit,
@@ -79,8 +79,6 @@ def run(args: argparse.Namespace) -> int:
         open_bench_model,
     )
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -92,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise UsageError(f"unknown --train-recipes {bad}; choose from {sorted(TRAIN_RECIPES)}")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = open_device(args)
     model, model_meta, input_size = open_bench_model(args, device)
     out: dict[str, Any] = {"device": describe_device(device), "model": model_meta,
                            "torch": torch.__version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}

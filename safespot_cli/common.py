@@ -31,15 +31,20 @@ def add_threat_args(p: argparse.ArgumentParser) -> None:
                         "e.g. --set outer_steps=90 --set verify_targets=9")
 
 
-def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
+def open_device(args: argparse.Namespace) -> Any:
+    """--device (CUDA when there is one) with --threads CPU threads for torch."""
     import torch
-
-    from models import load_checkpoint
-    from models.errors import ModelError
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    from models import load_checkpoint
+    from models.errors import ModelError
+
+    device = open_device(args)
     try:
         return load_checkpoint(args.model, device), device
     except ModelError as e:
