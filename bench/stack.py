@@ -152,8 +152,8 @@ class Stack:
 
     def wait_http(self, url: str, timeout: float, what: str,
                   watch: Iterable[subprocess.Popen[bytes]] | None = None) -> None:
-        """Until GET `url` answers 200; a watched process (all by default) that exits meanwhile
-        ends the wait with its log."""
+        """Until GET `url` answers 200; a watched process (all by default) that exits meanwhile,
+        or the timeout, ends the wait with the logs."""
         import httpx
 
         watched = list(self.procs.values() if watch is None else watch)
@@ -167,7 +167,10 @@ class Stack:
             except httpx.HTTPError:
                 return False
 
-        wait_until(answered, timeout, what, interval=0.25)
+        try:
+            wait_until(answered, timeout, what, interval=0.25)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n{self.log_tail()}") from None
 
     def log_tail(self, chars: int = 3000) -> str:
         logs = {name: self.workdir / f"{name}.log" for name in self.procs}
