@@ -66,6 +66,12 @@ def search_config(args: argparse.Namespace) -> Any:
         raise UsageError(str(e)) from e
 
 
+def add_recorded_search_args(p: argparse.ArgumentParser) -> None:
+    """The OOD score's search (the result gives MSP(x_a*)); None: what the checkpoint recorded."""
+    add_threat_args(p)
+    p.set_defaults(preset=None, norm=None)
+
+
 def recorded_search_config(args: argparse.Namespace, info: Any) -> tuple[Any, dict[str, Any]]:
     """The OOD score's search: the command line first, then what calibration recorded in the
     checkpoint (`info.ood["search"]`), then its threat model; with the record to store."""

@@ -12,13 +12,13 @@ import numpy as np
 
 from safespot_cli.common import (
     add_model_args,
+    add_recorded_search_args,
     open_model,
     progress_bar,
     recorded_search_config,
     write_json,
 )
 from safespot_cli.errors import UsageError
-from safespot_cli.ood_eval_cmd import add_recorded_search_args
 
 HELP = """Choose mu of the OOD score D(x) = mu*MSP(x) + (1-mu)*MSP(x_a*) and the threshold that
 keeps 95% of in-distribution images unflagged, on a validation split carved from

@@ -13,7 +13,7 @@ import numpy as np
 
 from safespot_cli.common import (
     add_model_args,
-    add_threat_args,
+    add_recorded_search_args,
     open_model,
     progress_bar,
     recorded_search_config,
@@ -76,12 +76,6 @@ def register(sub: Any) -> None:
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT")
     p.add_argument("--plot", default=None, metavar="PNG", help="histograms of the in-distribution and OOD scores")
     p.set_defaults(run=run)
-
-
-def add_recorded_search_args(p: argparse.ArgumentParser) -> None:
-    """The search whose result gives MSP(x_a*); None: what the checkpoint recorded."""
-    add_threat_args(p)
-    p.set_defaults(preset=None, norm=None)
 
 
 def fit_mahalanobis(args: argparse.Namespace, model: Any, device: Any) -> tuple[Any, str]:
