@@ -97,8 +97,11 @@ class TrainConfig:
         return self.recipe
 
 
-def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = False) -> Path:
-    """Train (or resume) the run in ``cfg.run_dir``; return the final checkpoint's path."""
+def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = False,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """Train (or resume) the run in ``cfg.run_dir``; return the final checkpoint's path.
+
+    `on_epoch` gets each epoch's log record (the line of ``log.jsonl``) as it is written."""
     dist = _Distributed.setup()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -177,6 +180,8 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
                 _atomic_torch_save(run_dir / "best.pt", {k: v.cpu() for k, v in model.network.state_dict().items()})
             with open(log, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if on_epoch is not None:
+                on_epoch(record)
             if not quiet:
                 print(json.dumps(record), file=sys.stderr, flush=True)
         state.update(epoch=epoch + 1, step=0)
