@@ -74,7 +74,9 @@ def register(sub: Any) -> None:
 def heldout_images(info: Any, data_dir: str | None, n: int) -> tuple[np.ndarray, str]:
     """Up to n training images the trainer held out (never trained on) for this checkpoint."""
     from training.data import load_dataset
-    from training.trainer import _split  # the trainer's own split: the single source of truth
+    from training.trainer import (
+        holdout_split,  # the trainer's own split: the single source of truth
+    )
 
     config = info.training.get("config") or {}
     holdout = int(info.data.get("holdout") or 0)
@@ -85,7 +87,7 @@ def heldout_images(info: Any, data_dir: str | None, n: int) -> tuple[np.ndarray,
     if "images" in info.data and int(info.data["images"]) != len(data):
         raise UsageError(f"the training set found has {len(data)} images, the checkpoint was trained on "
                          f"{info.data['images']}: point --data-dir at the same data")
-    _, held = _split(len(data), holdout, int(config.get("seed", 0)), info.data.get("limit"))
+    _, held = holdout_split(len(data), holdout, int(config.get("seed", 0)), info.data.get("limit"))
     held = held[:n]
     return data.x[held], (f"{info.data.get('source', config.get('data'))}: {len(held)} of the {holdout} "
                           f"training images the trainer held out (seed {config.get('seed', 0)})")

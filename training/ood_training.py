@@ -40,7 +40,7 @@ from safespot.ood import default_ce_cap, last_linear, outlier_recipe
 from safespot.ood import outlier_loss as outlier_terms_loss
 from safespot.training import Recipe
 from training.data import DataError, load_dataset, load_images, to_tensor
-from training.trainer import _augment, _split  # the trainer's own augmentation and split
+from training.trainer import holdout_split, random_crop_flip  # the trainer's own
 
 OUTLIER_KEY = "x_outlier_train"
 OUTLIER_VAL = 1000  # outliers held out for calibration, never trained on
@@ -88,7 +88,7 @@ def outlier_loss(outliers_path: str | os.PathLike[str], cfg: Any, *, gamma: floa
         gen.manual_seed(int(rng.integers(2**62)))
         x = to_tensor(x_all[batch], device)
         if augment:
-            x = _augment(x, gen)
+            x = random_crop_flip(x, gen)
         was_training = model.training
         cap = default_ce_cap(last_linear(model).out_features) if ce_cap == "log-k" else fixed_cap
         model.eval()
@@ -119,7 +119,7 @@ def _recipe_schedule(cfg: Any) -> Callable[[int], Recipe]:
         return lambda step: cfg.recipe
     # The trainer's own schedule: `global step = epoch * steps_per_epoch + step`.
     n = len(load_dataset(cfg.data, "train", cfg.data_dir))
-    train_idx, _ = _split(n, cfg.holdout, cfg.seed, cfg.limit)
+    train_idx, _ = holdout_split(n, cfg.holdout, cfg.seed, cfg.limit)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = max(1, len(train_idx) // world // cfg.batch_size)
     return lambda step: cfg.recipe_for(step // steps_per_epoch)

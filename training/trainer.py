@@ -108,7 +108,7 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
     device = dist.device
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.data, "train", cfg.data_dir)
-    train_idx, held_idx = _split(len(data), cfg.holdout, cfg.seed, cfg.limit)
+    train_idx, held_idx = holdout_split(len(data), cfg.holdout, cfg.seed, cfg.limit)
     info = _model_info(cfg, data)
     model = build_model(info).to(device)
     if cfg.init_from:
@@ -147,7 +147,7 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
             x = to_tensor(data.x[batch], device)
             y = torch.from_numpy(data.y[batch]).to(device)
             if cfg.augment:
-                x = _augment(x, gen)
+                x = random_crop_flip(x, gen)
             lr = _one_cycle(epoch * per_rank + step, total_steps, cfg.lr, cfg.lr_rise)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -263,13 +263,14 @@ def _autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def _split(n: int, holdout: int, seed: int, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(n: int, holdout: int, seed: int, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) indices: a fixed permutation by `seed`, the first `holdout` held out."""
     order = np.random.default_rng(seed).permutation(n)
     held, rest = order[:holdout], order[holdout:]
     return (rest if limit is None else rest[:limit]), held
 
 
-def _augment(x: Tensor, gen: torch.Generator) -> Tensor:
+def random_crop_flip(x: Tensor, gen: torch.Generator) -> Tensor:
     """Random crop with 4-pixel zero padding and random horizontal flip, per image."""
     n, _, h, w = x.shape
     padded = F.pad(x, (4, 4, 4, 4))

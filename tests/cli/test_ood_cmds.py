@@ -143,14 +143,14 @@ def test_calibration_stores_mu_and_a_threshold_with_95_percent_tpr(
 
 
 def test_calibration_finds_the_trainers_holdout(tmp_path: Path, cifar_mini: dict[str, np.ndarray]) -> None:
-    from training.trainer import _split
+    from training.trainer import holdout_split
 
     (tmp_path / "data").mkdir()
     np.savez(tmp_path / "data" / "cifar10_train.npz", x=cifar_mini["x_train"], y=cifar_mini["y_train"])
     info = read_info(TINY)
     info.data = info.data | {"images": 400, "holdout": 30, "limit": None}
     x, desc = ood_calibrate_cmd.heldout_images(info, str(tmp_path / "data"), n=25)
-    _, held = _split(400, 30, info.training["config"]["seed"], None)
+    _, held = holdout_split(400, 30, info.training["config"]["seed"], None)
     assert np.array_equal(x, cifar_mini["x_train"][held[:25]]) and "held out" in desc
     info.data["images"] = 50_000
     with pytest.raises(UsageError, match="same data"):
