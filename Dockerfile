@@ -43,6 +43,7 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY safespot ./safespot
 COPY models ./models
+COPY training ./training
 COPY worker ./worker
 COPY service ./service
 COPY safespot_cli ./safespot_cli
@@ -83,6 +84,7 @@ RUN python -m venv /opt/venv \
 COPY pyproject.toml README.md ./
 COPY safespot ./safespot
 COPY models ./models
+COPY training ./training
 COPY worker ./worker
 COPY service ./service
 COPY safespot_cli ./safespot_cli

@@ -10,7 +10,8 @@ Sections (``--sections``, comma-separated):
   test images (the cost/quality curve of early exit against ``paper``).
 - ``memory``: peak resident memory (CPU) or peak allocated memory (GPU) of a
   search per batch size.
-- ``service``: the service end to end (see :mod:`safespot_cli.bench_e2e`).
+- ``service``: the service end to end: ``python -m bench e2e`` in a child
+  process (the repository's ``bench/``, not installed with the package).
 - ``train``: the trainer's step per recipe, precision and memory layout
   (see :mod:`safespot_cli.bench_train`); not in the default sections.
 
@@ -25,9 +26,12 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from safespot_cli.common import add_model_args, write_json
+from safespot_cli.common import add_model_args, open_device, write_json
+from safespot_cli.errors import UsageError
 from worker.protocol import NORMS, PRESETS
 
 HELP = """Measure the search's speed against the model's own forward+backward limit,
@@ -76,12 +80,8 @@ def run(args: argparse.Namespace) -> int:
         open_bench_model,
     )
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(SECTIONS)
-    from safespot_cli.errors import UsageError
-
     if unknown:
         raise UsageError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     if "train" in sections:  # before any measuring: a typo should not cost the first sections' minutes
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise UsageError(f"unknown --train-recipes {bad}; choose from {sorted(TRAIN_RECIPES)}")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = open_device(args)
     model, model_meta, input_size = open_bench_model(args, device)
     out: dict[str, Any] = {"device": describe_device(device), "model": model_meta,
                            "torch": torch.__version__, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -115,10 +115,7 @@ def run(args: argparse.Namespace) -> int:
                                          args.data, args.data_dir)
         save()
     if "service" in sections:
-        from safespot_cli.bench_e2e import run_e2e
-
-        out["service"] = run_e2e(args.service_images, args.service_clients, args.redis_url,
-                                 args.model, {}, threads=args.threads or 2)
+        out["service"] = run_service_bench(args)
         save()
     if "train" in sections:
         from models.normalize import Classifier
@@ -134,6 +131,28 @@ def run(args: argparse.Namespace) -> int:
     save()
     print(summary(out))
     return 0
+
+
+def run_service_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """`python -m bench e2e` from the source tree this package lives in; its JSON figures."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "bench" / "__main__.py").is_file():
+        raise UsageError("the service section runs bench/ from a source checkout; none is next to "
+                         f"this installation ({repo})")
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "e2e.json"
+        model = str(Path(args.model).resolve()) if args.model.endswith(".safetensors") else args.model
+        command = [sys.executable, "-m", "bench", "e2e", "--images", str(args.service_images),
+                   "--clients", str(args.service_clients), "--model", model,
+                   "--threads", str(args.threads or 2), "--json", str(report)]
+        subprocess.run(command + (["--redis-url", args.redis_url] if args.redis_url else []),
+                       cwd=repo, check=True)
+        return dict(json.loads(report.read_text()))
 
 
 def describe_device(device: Any) -> str:
@@ -173,11 +192,51 @@ def summary(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rss_mib(pid: int | str = "self") -> float | None:
+    """Resident memory of a process in MiB (VmRSS from /proc); None where there is none."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class RssSampler:
+    """The RSS (MiB) of the processes `pids()` names, every `every_s` seconds, in a thread."""
+
+    def __init__(self, pids: Callable[[], dict[str, int | str]], every_s: float) -> None:
+        self.pids, self.every_s, self.t0 = pids, every_s, time.monotonic()
+        self.series: dict[str, list[tuple[float, float]]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            clock = round(time.monotonic() - self.t0, 2)
+            for name, pid in self.pids().items():
+                value = rss_mib(pid)
+                if value is not None:
+                    self.series.setdefault(name, []).append((clock, round(value, 2)))
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 class PeakMemory:
-    """Peak resident set size (CPU) sampled in a thread, or CUDA's peak allocation."""
+    """Peak resident set size (CPU, sampled every 10 ms) or CUDA's peak allocation, in bytes."""
 
     def __init__(self, device: Any) -> None:
-        self.device, self.peak, self._stop = device, 0, threading.Event()
+        self.device, self.peak = device, 0
+        self._rss = RssSampler(lambda: {"self": "self"}, 0.01)
 
     def __enter__(self) -> PeakMemory:
         import torch
@@ -185,8 +244,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            self._rss.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -195,18 +253,5 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.peak = int(torch.cuda.max_memory_allocated(self.device))
         else:
-            self._stop.set()
-            self._thread.join()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(0.01)
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            self._rss.__exit__()
+            self.peak = int(max((v for _, v in self._rss.series.get("self", [])), default=0) * 2**20)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,6 +41,17 @@ def sync_device(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def calls_per_s(call: Callable[[], object], device: torch.device, seconds: float, at_least: int = 2) -> float:
+    """How often `call` runs per second over `seconds` (and `at_least` calls), its device work included."""
+    sync_device(device)  # work queued before is not ours
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or n < at_least:
+        call()
+        n += 1
+    sync_device(device)
+    return n / (time.perf_counter() - start)
+
+
 def measure_limit(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
                   batch_sizes: list[int], seconds: float = 4.0) -> dict[str, Any]:
     """Forward+backward passes per second (input gradient only), per batch size."""
@@ -47,13 +60,8 @@ def measure_limit(model: nn.Module, input_size: tuple[int, ...], device: torch.d
         x = torch.rand(b, *input_size, device=device)
         y = torch.randint(0, 10, (b,), device=device)
         evaluate(model, x, y)  # warm-up (allocator, kernels)
-        sync_device(device)
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or n < 3:
-            evaluate(model, x, y)
-            n += 1
-        sync_device(device)
-        rows.append({"batch": b, "passes_per_s": round(n * b / (time.perf_counter() - start), 1)})
+        rate = calls_per_s(functools.partial(evaluate, model, x, y), device, seconds, at_least=3)
+        rows.append({"batch": b, "passes_per_s": round(rate * b, 1)})
     best = max(rows, key=lambda r: r["passes_per_s"])
     return {"per_batch": rows, "best_batch": best["batch"], "best_passes_per_s": best["passes_per_s"]}
 
@@ -62,7 +70,7 @@ def fixed_test_images(n: int, data: str, data_dir: str | None, device: torch.dev
                       input_size: tuple[int, ...], required: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed test images (stride over the set); for speed alone, random 8-bit images
     when no data set is at hand (`required` raises instead)."""
-    from worker.data import DataError, load_dataset, strided_indices, to_tensor
+    from training.data import DataError, load_dataset, strided_indices, to_tensor
 
     try:
         ds = load_dataset(data, "test", data_dir)
@@ -148,7 +156,7 @@ def measure_presets(model: nn.Module, device: torch.device, presets: list[str], 
                     data: str, data_dir: str | None) -> dict[str, Any]:
     """Safe-spot rate (paper protocol) and passes per image of each preset on n test images."""
     from safespot.evaluation import evaluate_methods
-    from worker.data import DataError
+    from training.data import DataError
 
     try:
         x, y = fixed_test_images(n, data, data_dir, device, (3, 32, 32), required=True)

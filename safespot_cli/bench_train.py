@@ -1,6 +1,6 @@
 """The trainer's speed behind `safespot bench --sections train`.
 
-Images per second of :func:`worker.trainer.train_step` (the recipe's attack
+Images per second of :func:`training.trainer.train_step` (the recipe's attack
 passes plus the training pass, no data loading) for each recipe, precision
 (fp32, bf16 autocast) and memory layout (channels-last, NCHW).  Configurations
 are measured in interleaved rounds and each keeps its median, so a shared
@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from typing import Any
 
 import torch
 
 from models.normalize import Classifier
 from safespot.training import Recipe
-from safespot_cli.bench_search import sync_device
-from worker.trainer import train_step, use_layout
+from safespot_cli.bench_search import calls_per_s
+from training.trainer import train_step, use_layout
 
 # The recipes we train with: the warm-up of the shipped models and the default's
 # safe-spot-aware epochs (a 5-step PGD attack, a quarter of each batch from x_s*).
@@ -72,10 +71,4 @@ class _Runner:
         train_step(self.model, self.model, self.opt, self.x, self.y, self.recipe, self.gen, self.precision)
 
     def images_per_s(self, seconds: float) -> float:
-        sync_device(self.x.device)  # the previous configuration's queued GPU work is not ours
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or n < 2:
-            self._step()
-            n += 1
-        sync_device(self.x.device)
-        return n * len(self.x) / (time.perf_counter() - start)
+        return calls_per_s(self._step, self.x.device, seconds) * len(self.x)

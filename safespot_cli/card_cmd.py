@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from safespot.evaluation import evaluation_attack
     from safespot.losses import predict_logits
     from safespot.yardstick import judge
-    from worker.data import load_dataset, strided_indices, to_tensor
+    from training.data import load_dataset, strided_indices, to_tensor
 
     path = Path(args.checkpoint)
     loaded = load_checkpoint(path)

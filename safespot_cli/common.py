@@ -40,15 +40,20 @@ def add_threat_args(p: argparse.ArgumentParser) -> None:
                         "e.g. --set outer_steps=90 --set verify_targets=9")
 
 
-def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
+def open_device(args: argparse.Namespace) -> Any:
+    """--device (CUDA when there is one) with --threads CPU threads for torch."""
     import torch
-
-    from models import load_checkpoint
-    from models.errors import ModelError
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    from models import load_checkpoint
+    from models.errors import ModelError
+
+    device = open_device(args)
     try:
         return load_checkpoint(args.model, device), device
     except ModelError as e:
@@ -68,6 +73,39 @@ def search_config(args: argparse.Namespace) -> Any:
         return SearchConfig.preset(args.preset, norm=args.norm, eps=args.eps, **overrides)
     except ValueError as e:
         raise UsageError(str(e)) from e
+
+
+def add_recorded_search_args(p: argparse.ArgumentParser) -> None:
+    """The OOD score's search (the result gives MSP(x_a*)); None: what the checkpoint recorded."""
+    add_threat_args(p)
+    p.set_defaults(preset=None, norm=None)
+
+
+def recorded_search_config(args: argparse.Namespace, info: Any) -> tuple[Any, dict[str, Any]]:
+    """The OOD score's search: the command line first, then what calibration recorded in the
+    checkpoint (`info.ood["search"]`), then its threat model; with the record to store."""
+    recorded = info.ood.get("search", {})
+    args.preset = args.preset or recorded.get("preset", "standard")
+    args.norm = args.norm or recorded.get("norm") or info.threat.get("norm", "linf")
+    args.eps = args.eps if args.eps is not None else (recorded.get("eps") or info.threat.get("eps"))
+    args.delta = args.delta if args.delta is not None else recorded.get("delta")
+    cfg = search_config(args)
+    return cfg, {"preset": args.preset, "norm": cfg.norm, "eps": cfg.eps, "delta": cfg.budget, "seed": cfg.seed}
+
+
+def progress_bar(total: int, desc: str) -> Any:
+    """A tqdm bar on stderr and the `progress(done, total)` callback of the search that moves it."""
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr, mininterval=2.0)
+
+    def update(done: int, _total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -103,11 +141,18 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON atomically (a reader never sees half a file)."""
-    path = Path(path)
+    atomic_write(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """A reader (or an interrupted run) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

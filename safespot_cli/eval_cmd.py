@@ -12,6 +12,7 @@ from safespot_cli.common import (
     add_model_args,
     add_threat_args,
     open_model,
+    progress_bar,
     search_config,
     write_json,
 )
@@ -58,11 +59,10 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from safespot.evaluation import METHODS, evaluate_methods
     from safespot.yardstick import suites_from
-    from worker.data import load_dataset, strided_indices, to_tensor
+    from training.data import load_dataset, strided_indices, to_tensor
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if set(methods) - set(METHODS):
@@ -83,12 +83,9 @@ def run(args: argparse.Namespace) -> int:
     bars: dict[str, Any] = {}
 
     def progress(method: str) -> Any:
-        bar = bars.setdefault(method, tqdm(total=len(idx), desc=method, unit="img", dynamic_ncols=True))
-
-        def update(done: int, total: int) -> None:
-            bar.n = done
-            bar.refresh()
-        return update
+        if method not in bars:
+            bars[method] = progress_bar(len(idx), method)
+        return bars[method][1]
 
     started = time.time()
     if args.certify:
@@ -110,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         reports = evaluate_methods(loaded.model, x, y, cfg, methods, suites, progress)
     except ImportError as e:  # the optional yardstick extra is missing
         raise UsageError(str(e)) from None
-    for bar in bars.values():
+    for bar, _ in bars.values():
         bar.close()
     out = {
         "model": {"name": args.model, "sha256": loaded.sha256, "arch": loaded.info.arch},

@@ -6,14 +6,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safespot_cli.common import budget
+from safespot_cli.common import atomic_write, budget
 from safespot_cli.errors import UsageError
 from worker.protocol import NORMS, PRESETS
 
@@ -340,17 +339,3 @@ class Filtering:
         position = self.done + sum(self.fractions.values())
         if position > self.bar.n:
             self.bar.update(position - self.bar.n)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """A reader (or an interrupted run) never sees half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

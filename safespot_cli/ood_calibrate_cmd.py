@@ -10,18 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from safespot_cli.common import add_model_args, open_model, write_json
-from safespot_cli.errors import UsageError
-from safespot_cli.ood_eval_cmd import (
-    add_search_args,
-    ood_metrics,
-    safespot_parts,
-    search_config,
-    search_record,
-    strided,
+from safespot_cli.common import (
+    add_model_args,
+    add_recorded_search_args,
+    open_model,
+    progress_bar,
+    recorded_search_config,
+    write_json,
 )
-
-MU_GRID = tuple(round(i / 20, 2) for i in range(21))  # 0, 0.05, ..., 1
+from safespot_cli.errors import UsageError
 
 HELP = """Choose mu of the OOD score D(x) = mu*MSP(x) + (1-mu)*MSP(x_a*) and the threshold that
 keeps 95% of in-distribution images unflagged, on a validation split carved from
@@ -68,7 +65,7 @@ def register(sub: Any) -> None:
     p.add_argument("--mu", type=float, default=None, help="fix mu instead of choosing it")
     p.add_argument("--gamma", type=float, default=None, help="record gamma (if the checkpoint does not)")
     p.add_argument("--lambda", dest="lam", type=float, default=None, help="record lambda (likewise)")
-    add_search_args(p)
+    add_recorded_search_args(p)
     p.add_argument("--out", default=None, help="write the calibrated checkpoint here (default: in place)")
     p.add_argument("--json", dest="json_out", default=None, metavar="OUT")
     p.set_defaults(run=run)
@@ -76,8 +73,10 @@ def register(sub: Any) -> None:
 
 def heldout_images(info: Any, data_dir: str | None, n: int) -> tuple[np.ndarray, str]:
     """Up to n training images the trainer held out (never trained on) for this checkpoint."""
-    from worker.data import load_dataset
-    from worker.trainer import _split  # the trainer's own split: the single source of truth
+    from training.data import load_dataset
+    from training.trainer import (
+        holdout_split,  # the trainer's own split: the single source of truth
+    )
 
     config = info.training.get("config") or {}
     holdout = int(info.data.get("holdout") or 0)
@@ -88,7 +87,7 @@ def heldout_images(info: Any, data_dir: str | None, n: int) -> tuple[np.ndarray,
     if "images" in info.data and int(info.data["images"]) != len(data):
         raise UsageError(f"the training set found has {len(data)} images, the checkpoint was trained on "
                          f"{info.data['images']}: point --data-dir at the same data")
-    _, held = _split(len(data), holdout, int(config.get("seed", 0)), info.data.get("limit"))
+    _, held = holdout_split(len(data), holdout, int(config.get("seed", 0)), info.data.get("limit"))
     held = held[:n]
     return data.x[held], (f"{info.data.get('source', config.get('data'))}: {len(held)} of the {holdout} "
                           f"training images the trainer held out (seed {config.get('seed', 0)})")
@@ -102,24 +101,12 @@ def recorded_weight(info: Any, key: str, given: float | None) -> float | None:
     return recorded if recorded is not None else given
 
 
-def choose_mu(msp_in: np.ndarray, adv_in: np.ndarray, msp_out: np.ndarray, adv_out: np.ndarray,
-              grid: tuple[float, ...] = MU_GRID) -> tuple[float, list[dict[str, float]]]:
-    """The mu with the best validation AUROC (ties: lower FPR95, then larger mu), and the whole sweep."""
-    sweep = []
-    for mu in grid:
-        m = ood_metrics(mu * msp_in + (1 - mu) * adv_in, mu * msp_out + (1 - mu) * adv_out)
-        sweep.append({"mu": mu, **{k: round(v, 6) for k, v in m.items()}})
-    best = max(sweep, key=lambda r: (r["auroc"], -r["fpr95"], r["mu"]))
-    return float(best["mu"]), sweep
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from models.checkpoint import save_checkpoint
     from safespot.ood import safespot_score, threshold_for_tpr
-    from worker.data import DataError, load_dataset, to_tensor
-    from worker.ood_training import OUTLIER_SPLIT_SEED, OUTLIER_VAL, load_outliers, outlier_split
+    from safespot.ood_eval import choose_mu, ood_metrics, safespot_parts
+    from training.data import DataError, load_dataset, load_images, strided, to_tensor
+    from training.ood_training import OUTLIER_KEY, OUTLIER_SPLIT_SEED, OUTLIER_VAL, outlier_split
 
     if not 0 < args.tpr <= 1:
         raise UsageError("--tpr must lie in (0, 1]")
@@ -135,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             x_in, in_desc = strided(val.x, args.n_in), f"{Path(args.val_data).name}: {min(args.n_in, len(val))} images (given)"
         else:
             x_in, in_desc = heldout_images(info, args.data_dir, args.n_in)
-        outliers = load_outliers(args.outliers)
+        outliers = load_images(args.outliers, OUTLIER_KEY)
         n_val = int(trained.get("val_outliers", OUTLIER_VAL))
         seed = int(trained.get("split_seed", OUTLIER_SPLIT_SEED))
         _, val_idx = outlier_split(len(outliers), n_val, seed)
@@ -145,17 +132,18 @@ def run(args: argparse.Namespace) -> int:
     out_desc = (f"{Path(args.outliers).name}: {len(x_out)} of the {n_val} validation outliers of "
                 f"x_outlier_train (split seed {seed}; never trained on)")
 
-    cfg, preset = search_config(args, info)
-    msp_in, adv_in, pass_in = safespot_parts(loaded.model, to_tensor(x_in, device), cfg, "validation in")
-    msp_out, adv_out, pass_out = safespot_parts(loaded.model, to_tensor(x_out, device), cfg, "validation out")
-    if args.mu is None:
-        mu, sweep = choose_mu(msp_in, adv_in, msp_out, adv_out)
-    else:
-        mu, sweep = args.mu, []
-    d_in = safespot_score(torch.from_numpy(msp_in), torch.from_numpy(adv_in), mu)
-    d_out = safespot_score(torch.from_numpy(msp_out), torch.from_numpy(adv_out), mu)
+    cfg, search = recorded_search_config(args, info)
+
+    def parts(x: np.ndarray, desc: str) -> Any:
+        bar, update = progress_bar(len(x), desc)
+        with bar:
+            return safespot_parts(loaded.model, to_tensor(x, device), cfg, update)
+
+    (msp_in, adv_in, pass_in), (msp_out, adv_out, pass_out) = parts(x_in, "validation in"), parts(x_out, "validation out")
+    mu, sweep = choose_mu(msp_in, adv_in, msp_out, adv_out) if args.mu is None else (args.mu, [])
+    d_in, d_out = safespot_score(msp_in, adv_in, mu), safespot_score(msp_out, adv_out, mu)
     threshold = threshold_for_tpr(d_in, args.tpr)
-    metrics = ood_metrics(d_in.numpy(), d_out.numpy())
+    metrics = ood_metrics(d_in, d_out)
     calibration = {
         "mu": mu, "threshold": threshold, "tpr": float((d_in >= threshold).double().mean()),
         "target_tpr": args.tpr, "val_fpr": float((d_out >= threshold).double().mean()),
@@ -163,8 +151,9 @@ def run(args: argparse.Namespace) -> int:
         "chosen_on": {"in_distribution": in_desc, "outliers": out_desc,
                       "criterion": ("max validation AUROC over mu in 0..1 step 0.05" if args.mu is None
                                     else "mu given (--mu)")},
-        "gamma": gamma, "lambda": lam, "search": search_record(cfg, preset),
-        "passes_per_image": {"in": round(float(pass_in.mean()), 1), "out": round(float(pass_out.mean()), 1)},
+        "gamma": gamma, "lambda": lam, "search": search,
+        "passes_per_image": {"in": round(float(pass_in.double().mean()), 1),
+                             "out": round(float(pass_out.double().mean()), 1)},
     }
     info.ood = dict(info.ood) | calibration
     out = Path(args.out) if args.out else loaded.path

@@ -74,7 +74,7 @@ def register(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> Any:
     from safespot.config import DEFAULT_EPS
     from safespot.training import Recipe
-    from worker.trainer import TrainConfig
+    from training.trainer import TrainConfig
 
     eps = args.eps if args.eps is not None else DEFAULT_EPS[args.norm]
     common = dict(norm=args.norm, eps=eps, delta=args.delta, attack=args.attack,
@@ -95,12 +95,12 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worker.trainer import train
+    from training.trainer import train
 
     cfg = config_from_args(args)
     extra = None
     if args.outliers:
-        from worker.ood_training import outlier_loss
+        from training.ood_training import outlier_loss
 
         extra = outlier_loss(args.outliers, cfg, gamma=args.ood_gamma, lam=args.ood_lambda)
     path = train(cfg, extra_loss=extra, quiet=args.quiet)

@@ -8,26 +8,18 @@ that need Redis and find neither fail loudly rather than skip.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.stack import REPO, RedisServer, free_port
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PHOTOS = FIXTURES / "photos"
 TINY_MODEL = FIXTURES / "tiny.safetensors"
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["FIXTURES", "PHOTOS", "REPO", "TINY_MODEL", "free_port"]
 
 
 @pytest.fixture(scope="session")
@@ -37,19 +29,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if given:
         yield given
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("integration tests need Redis: install redis-server or set REDIS_URL")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    _wait_for_port(port)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
 @pytest.fixture
@@ -62,16 +43,6 @@ def redis_conn(redis_url: str):  # type: ignore[no-untyped-def]
     yield conn
     conn.flushdb()
     conn.close()
-
-
-def _wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,11 @@
 """The dependency rules of the architecture (layers below), checked on the source (every import statement).
 
-    safespot  <- models <- worker        service talks to workers only through Redis
-    safespot: torch, numpy (scipy for the certification's binomial tests; torchattacks,
-              an optional extra, for the evaluation yardstick only)
+    safespot  <- models <- training <- worker    service talks to workers only through Redis
+    safespot: torch, numpy (scipy for the certification's binomial tests, scikit-learn for
+              the OOD metrics; torchattacks, an optional extra, for the evaluation yardstick only)
     models:   safespot, torch (+ safetensors, torchvision for ResNet-50)
-    worker:   safespot, models, rq, redis (+ the wire contract, image and HTTP helpers)
+    training: safespot, models, torch, numpy, PIL (the trainer and its data sets)
+    worker:   safespot, models, training, rq, redis (+ the wire contract, image and HTTP helpers)
     service:  rq, redis, pydantic, fastapi ... never torch, never the computing packages
 """
 
@@ -33,11 +34,13 @@ TORCH_FREE: dict[str, set[str]] = {
 }
 TORCH_FREE_WORKER = tuple(TORCH_FREE)
 ALLOWED: dict[str, set[str]] = {
-    # torchattacks: the yardstick's optional extra, imported only when a suite needs it.
-    "safespot": {"safespot", "torch", "numpy", "scipy", "torchattacks"},
+    # torchattacks: the yardstick's optional extra, imported only when a suite needs it;
+    # sklearn: the OOD metrics (safespot/ood_eval.py).
+    "safespot": {"safespot", "torch", "numpy", "scipy", "torchattacks", "sklearn"},
     "models": {"models", "safespot", "torch", "torchvision", "safetensors"},
-    "worker": {"worker", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",
-               "pydantic", "pydantic_settings", "prometheus_client", "tqdm", "pythonjsonlogger"},
+    "training": {"training", "safespot", "models", "torch", "numpy", "PIL", "tqdm"},
+    "worker": {"worker", "training", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",
+               "pydantic", "pydantic_settings", "prometheus_client", "pythonjsonlogger"},
     "service": {"service", *TORCH_FREE_WORKER, "fastapi", "starlette", "pydantic",
                 "pydantic_settings", "rq", "redis", "PIL", "prometheus_client", "anyio", "uvicorn",
                 "multipart", "python_multipart", "httpx", "pythonjsonlogger"},
@@ -68,6 +71,14 @@ def test_packages_import_only_what_the_design_allows(package: str) -> None:
             if not _allowed(name, ALLOWED[package]):
                 offenders.append(f"{path.relative_to(REPO)}: {name}")
     assert not offenders, "imports outside the design's rules:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("package", ["safespot", "models", "training", "worker", "service", "safespot_cli"])
+def test_installed_packages_never_import_the_benchmarks_or_the_tests(package: str) -> None:
+    # bench/ and tests/ are not installed: `safespot bench` runs `python -m bench` as a child.
+    for path in (REPO / package).rglob("*.py"):
+        for name in _imports(path):
+            assert name.split(".")[0] not in ("bench", "tests"), f"{path.relative_to(REPO)}: {name}"
 
 
 def test_service_uses_only_the_torch_free_parts_of_worker() -> None:

@@ -7,10 +7,8 @@ progress reporting come in as arguments.  The result is never activated.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +33,7 @@ def train_config(request: TrainRequest, settings: WorkerSettings, checkpoint_id:
     """The trainer's TrainConfig for a request (checked by the API); JobError("invalid_request")
     when the recipe refuses it."""
     from safespot.training import Recipe
-    from worker.trainer import TrainConfig
+    from training.trainer import TrainConfig
 
     try:
         recipe = Recipe(name=request["recipe"], norm=request["norm"], eps=float(request["eps"]))
@@ -67,16 +65,22 @@ def _data_source(request: TrainRequest, settings: WorkerSettings) -> str:
 def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str,
                  progress: ProgressSink, registry: CheckpointRegistry) -> CheckpointRecord:
     """Train, register the checkpoint as "validating", vet it, register the verdict; return it."""
-    from worker.trainer import train
+    from training.trainer import train
 
     checkpoint_id = new_checkpoint_id()
     cfg = train_config(request, settings, checkpoint_id, job_id)
     progress({"phase": "training", "fraction": 0.0, "epoch": 0, "epochs": cfg.epochs})
-    watcher = _EpochWatcher(Path(cfg.run_dir) / "log.jsonl", cfg.epochs, progress)
-    watcher.start()
+
+    def epoch_done(record: dict[str, Any]) -> None:
+        try:
+            progress({"phase": "training", "fraction": round(0.95 * record["epoch"] / max(1, cfg.epochs), 3),
+                      "epoch": record["epoch"], "epochs": cfg.epochs, "last_epoch": record})
+        except Exception:  # a lost progress report must not cost the training run
+            log.exception("could not report training progress")
+
     started = time.time()
     try:
-        path = Path(train(cfg, quiet=True))
+        path = Path(train(cfg, quiet=True, on_epoch=epoch_done))
     except JobError:
         metrics.TRAINING_JOBS.labels(outcome="failed").inc()
         raise
@@ -84,8 +88,7 @@ def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str
         metrics.TRAINING_JOBS.labels(outcome="failed").inc()
         log.exception("training failed", extra=fields(job_id=job_id))
         raise JobError(f"{type(e).__name__}: {e}", code=ErrorCode.TRAINING_FAILED) from e
-    finally:
-        watcher.stop()
+
     from models.checkpoint import file_sha256
 
     record: CheckpointRecord = {
@@ -103,46 +106,3 @@ def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str
               "checkpoint_id": checkpoint_id})
     log.info("training %s", outcome, extra=fields(job_id=job_id, checkpoint_id=checkpoint_id))
     return record
-
-
-class _EpochWatcher:
-    """Follows the trainer's log.jsonl (one line per epoch) and reports each new epoch.
-
-    The trainer has no progress callback; its per-epoch log is the contract.
-    """
-
-    def __init__(self, log_path: Path, epochs: int, progress: ProgressSink, period_s: float = 1.0) -> None:
-        self.log_path, self.epochs, self.progress, self.period_s = log_path, epochs, progress, period_s
-        self._seen = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="safespot-train-progress", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._poll()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            self._poll()
-
-    def _poll(self) -> None:
-        try:
-            lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
-        except OSError:
-            return
-        if len(lines) <= self._seen:
-            return
-        self._seen = len(lines)
-        try:
-            last = json.loads(lines[-1])
-        except ValueError:
-            last = {}
-        try:
-            self.progress({"phase": "training", "fraction": round(0.95 * self._seen / max(1, self.epochs), 3),
-                           "epoch": self._seen, "epochs": self.epochs, "last_epoch": last})
-        except Exception:
-            log.exception("could not report training progress")

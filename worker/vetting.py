@@ -143,7 +143,7 @@ def vetting_evaluation(loaded: LoadedCheckpoint, settings: WorkerSettings) -> di
     from safespot import SearchConfig
     from safespot.config import DEFAULT_EPS
     from safespot.evaluation import evaluate_methods
-    from worker.data import strided_indices, to_tensor
+    from training.data import strided_indices, to_tensor
 
     data = vetting_slice(settings, loaded.info)
     if isinstance(data, str):

@@ -2,8 +2,8 @@
 
 Used by the browser tests (`test_page.py`) and by `screenshot.py` (the README's
 screenshot).  Everything runs as subprocesses of the current interpreter
-(`python -m safespot_cli.main serve|worker`), so it exercises exactly what a
-user starts; the network is never used (Selenium Manager is bypassed by
+(`python -m safespot_cli.main serve|worker`, started by bench/stack.py), so it
+exercises exactly what a user starts; the network is never used (Selenium Manager is bypassed by
 naming the driver and the browser binary).
 """
 
@@ -11,22 +11,16 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+from bench.stack import REPO, Stack, service_env
 
-REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 CHROMIUM = Path(os.environ.get("SAFESPOT_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("SAFESPOT_CHROMEDRIVER", "/usr/bin/chromedriver"))
@@ -43,12 +37,6 @@ class BrowserMissing(RuntimeError):
     """Chromium or chromedriver is not installed (the tests fail on it, never skip)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def with_db(redis_url: str, db: int) -> str:
     """The same server, another database number (keeps this stack's keys apart)."""
     parts = urlsplit(redis_url)
@@ -56,46 +44,6 @@ def with_db(redis_url: str, db: int) -> str:
 
 
 # ------------------------------------------------------------------ service
-@dataclass
-class Stack:
-    """A running service: its base URL and the processes behind it."""
-
-    url: str
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    logs: list[Path] = field(default_factory=list)
-
-    def log_tail(self, chars: int = 3000) -> str:
-        out = []
-        for log in self.logs:
-            text = log.read_text(errors="replace") if log.exists() else ""
-            out.append(f"--- {log.name} (last {chars} chars)\n{text[-chars:]}")
-        return "\n".join(out)
-
-
-def stack_env(workdir: Path, *, redis_url: str | None, model: str | None, api_keys: str = "",
-              admin_keys: str = "", extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of the service processes: only the SAFESPOT_* settings given here."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFESPOT_")}
-    env.update({
-        "SAFESPOT_DATA_DIR": str(workdir / "data"),
-        "SAFESPOT_CHECKPOINT_DIR": str(workdir / "checkpoints"),
-        "SAFESPOT_API_KEYS": api_keys,
-        "SAFESPOT_ADMIN_KEYS": admin_keys,
-        "SAFESPOT_METRICS_PORT": "0",  # the worker's own metrics server: not needed here
-        "SAFESPOT_THREADS": env.get("OMP_NUM_THREADS", "1"),
-        "SAFESPOT_LOG_LEVEL": "info",
-        "PYTHONUNBUFFERED": "1",
-    })
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("MKL_NUM_THREADS", "1")
-    if redis_url:
-        env["SAFESPOT_REDIS_URL"] = redis_url
-    if model:
-        env["SAFESPOT_DEFAULT_MODEL"] = str(model)
-    env.update(extra or {})
-    return env
-
-
 @contextmanager
 def running_service(workdir: Path, *, redis_url: str | None = None, model: str | None = None,
                     api_keys: str = "", admin_keys: str = "", extra_env: dict[str, str] | None = None,
@@ -104,61 +52,18 @@ def running_service(workdir: Path, *, redis_url: str | None = None, model: str |
 
     Without `redis_url`, serve runs its embedded worker (the single-command mode).  Logs go to
     files in `workdir`; their tails are in the error when the stack does not come up."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = stack_env(workdir, redis_url=redis_url, model=model, api_keys=api_keys,
-                    admin_keys=admin_keys, extra=extra_env)
-    port = free_port()
-    stack = Stack(url=f"http://127.0.0.1:{port}/")
-    commands = []
-    if redis_url:
-        commands.append(("worker", ["worker", "--max-wait-ms", "20", "--name", f"browser-test-{port}"]))
-    commands.append(("serve", ["serve", "--host", "127.0.0.1", "--port", str(port)]))
-    try:
-        for name, args in commands:
-            log = workdir / f"{name}.log"
-            stack.logs.append(log)
-            with open(log, "wb") as out:
-                stack.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "safespot_cli.main", *args], cwd=REPO, env=env,
-                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-        wait_ready(stack, ready_timeout_s)
+    env = service_env(redis_url, threads=int(os.environ.get("OMP_NUM_THREADS", "1")),
+                      data_dir=workdir / "data", checkpoint_dir=workdir / "checkpoints",
+                      api_keys=api_keys, admin_keys=admin_keys, default_model=model, log_level="info",
+                      metrics_port=0)  # the worker's own metrics server: not needed here
+    env.update(extra_env or {})
+    with Stack(workdir) as stack:
+        if redis_url:
+            stack.start("worker", ["safespot_cli.main", "worker", "--max-wait-ms", "20", "--name",
+                                   f"browser-test-{workdir.name}"], env)
+        stack.start_api(env)
+        stack.wait_http(stack.url + "readyz", ready_timeout_s, "the service to be ready")
         yield stack
-    finally:
-        stop(stack.procs)
-
-
-def wait_ready(stack: Stack, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = "no answer yet"
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            for proc in stack.procs:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}\n{stack.log_tail()}")
-            try:
-                answer = client.get(stack.url + "readyz")
-                if answer.status_code == 200:
-                    return
-                last = f"{answer.status_code} {answer.text[:200]}"
-            except httpx.HTTPError as e:
-                last = f"{type(e).__name__}: {e}"
-            time.sleep(0.25)
-    raise RuntimeError(f"the service was not ready within {timeout_s:.0f} s ({last})\n{stack.log_tail()}")
-
-
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM each process group we started, then SIGKILL what is left."""
-    for proc in reversed(procs):
-        if proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-    for proc in reversed(procs):
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
 
 
 # ------------------------------------------------------------------ browser

@@ -7,7 +7,7 @@ import torch
 
 from safespot.training import Recipe
 from safespot_cli.bench_train import TRAIN_RECIPES, measure_training
-from worker.data import to_tensor
+from training.data import to_tensor
 
 
 def test_every_recipe_precision_and_layout_is_measured_against_the_default(tiny_model, cifar_mini) -> None:

@@ -14,10 +14,13 @@ import pytest
 from models.checkpoint import load_checkpoint, read_info, save_checkpoint
 from safespot import find_safe_spots
 from safespot.ood import safespot_score
+from safespot.ood_eval import METHODS, MU_GRID, ood_metrics
 from safespot_cli import ood_calibrate_cmd, ood_eval_cmd
+from safespot_cli.common import recorded_search_config
 from safespot_cli.errors import UsageError
 from tests.cli.clikit import make_cli
-from worker.data import to_tensor
+from training.data import strided, to_tensor
+from training.ood_sets import FASHION_MNIST_TEST, pad_gray_to_rgb, read_idx_images
 from worker.results import ood_score
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny.safetensors"
@@ -41,7 +44,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, cifar_mini: dict[str, np.nda
     fm.mkdir()
     images = rng.integers(0, 256, (30, 28, 28), np.uint8)
     header = b"".join(v.to_bytes(4, "big") for v in (2051, 30, 28, 28))
-    with gzip.open(fm / ood_eval_cmd.FASHION_MNIST_TEST, "wb") as f:
+    with gzip.open(fm / FASHION_MNIST_TEST, "wb") as f:
         f.write(header + images.tobytes())
     return {"dir": d, "in": d / "in.npz", "fit": d / "fit.npz", "tiny": d / "tiny.npz",
             "extra": d / "extra.npz", "fashion": fm}
@@ -49,16 +52,16 @@ def files(tmp_path_factory: pytest.TempPathFactory, cifar_mini: dict[str, np.nda
 
 def test_metrics_of_a_separable_toy_and_its_mirror() -> None:
     ins, outs = np.linspace(0.6, 1.0, 50), np.linspace(0.0, 0.4, 70)
-    assert ood_eval_cmd.ood_metrics(ins, outs) == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}
-    mirrored = ood_eval_cmd.ood_metrics(outs, ins)
+    assert ood_metrics(ins, outs) == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}
+    mirrored = ood_metrics(outs, ins)
     assert mirrored["auroc"] == 0.0 and mirrored["fpr95"] == 1.0
-    half = ood_eval_cmd.ood_metrics(np.arange(100.0), np.arange(100.0) + 0.5)  # interleaved
+    half = ood_metrics(np.arange(100.0), np.arange(100.0) + 0.5)  # interleaved
     assert half["auroc"] == pytest.approx(0.495, abs=0.01)
 
 
 def test_fashion_mnist_idx_is_padded_to_three_channels(files: dict[str, Path]) -> None:
-    raw = ood_eval_cmd.read_idx_images(files["fashion"] / ood_eval_cmd.FASHION_MNIST_TEST)
-    x = ood_eval_cmd.pad_gray_to_rgb(raw, (32, 32))
+    raw = read_idx_images(files["fashion"] / FASHION_MNIST_TEST)
+    x = pad_gray_to_rgb(raw, (32, 32))
     assert x.shape == (30, 32, 32, 3) and x.dtype == np.uint8
     assert np.array_equal(x[:, 2:30, 2:30, 1], raw) and x[:, :2].max() == 0 and x[:, :, 30:].max() == 0
 
@@ -75,7 +78,7 @@ def test_ood_eval_reports_every_set_and_method(files: dict[str, Path], tmp_path:
     assert isinstance(report["in_distribution"], str)
     assert set(report["sets"]) == {"tinyimagenet", "fashion-mnist", "gaussian", "uniform", "extra"}
     for per in report["sets"].values():
-        assert set(per) == set(ood_eval_cmd.METHODS)
+        assert set(per) == set(METHODS)
         for m in per.values():
             assert set(m) == {"auroc", "aupr", "fpr95"} and all(0.0 <= v <= 1.0 for v in m.values())
     assert report["missing"] == {} and report["skipped"] == {}
@@ -99,6 +102,11 @@ def test_absent_sets_are_skipped_and_a_missing_oe_model_is_reported(
     assert "skipping OOD set fashion-mnist" in printed.err and "missing" in printed.out
     with pytest.raises(UsageError, match="NAME=PATH"):
         cli("ood-eval", "--model", str(TINY), "--data", str(files["in"]), "--ood-set", "nonsense")
+    with pytest.raises(UsageError, match="each NAME once"):
+        cli("ood-eval", "--data", str(files["in"]), "--ood-set", "a=x.npz", "--ood-set", "a=y.npz")
+    with pytest.raises(UsageError, match="unique"):
+        cli("ood-eval", "--model", str(TINY), "--data", str(files["in"]), "--methods", "msp",
+            "--ood-set", f"gaussian={files['extra']}")
 
 
 def _calibratable(tmp_path: Path, **ood: Any) -> Path:
@@ -120,14 +128,12 @@ def test_calibration_stores_mu_and_a_threshold_with_95_percent_tpr(
     ck = load_checkpoint(path)
     ood = ck.info.ood
     assert ck.sha256 != before and ood["gamma"] == 0.5 and ood["lambda"] == 0.1
-    assert ood["mu"] in ood_calibrate_cmd.MU_GRID and ood["tpr"] >= 0.95 and 0 <= ood["val_auroc"] <= 1
+    assert ood["mu"] in MU_GRID and ood["tpr"] >= 0.95 and 0 <= ood["val_auroc"] <= 1
     assert "never trained on" in ood["chosen_on"]["outliers"] and ood["search"]["preset"] == "fast"
     assert set(json.loads(report.read_text())["scores"]) == {"in", "out"}
     # Recompute D on the same validation images: the threshold keeps >= 95% of them unflagged.
-    from safespot_cli.ood_eval_cmd import search_config, strided
-
     args = argparse.Namespace(preset=None, norm=None, eps=None, delta=None, batch_size=32, seed=0)
-    cfg, _ = search_config(args, ck.info)
+    cfg, _ = recorded_search_config(args, ck.info)
     x_val = to_tensor(strided(cifar_mini["x_train"], 20))
     res = find_safe_spots(ck.model, x_val, cfg)
     d = safespot_score(res.msp.double(), res.msp_adv.double(), ood["mu"])
@@ -137,14 +143,14 @@ def test_calibration_stores_mu_and_a_threshold_with_95_percent_tpr(
 
 
 def test_calibration_finds_the_trainers_holdout(tmp_path: Path, cifar_mini: dict[str, np.ndarray]) -> None:
-    from worker.trainer import _split
+    from training.trainer import holdout_split
 
     (tmp_path / "data").mkdir()
     np.savez(tmp_path / "data" / "cifar10_train.npz", x=cifar_mini["x_train"], y=cifar_mini["y_train"])
     info = read_info(TINY)
     info.data = info.data | {"images": 400, "holdout": 30, "limit": None}
     x, desc = ood_calibrate_cmd.heldout_images(info, str(tmp_path / "data"), n=25)
-    _, held = _split(400, 30, info.training["config"]["seed"], None)
+    _, held = holdout_split(400, 30, info.training["config"]["seed"], None)
     assert np.array_equal(x, cifar_mini["x_train"][held[:25]]) and "held out" in desc
     info.data["images"] = 50_000
     with pytest.raises(UsageError, match="same data"):

@@ -1,7 +1,8 @@
 """Fixtures of the reliability tests: real processes, real sockets, real Redis.
 
-- `RedisServer`: a private `redis-server` on a fixed port that a test may stop
-  and start again (the session's shared server must not be restarted);
+- `RedisServer` (bench/stack.py, like every process started here): a private
+  `redis-server` that a test may stop and start again on the same port (the
+  session's shared server must not be restarted);
 - `LiveApi`: the FastAPI app served by uvicorn on a real socket, in a thread
   of the test process (cheap: no torch, starts in well under a second);
 - `WorkerPool`: `python -m worker.rq_worker` subprocesses on the tiny test
@@ -19,14 +20,11 @@ import io
 import json
 import os
 import select
-import shutil
 import socket
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,11 @@ import pytest
 import redis
 from PIL import Image
 
-from tests.conftest import FIXTURES, PHOTOS, REPO, TINY_MODEL, free_port
+from bench.stack import RedisServer, free_port, stop_process
+from bench.stack import Stack as Processes
+from bench.stack import service_env as stack_env
+from bench.stack import wait_until as wait_for
+from tests.conftest import FIXTURES, PHOTOS, TINY_MODEL
 from tests.worker.conftest import worker_env
 from worker.protocol import FILTER_QUEUE, PREFIX
 
@@ -52,16 +54,6 @@ def admin_auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def small_photo(name: str = "chelsea.jpg", size: tuple[int, int] = (48, 32), fmt: str = "PNG") -> bytes:
     """A real photograph, shrunk so the tiny model filters it in well under a second."""
     with Image.open(PHOTOS / name) as im:
@@ -69,48 +61,6 @@ def small_photo(name: str = "chelsea.jpg", size: tuple[int, int] = (48, 32), fmt
     out = io.BytesIO()
     image.save(out, format=fmt)
     return out.getvalue()
-
-
-# --------------------------------------------------------------------- Redis
-class RedisServer:
-    """A private redis-server that keeps nothing on disk (like the session one)."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("the reliability tests need redis-server on PATH")
-        self.binary = binary
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
 
 
 # ----------------------------------------------------------------------- API
@@ -158,64 +108,22 @@ def api_settings(redis_url: str, tmp: Path, **overrides: Any) -> Any:
 
 
 def serve_subprocess(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    """`safespot serve` (Redis mode: the API only) as its own process."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "safespot_cli.main", "serve", "--port", str(port),
-                                 "--log-level", "warning"], cwd=REPO, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"safespot serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 30, "safespot serve to answer /healthz", interval=0.1)
-    return proc
+    """`safespot serve` (Redis mode: the API only) as its own process, logging to `log`."""
+    processes = Processes(log.parent)
+    processes.start_api(env, port, name=log.stem)
+    return processes.procs[log.stem]
 
 
 def service_env(redis_url: str, tmp: Path, **settings: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFESPOT_")}
-    env.update({"PYTHONPATH": str(REPO), "SAFESPOT_REDIS_URL": redis_url,
-                "SAFESPOT_API_KEYS": CLIENT_KEY, "SAFESPOT_ADMIN_KEYS": ADMIN_KEY,
-                "SAFESPOT_DATA_DIR": str(tmp / "data"), "SAFESPOT_CHECKPOINT_DIR": str(tmp / "checkpoints"),
-                "SAFESPOT_REDIS_TIMEOUT_S": "1"})
-    env.update({f"SAFESPOT_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
+    return stack_env(redis_url, api_keys=CLIENT_KEY, admin_keys=ADMIN_KEY, data_dir=tmp / "data",
+                     checkpoint_dir=tmp / "checkpoints", redis_timeout_s=1, log_level="warning", **settings)
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+class WorkerPool(Processes):
+    """Workers on the tiny model (tests/worker's environment), logs in the test's folder."""
 
-
-# ------------------------------------------------------------------- workers
-@dataclass
-class WorkerPool:
-    logdir: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    def start(self, redis_url: str, checkpoint_dir: Path, *args: str, **settings: Any) -> subprocess.Popen[bytes]:
-        env = worker_env(redis_url, checkpoint_dir, **settings)
-        log = open(self.logdir / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115 (lives with the process)
-        proc = subprocess.Popen([sys.executable, "-m", "worker.rq_worker", *args], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
-
-    def log(self, index: int) -> str:
-        return (self.logdir / f"worker-{index}.log").read_text(errors="replace")
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            stop_process(proc)
+    def start_tiny(self, redis_url: str, checkpoint_dir: Path, *args: str, **settings: Any) -> subprocess.Popen[bytes]:
+        return self.start_worker(worker_env(redis_url, checkpoint_dir, **settings), *args)
 
 
 def wait_ready(api: httpx.Client, timeout: float = 90) -> None:
@@ -332,7 +240,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     server = RedisServer(tmp / "redis").start()
     workers = WorkerPool(tmp)
-    workers.start(server.url, tmp / "checkpoints", max_wait_ms=50, job_heartbeat_ttl_s=10,
+    workers.start_tiny(server.url, tmp / "checkpoints", max_wait_ms=50, job_heartbeat_ttl_s=10,
                   max_checkpoint_bytes=1024 * 1024)
     api = LiveApi(api_settings(server.url, tmp)).start()
     try:
@@ -345,4 +253,5 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         server.stop()
 
 
-__all__ = ["ADMIN_KEY", "CLIENT_KEY", "FIXTURES", "TINY_MODEL", "LiveApi", "RedisServer", "WorkerPool"]
+__all__ = ["ADMIN_KEY", "CLIENT_KEY", "FIXTURES", "TINY_MODEL", "LiveApi", "RedisServer", "WorkerPool",
+           "stop_process", "wait_for"]

@@ -88,8 +88,8 @@ def test_a_worker_killed_mid_batch_loses_no_job_and_the_other_worker_carries_on(
         own_redis: RedisServer, workers: WorkerPool, tmp_path: Path) -> None:
     conn = own_redis.client()
     knobs = {"max_batch": 2, "max_wait_ms": 300, "job_heartbeat_ttl_s": 3, "maintenance_interval_s": 2}
-    victim = workers.start(own_redis.url, tmp_path / "checkpoints", name="victim", **knobs)
-    survivor = workers.start(own_redis.url, tmp_path / "checkpoints", name="survivor", **knobs)
+    victim = workers.start_tiny(own_redis.url, tmp_path / "checkpoints", name="victim", **knobs)
+    survivor = workers.start_tiny(own_redis.url, tmp_path / "checkpoints", name="survivor", **knobs)
     api = LiveApi(api_settings(own_redis.url, tmp_path, job_retries=1)).start()
     try:
         with api.client() as client:
@@ -187,7 +187,7 @@ class Load:
 
 def test_redis_restarted_under_load_is_503_then_recovers_without_restarting_anything(
         own_redis: RedisServer, workers: WorkerPool, tmp_path: Path) -> None:
-    worker = workers.start(own_redis.url, tmp_path / "checkpoints", max_batch=8, max_wait_ms=50,
+    worker = workers.start_tiny(own_redis.url, tmp_path / "checkpoints", max_batch=8, max_wait_ms=50,
                            job_heartbeat_ttl_s=10)
     api = LiveApi(api_settings(own_redis.url, tmp_path, redis_timeout_s=0.5)).start()
     try:
@@ -249,7 +249,7 @@ def test_redis_restarted_under_load_is_503_then_recovers_without_restarting_anyt
 # -------------------------------------------------------------------- (c)
 def test_results_stay_retrievable_across_an_api_restart(
         own_redis: RedisServer, workers: WorkerPool, tmp_path: Path) -> None:
-    workers.start(own_redis.url, tmp_path / "checkpoints", max_batch=4, max_wait_ms=100)
+    workers.start_tiny(own_redis.url, tmp_path / "checkpoints", max_batch=4, max_wait_ms=100)
     env = service_env(own_redis.url, tmp_path)
     first_port, second_port = free_port(), free_port()
     first = serve_subprocess(env, first_port, tmp_path / "api-1.log")

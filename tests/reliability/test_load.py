@@ -9,7 +9,7 @@ upload stays in Redis, and with a worker draining the queue every accepted
 job finishes (none lost, none twice).
 
 The soak run at saturation is a benchmark, not a test:
-`python -m safespot_cli.bench_service soak` (see docs/reliability.md).
+`python -m bench soak` (see docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def test_under_bursts_with_a_worker_every_accepted_job_finishes_exactly_once(
     after the push, so a refused job may sit in the list for a moment before it
     takes itself back; what is checked is what stays once the answers are in.)"""
     workers = WorkerPool(tmp_path)
-    workers.start(own_redis.url, tmp_path / "checkpoints", max_batch=4, max_wait_ms=50)
+    workers.start_tiny(own_redis.url, tmp_path / "checkpoints", max_batch=4, max_wait_ms=50)
     api = LiveApi(api_settings(own_redis.url, tmp_path, max_queue=MAX_QUEUE)).start()
     conn = own_redis.client()
     try:

@@ -157,8 +157,8 @@ def test_mahalanobis_agrees_with_pytorch_ood() -> None:
 
 
 def test_gaussian_noise_scores_lower_than_cifar_with_the_tiny_model(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
-    from safespot_cli.ood_eval_cmd import noise_images
-    from worker.data import to_tensor
+    from training.data import to_tensor
+    from training.ood_sets import noise_images
 
     x_in = test_images[0][::8][:24]
     x_noise = to_tensor(noise_images("gaussian", 24, (32, 32)))

@@ -4,10 +4,6 @@ Redis comes back, without restarting the app."""
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from service_testkit import CLIENT_KEY, client_auth, install_stand_in_jobs, photo_bytes, run_worker
 
+from bench.stack import RedisServer, free_port
 from service.app import create_app
 from service.settings import Settings
 from worker import protocol
@@ -49,50 +46,20 @@ def test_filter_round_trip_queue_full_and_readiness(redis_url, redis_conn, tmp_p
         assert "safespot_redis_up 1.0" in text and "safespot_workers_ready 1.0" in text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("this test needs redis-server")
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    """A private Redis this test may stop and start; yields (port, [process])."""
-    port = _free_port()
-    procs = [_start_redis(port, tmp_path)]
-    yield port, procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=10)
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis this test may stop and start again (same port, empty)."""
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
 
 
 def test_redis_down_is_503_and_the_api_recovers_by_itself(own_redis, tmp_path):  # type: ignore[no-untyped-def]
-    port, procs = own_redis
-    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", api_keys=CLIENT_KEY,
+    settings = Settings(redis_url=own_redis.url, api_keys=CLIENT_KEY,
                         data_dir=tmp_path, redis_timeout_s=0.5)
     with TestClient(create_app(settings)) as client:
         job_id = submit(client).json()["job_id"]
 
-        procs[0].terminate()
-        procs[0].wait(timeout=10)
+        own_redis.stop()
         down = submit(client)
         assert down.status_code == 503, down.text
         assert down.json()["error"]["code"] == "queue_unavailable" and "retry-after" in down.headers
@@ -101,7 +68,7 @@ def test_redis_down_is_503_and_the_api_recovers_by_itself(own_redis, tmp_path): 
         assert client.get("/healthz").status_code == 200
         assert "safespot_redis_up 0.0" in client.get("/metrics").text
 
-        procs.append(_start_redis(port, tmp_path))  # an empty Redis, as after a restart
+        own_redis.start()  # an empty Redis, as after a restart
         again = submit(client)
         assert again.status_code == 202, again.text
         assert client.get(f"/v1/jobs/{again.json()['job_id']}", headers=client_auth()).status_code == 200
@@ -109,7 +76,7 @@ def test_redis_down_is_503_and_the_api_recovers_by_itself(own_redis, tmp_path): 
 
 
 def test_nothing_listening_at_start_is_503_not_a_crash(tmp_path):  # type: ignore[no-untyped-def]
-    settings = Settings(redis_url=f"redis://127.0.0.1:{_free_port()}/0", api_keys=CLIENT_KEY,
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", api_keys=CLIENT_KEY,
                         data_dir=tmp_path, redis_timeout_s=0.5)
     with TestClient(create_app(settings)) as client:
         assert submit(client).status_code == 503

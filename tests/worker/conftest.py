@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import FIXTURES, PHOTOS, REPO, TINY_MODEL, free_port
+from bench.stack import Stack, service_env
+from bench.stack import wait_until as wait_for
+from tests.conftest import FIXTURES, PHOTOS, TINY_MODEL, free_port
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -69,39 +69,17 @@ def filter_request(job_id: str, image: Image.Image | None = None, preset: str = 
 
 def worker_env(redis_url: str, checkpoint_dir: Path, **settings: Any) -> dict[str, str]:
     """Environment of a `python -m worker.rq_worker` subprocess on the tiny model."""
-    env = dict(os.environ)
-    env.update({
-        "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-        "SAFESPOT_REDIS_URL": redis_url, "SAFESPOT_DEFAULT_MODEL": str(TINY_MODEL),
-        "SAFESPOT_CHECKPOINT_DIR": str(checkpoint_dir), "SAFESPOT_DATA_DIR": str(FIXTURES),
-        "SAFESPOT_VETTING_DATA": str(FIXTURES / "cifar10_mini.npz"), "SAFESPOT_VETTING_N": "8",
-        "SAFESPOT_THREADS": "1", "SAFESPOT_METRICS_PORT": "0", "SAFESPOT_LOG_JSON": "true",
-    })
-    env.update({f"SAFESPOT_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
+    return service_env(redis_url, **{
+        "default_model": TINY_MODEL, "checkpoint_dir": checkpoint_dir, "data_dir": FIXTURES,
+        "vetting_data": FIXTURES / "cifar10_mini.npz", "vetting_n": 8, "metrics_port": 0,
+        "log_json": "true", **settings})
 
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start real worker subprocesses (`python -m worker.rq_worker`); all are stopped after the test."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen([sys.executable, "-m", "worker.rq_worker", *args], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with Stack(tmp_path) as stack:
+        yield lambda env, *args: stack.start_worker(env, *args)
 
 
 class HookServer:
@@ -135,16 +113,6 @@ def hooks() -> Iterator[HookServer]:
     yield server
     server.httpd.shutdown()
     server.httpd.server_close()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 __all__ = ["FIXTURES", "PHOTOS", "TINY_MODEL", "cifar_png", "filter_request", "free_port", "photo",

@@ -40,12 +40,6 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.x)
 
-    def subset(self, idx: np.ndarray, note: str = "") -> ImageSet:
-        prov = dict(self.provenance)
-        if note:
-            prov["subset"] = note
-        return ImageSet(self.x[idx], self.y[idx], self.class_names, prov)
-
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("SAFESPOT_DATA_DIR", "data"))
@@ -76,13 +70,24 @@ def load_dataset(name_or_path: str, split: str = "train", data_dir: str | Path |
     raise DataError(f"no data set {name_or_path!r}: give 'cifar10', an .npz file or an image folder")
 
 
-def _from_npz(path: Path, classes: list[str] | None, note: str = "") -> ImageSet:
+def load_images(path: str | os.PathLike[str], key: str = "x") -> np.ndarray:
+    """The images (uint8 NHWC, one or three channels) stored under `key` in an ``.npz`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no file {path}")
     with np.load(path, allow_pickle=False) as f:
-        if "x" not in f:
-            raise DataError(f"{path}: expected an array 'x' (uint8 NHWC)")
-        x = f["x"]
+        if key not in f:
+            raise DataError(f"{path}: expected an array {key!r} (uint8 NHWC), found {sorted(f.files)}")
+        x = f[key]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DataError(f"{path}: {key!r} must be uint8 (N, H, W, C) with C in (1, 3), got {x.dtype} {x.shape}")
+    return x
+
+
+def _from_npz(path: Path, classes: list[str] | None, note: str = "") -> ImageSet:
+    x = load_images(path)
+    with np.load(path, allow_pickle=False) as f:
         y = f["y"].astype(np.int64) if "y" in f else np.full(len(x), -1, dtype=np.int64)
-    _check_images(x, path)
     n_classes = int(y.max()) + 1 if (y >= 0).any() else 0
     names = classes or [str(i) for i in range(n_classes)]
     prov = {"source": str(path.name), "images": len(x)}
@@ -135,16 +140,16 @@ def _from_image_folder(root: Path, size: tuple[int, int]) -> ImageSet:
                     {"source": f"image folder {root.name}", "images": len(xs)})
 
 
-def _check_images(x: np.ndarray, path: Path) -> None:
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise DataError(f"{path}: 'x' must be uint8 (N, H, W, C) with C in (1, 3), got {x.dtype} {x.shape}")
-
-
 def strided_indices(n_total: int, n: int) -> np.ndarray:
     """`n` fixed indices spread evenly over a set (class-balanced on class-sorted sets)."""
     if n >= n_total:
         return np.arange(n_total)
     return (np.arange(n) * (n_total / n)).astype(np.int64)
+
+
+def strided(x: np.ndarray, n: int) -> np.ndarray:
+    """The `n` images of :func:`strided_indices`."""
+    return x[strided_indices(len(x), n)]
 
 
 def to_tensor(x: np.ndarray, device: Any = "cpu") -> Any:

@@ -1,4 +1,4 @@
-"""The trainer's outlier terms (worker.ood_training): split, sampling, modes, metadata."""
+"""The trainer's outlier terms (training.ood_training): split, sampling, modes, metadata."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 
 from models.checkpoint import read_info
 from safespot.training import Recipe
-from worker.data import DataError
-from worker.ood_training import load_outliers, outlier_loss, outlier_split
-from worker.trainer import TrainConfig, train
+from training.data import DataError
+from training.ood_training import outlier_loss, outlier_split
+from training.trainer import TrainConfig, train
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_split_is_fixed_disjoint_and_complete() -> None:
 def test_outliers_must_come_from_x_outlier_train(tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros((4, 32, 32, 3), np.uint8))
     with pytest.raises(DataError, match="x_outlier_train"):
-        load_outliers(tmp_path / "bad.npz")
+        outlier_loss(tmp_path / "bad.npz", TrainConfig(), gamma=0.5, lam=0.1)
 
 
 def test_extra_loss_is_deterministic_per_step_and_leaves_the_model_as_it_was(

@@ -1,26 +1,25 @@
 """End-to-end benchmark: images/s through the service (API, Redis, worker)
 versus the library on the same images, and the gain of cross-request
-batching.  Run it through ``python -m safespot_cli.bench_service e2e`` or
-``safespot bench --sections service``.
+batching.  Run it through ``python -m bench e2e`` (``safespot bench
+--sections service`` runs that).
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from typing import Any
 
-from safespot_cli.service_harness import (
+from bench.harness import (
+    BenchService,
     Ledger,
-    ServiceStack,
     drive_uploads,
     percentiles,
     photo_uploads,
+    polling,
     server_latencies,
-    start_poller,
-    wait_until,
 )
+from bench.stack import wait_until
 
 
 def _library_rate(model: str, uploads: list[bytes], preset: str, max_batch: int, threads: int,
@@ -57,18 +56,15 @@ def _library_rate(model: str, uploads: list[bytes], preset: str, max_batch: int,
             "runs_images_per_s": [round(n / t, 3) for t, n, _ in runs]}
 
 
-def _service_rate(stack: ServiceStack, uploads: list[bytes], clients: int, preset: str) -> dict[str, Any]:
+def _service_rate(stack: BenchService, uploads: list[bytes], clients: int, preset: str) -> dict[str, Any]:
     """All `uploads` through the API by `clients` concurrent clients; the clock runs
     from the first submission to the last job's end."""
     ledger = Ledger()
-    stop_polling = threading.Event()
-    poller = start_poller(stack, ledger, stop_polling)
     per_client = math.ceil(len(uploads) / clients)
     started = time.monotonic()
-    drive_uploads(stack, ledger, uploads, clients, preset, until=None, per_client=per_client)
-    wait_until(lambda: not ledger.outstanding(), 900, "the service to filter every image")
-    stop_polling.set()
-    poller.join(timeout=30)
+    with polling(stack, ledger):
+        drive_uploads(stack, ledger, uploads, clients, preset, until=None, per_client=per_client)
+        wait_until(lambda: not ledger.outstanding(), 900, "the service to filter every image")
     ends = [v["ended_at"] for v in ledger.ended.values() if v.get("ended_at")]
     starts = [v["created_at"] for v in ledger.ended.values() if v.get("created_at")]
     seconds = max(ends) - min(starts) if ends and starts else time.monotonic() - started
@@ -100,15 +96,13 @@ def run_e2e(images: int, clients: int, redis_url: str | None, model: str, out: d
                image_size=list(image_size), threads=threads)
     uploads = photo_uploads(images, image_size, seed=1)
     out["library"] = _library_rate(model, uploads, preset, batch_sizes[0], threads, library_repeats)
-    with ServiceStack(redis_url, model, max_queue=images + 16, threads=threads) as stack:
-        stack.start_redis()
-        stack.start_api()
+    with BenchService(redis_url, model, threads=threads) as service:
+        service.start_api(max_queue=images + 16)
         for batch in batch_sizes:
-            stack.start_worker(max_batch=batch)
-            stack.wait_ready()
-            _service_rate(stack, uploads[:2], 1, preset)  # warm-up: model and code paths
-            out[f"service_batch_{batch}"] = _service_rate(stack, uploads, clients, preset)
-            stack.stop_worker()
+            service.start_worker(max_batch=batch)
+            _service_rate(service, uploads[:2], 1, preset)  # warm-up: model and code paths
+            out[f"service_batch_{batch}"] = _service_rate(service, uploads, clients, preset)
+            service.stack.stop("worker")
     big, small = (out[f"service_batch_{b}"]["images_per_s"] for b in batch_sizes)
     out["e2e_vs_library"] = round(big / out["library"]["images_per_s"], 3)
     out["batching_gain"] = round(big / small, 3) if small else None

@@ -1,6 +1,6 @@
 """Auxiliary outliers for the trainer: the OOD terms of the paper's objective (docs/ood.md).
 
-``outlier_loss(path, cfg, gamma=, lam=)`` returns an :data:`worker.trainer.ExtraLoss`
+``outlier_loss(path, cfg, gamma=, lam=)`` returns an :data:`training.trainer.ExtraLoss`
 that the trainer adds to each step's cross-entropy:
 
     gamma * KL(uniform || softmax f(x~)) - lam * min(CE(f(x~_a*), c(x~)), cap)
@@ -39,26 +39,12 @@ from torch import Tensor, nn
 from safespot.ood import default_ce_cap, last_linear, outlier_recipe
 from safespot.ood import outlier_loss as outlier_terms_loss
 from safespot.training import Recipe
-from worker.data import DataError, load_dataset, to_tensor
-from worker.trainer import _augment, _split  # the trainer's own augmentation and split
+from training.data import DataError, load_dataset, load_images, to_tensor
+from training.trainer import holdout_split, random_crop_flip  # the trainer's own
 
 OUTLIER_KEY = "x_outlier_train"
 OUTLIER_VAL = 1000  # outliers held out for calibration, never trained on
 OUTLIER_SPLIT_SEED = 0
-
-
-def load_outliers(path: str | os.PathLike[str], key: str = OUTLIER_KEY) -> np.ndarray:
-    """The outlier images (uint8 NHWC) stored under `key` in an ``.npz`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no outlier file at {path}")
-    with np.load(path, allow_pickle=False) as f:
-        if key not in f:
-            raise DataError(f"{path}: expected an array {key!r} (uint8 NHWC), found {sorted(f.files)}")
-        x = f[key]
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise DataError(f"{path}: {key!r} must be uint8 (N, H, W, C), got {x.dtype} {x.shape}")
-    return x
 
 
 def outlier_split(n: int, val: int = OUTLIER_VAL, seed: int = OUTLIER_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +70,7 @@ def outlier_loss(outliers_path: str | os.PathLike[str], cfg: Any, *, gamma: floa
     """
     if gamma < 0 or lam < 0:
         raise ValueError("gamma and lambda are weights: give non-negative values")
-    x_all = load_outliers(outliers_path)
+    x_all = load_images(outliers_path, OUTLIER_KEY)
     train_idx, _ = outlier_split(len(x_all), val, split_seed)
     recipe_at = _recipe_schedule(cfg)
     bs = int(batch_size or max(1, cfg.batch_size // 2))
@@ -102,7 +88,7 @@ def outlier_loss(outliers_path: str | os.PathLike[str], cfg: Any, *, gamma: floa
         gen.manual_seed(int(rng.integers(2**62)))
         x = to_tensor(x_all[batch], device)
         if augment:
-            x = _augment(x, gen)
+            x = random_crop_flip(x, gen)
         was_training = model.training
         cap = default_ce_cap(last_linear(model).out_features) if ce_cap == "log-k" else fixed_cap
         model.eval()
@@ -133,7 +119,7 @@ def _recipe_schedule(cfg: Any) -> Callable[[int], Recipe]:
         return lambda step: cfg.recipe
     # The trainer's own schedule: `global step = epoch * steps_per_epoch + step`.
     n = len(load_dataset(cfg.data, "train", cfg.data_dir))
-    train_idx, _ = _split(n, cfg.holdout, cfg.seed, cfg.limit)
+    train_idx, _ = holdout_split(n, cfg.holdout, cfg.seed, cfg.limit)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = max(1, len(train_idx) // world // cfg.batch_size)
     return lambda step: cfg.recipe_for(step // steps_per_epoch)

@@ -17,7 +17,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from tests.conftest import REPO
-from worker.trainer import TrainConfig, _one_cycle, use_layout
+from training.trainer import TrainConfig, _one_cycle, use_layout
 
 
 @pytest.fixture(scope="module")

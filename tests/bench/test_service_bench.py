@@ -6,13 +6,17 @@ once), so a broken harness cannot produce a flattering benchmark.
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from safespot_cli.bench_e2e import run_e2e
-from safespot_cli.bench_soak import run_soak
-from safespot_cli.service_harness import percentiles, photo_uploads, slope_per_min
+from bench.e2e import run_e2e
+from bench.harness import percentiles, photo_uploads, slope_per_min
+from bench.soak import run_soak
+from safespot_cli import bench_cmd
+from tests.cli.clikit import make_cli
 from tests.conftest import TINY_MODEL
 
 
@@ -58,3 +62,15 @@ def test_a_short_e2e_run_reports_both_ratios() -> None:
     assert out["e2e_vs_library"] == pytest.approx(
         out["service_batch_64"]["images_per_s"] / out["library"]["images_per_s"], rel=0.01)
     assert out["batching_gain"] > 0
+
+
+@pytest.mark.integration
+def test_safespot_bench_runs_the_service_section_as_python_m_bench(tmp_path: Path) -> None:
+    # The installed package never imports bench/: it runs `python -m bench e2e` as a child.
+    out = tmp_path / "bench.json"
+    cli = make_cli(bench_cmd)
+    assert cli("bench", "--model", str(TINY_MODEL), "--sections", "service", "--service-images", "2",
+               "--service-clients", "1", "--threads", "1", "--json", str(out)) == 0
+    service = json.loads(out.read_text())["service"]
+    assert service["kind"] == "e2e" and service["images"] == 2 and service["library"]["errors"] == 0
+    assert service["service_batch_64"]["images"] == 2 and service["e2e_vs_library"] > 0

@@ -1,30 +1,12 @@
-"""Service benchmarks: a soak run at saturation, and end-to-end throughput.
+"""Service benchmarks: ``python -m bench soak|e2e`` from the repository root.
 
-Both start the real thing as separate processes: Redis (a private
-``redis-server`` unless a URL is given), one ``python -m worker.rq_worker``
-and one ``safespot serve`` (the API only, Redis mode), then drive the API over
-HTTP with concurrent clients uploading real photographs.
-
-- :func:`run_soak`: clients keep the bounded queue full for ``duration_s``;
-  records submissions, 429s, completions, failures, lost jobs (accepted, never
-  ended), duplicated results (a job finished twice), latency percentiles,
-  throughput, and the RSS of the worker, the API and Redis over time with its
-  slope (steady memory or a leak).
-- :func:`run_e2e`: images per second through the service versus the library
-  (:class:`worker.processor.FilterProcessor`, what the worker runs) called
-  directly on the same images, latency percentiles, and the gain of
-  cross-request batching (``max_batch=64``) over ``max_batch=1``.
-
-Both return JSON-able dicts and fill ``out`` in place as they go (a caller
-keeps partial figures if a run is interrupted)::
-
-    python -m safespot_cli.bench_service soak --duration 300 --json soak.json
-    python -m safespot_cli.bench_service e2e --json e2e.json
-
-The harness they share is :mod:`safespot_cli.service_harness`; each
-benchmark lives in its own module (:mod:`safespot_cli.bench_soak`,
-:mod:`safespot_cli.bench_e2e`).  Run them on an otherwise idle machine for figures worth comparing: clients,
-API, worker and Redis share its CPUs.
+Both start the real service as processes (Redis, one worker, the API in
+Redis mode) and drive it over HTTP with concurrent clients uploading real
+photographs: ``soak`` keeps the bounded queue full for ``--duration`` seconds
+and accounts for every job, latency and memory (:func:`bench.soak.run_soak`);
+``e2e`` compares images/s through the service with the library on the same
+images, and measures the gain of cross-request batching (:func:`bench.e2e.run_e2e`).
+Run them on an otherwise idle machine: clients, API, worker and Redis share its CPUs.
 """
 
 from __future__ import annotations
@@ -35,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from safespot_cli.bench_e2e import run_e2e
-from safespot_cli.bench_soak import run_soak
+from bench.e2e import run_e2e
+from bench.soak import run_soak
 
 
 # ---------------------------------------------------------------------- CLI
@@ -46,7 +28,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m safespot_cli.bench_service", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="kind", required=True)
     for name in ("soak", "e2e"):

@@ -1,27 +1,26 @@
 """Soak benchmark: the service at saturation for a while, every job accounted
 for (lost, duplicated, failed), latency percentiles and memory over time.
-Run it through ``python -m safespot_cli.bench_service soak``.
+Run it through ``python -m bench soak``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections import Counter
 from typing import Any
 
-from safespot_cli.service_harness import (
+from bench.harness import (
+    BenchService,
     Ledger,
     MemorySampler,
-    ServiceStack,
     drive_uploads,
     percentiles,
     photo_uploads,
+    polling,
     server_latencies,
-    start_poller,
-    wait_until,
 )
+from bench.stack import wait_until
 
 
 def run_soak(duration_s: float, clients: int, redis_url: str | None, model: str, out: dict[str, Any],
@@ -49,24 +48,19 @@ def run_soak(duration_s: float, clients: int, redis_url: str | None, model: str,
                image_size=list(image_size), max_queue=max_queue, max_batch=max_batch, threads=threads)
     uploads = photo_uploads(max(32, clients * 4), image_size)
     ledger = Ledger()
-    with ServiceStack(redis_url, model, max_batch=max_batch, max_queue=max_queue, threads=threads) as stack:
-        stack.start_redis()
-        stack.start_worker()
-        stack.start_api()
-        stack.wait_ready()
-        stop_polling = threading.Event()
-        poller = start_poller(stack, ledger, stop_polling)
-        with MemorySampler(stack, sample_every_s) as memory:
+    with BenchService(redis_url, model, threads=threads, max_batch=max_batch) as service:
+        service.start_api(max_queue)
+        service.start_worker()
+        memory = MemorySampler(service, sample_every_s)
+        with polling(service, ledger), memory:
             started, started_wall = time.monotonic(), time.time()
-            drive_uploads(stack, ledger, uploads, clients, preset, until=started + duration_s, per_client=None)
+            drive_uploads(service, ledger, uploads, clients, preset, until=started + duration_s, per_client=None)
             load_ended, load_ended_wall = time.monotonic(), time.time()
             with contextlib.suppress(TimeoutError):
                 wait_until(lambda: not ledger.outstanding(), drain_timeout_s, "the accepted jobs to end")
             drained = time.monotonic()
-        stop_polling.set()
-        poller.join(timeout=30)
-        worker_totals = stack.worker_jobs_total()
-        worker_alive = stack.worker_proc is not None and stack.worker_proc.poll() is None
+        worker_totals = service.worker_jobs_total()
+        worker_alive = service.stack.procs["worker"].poll() is None
 
     statuses = Counter(v["status"] for v in ledger.ended.values())
     finished_in_window = sum(1 for v in ledger.ended.values() if v["status"] == "finished"

@@ -39,7 +39,7 @@ from models.checkpoint import ModelInfo, build_model, save_checkpoint
 from models.normalize import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from safespot.attacks import pgd
 from safespot.training import Recipe, training_inputs
-from worker.data import ImageSet, load_dataset, to_tensor
+from training.data import ImageSet, load_dataset, to_tensor
 
 PRECISIONS = ("fp32", "bf16")
 ExtraLoss = Callable[[nn.Module, int], tuple[Tensor, dict[str, float]]]  # (model, step) -> loss, logs
@@ -97,15 +97,18 @@ class TrainConfig:
         return self.recipe
 
 
-def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = False) -> Path:
-    """Train (or resume) the run in ``cfg.run_dir``; return the final checkpoint's path."""
+def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = False,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """Train (or resume) the run in ``cfg.run_dir``; return the final checkpoint's path.
+
+    `on_epoch` gets each epoch's log record (the line of ``log.jsonl``) as it is written."""
     dist = _Distributed.setup()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = dist.device
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.data, "train", cfg.data_dir)
-    train_idx, held_idx = _split(len(data), cfg.holdout, cfg.seed, cfg.limit)
+    train_idx, held_idx = holdout_split(len(data), cfg.holdout, cfg.seed, cfg.limit)
     info = _model_info(cfg, data)
     model = build_model(info).to(device)
     if cfg.init_from:
@@ -144,7 +147,7 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
             x = to_tensor(data.x[batch], device)
             y = torch.from_numpy(data.y[batch]).to(device)
             if cfg.augment:
-                x = _augment(x, gen)
+                x = random_crop_flip(x, gen)
             lr = _one_cycle(epoch * per_rank + step, total_steps, cfg.lr, cfg.lr_rise)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -177,6 +180,8 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
                 _atomic_torch_save(run_dir / "best.pt", {k: v.cpu() for k, v in model.network.state_dict().items()})
             with open(log, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if on_epoch is not None:
+                on_epoch(record)
             if not quiet:
                 print(json.dumps(record), file=sys.stderr, flush=True)
         state.update(epoch=epoch + 1, step=0)
@@ -258,13 +263,14 @@ def _autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def _split(n: int, holdout: int, seed: int, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(n: int, holdout: int, seed: int, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) indices: a fixed permutation by `seed`, the first `holdout` held out."""
     order = np.random.default_rng(seed).permutation(n)
     held, rest = order[:holdout], order[holdout:]
     return (rest if limit is None else rest[:limit]), held
 
 
-def _augment(x: Tensor, gen: torch.Generator) -> Tensor:
+def random_crop_flip(x: Tensor, gen: torch.Generator) -> Tensor:
     """Random crop with 4-pixel zero padding and random horizontal flip, per image."""
     n, _, h, w = x.shape
     padded = F.pad(x, (4, 4, 4, 4))
