@@ -7,6 +7,7 @@ and accounts for every job, latency and memory (:func:`bench.soak.run_soak`);
 ``e2e`` compares images/s through the service with the library on the same
 images, and measures the gain of cross-request batching (:func:`bench.e2e.run_e2e`).
 Run them on an otherwise idle machine: clients, API, worker and Redis share its CPUs.
+``authors`` runs the authors' own code beside ours on the same images (:mod:`bench.authors`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["authors"]:  # its own arguments: no service, the library only
+        from bench.authors import main as authors_main
+
+        return authors_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="kind", required=True)

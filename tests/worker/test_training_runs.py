@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from tests.conftest import FIXTURES, TINY_MODEL
+from worker.registry_stores import file_registry
 from worker.settings import WorkerSettings
 from worker.training_runs import run_training
 
@@ -21,13 +22,14 @@ def test_each_epoch_is_reported_as_it_ends_then_the_vetted_record(
     settings.data_dir.mkdir(parents=True)
     np.savez(settings.data_dir / "small.npz", x=cifar_mini["x_train"][:160], y=cifar_mini["y_train"][:160])
     reports: list[dict[str, Any]] = []
-    records: list[Any] = []
+    registry = file_registry(settings.checkpoint_path)
     request = {"job_id": "t", "recipe": "natural", "norm": "linf", "eps": 8 / 255, "epochs": 2,
                "data": "small.npz", "limit": None, "name": "two-epochs", "arch": "cifar_cnn"}
-    final = run_training(request, settings, job_id="t", progress=reports.append,
-                         register=records.append)
+    final = run_training(request, settings, job_id="t", progress=reports.append,  # type: ignore[arg-type]
+                         registry=registry)
     epochs = [r for r in reports if r["phase"] == "training" and r["epoch"] > 0]
     assert [r["epoch"] for r in epochs] == [1, 2] and [r["fraction"] for r in epochs] == [0.475, 0.95]
     assert epochs[0]["last_epoch"]["epoch"] == 1 and "holdout_clean_acc" in epochs[0]["last_epoch"]
     assert [r["phase"] for r in reports][-2:] == ["vetting", "done"]
-    assert [r["status"] for r in records] == ["validating", final["status"]] and final["name"] == "two-epochs"
+    assert final["status"] == "ready" and final["name"] == "two-epochs"
+    assert registry.get(final["id"]) == final  # registered, then its verdict
