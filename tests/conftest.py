@@ -34,7 +34,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_conn(redis_url: str):  # type: ignore[no-untyped-def]
+def redis_conn(redis_url: str):
     """A client on a flushed database (each test starts empty)."""
     import redis
 
@@ -53,7 +53,7 @@ def cifar_mini() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint():  # type: ignore[no-untyped-def]
+def tiny_checkpoint():
     """The small adversarially trained test model (models.checkpoint.LoadedCheckpoint)."""
     from models.checkpoint import load_checkpoint
 
@@ -61,5 +61,5 @@ def tiny_checkpoint():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tiny_checkpoint):  # type: ignore[no-untyped-def]
+def tiny_model(tiny_checkpoint):
     return tiny_checkpoint.model

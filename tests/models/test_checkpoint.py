@@ -21,7 +21,7 @@ from models.errors import CheckpointError
 from tests.conftest import TINY_MODEL
 
 
-def _info(**kw) -> ModelInfo:  # type: ignore[no-untyped-def]
+def _info(**kw) -> ModelInfo:
     base = dict(arch="cifar_cnn", arch_args={"width": 4, "hidden": 16}, num_classes=10,
                 input_size=(3, 32, 32), class_names=[f"c{i}" for i in range(10)],
                 mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
@@ -46,7 +46,7 @@ def test_pickle_that_would_run_code_is_refused_and_runs_nothing(tmp_path: Path) 
     marker = tmp_path / "pwned"
 
     class Payload:
-        def __reduce__(self):  # type: ignore[no-untyped-def]
+        def __reduce__(self):
             return (Path.touch, (marker,))
 
     evil = tmp_path / "evil.pt"

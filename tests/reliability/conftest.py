@@ -227,7 +227,7 @@ class Stack:
     tmp: Path
 
     @property
-    def conn(self) -> redis.Redis:
+    def conn(self) -> Any:
         return self.redis.client()
 
     @property

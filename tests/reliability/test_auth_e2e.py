@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import logging
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -48,7 +49,7 @@ def assert_refused(response: httpx.Response, status: int) -> None:
         assert response.headers["www-authenticate"] == "Bearer"
 
 
-WRONG: dict[str, dict[str, str | bytes]] = {
+WRONG: dict[str, dict[str, Any]] = {
     "no key": {},
     "wrong key": bearer("not-a-key-0123456789abcdef"),
     "client key plus a character": bearer(CLIENT_KEY + "x"),

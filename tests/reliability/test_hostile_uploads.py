@@ -195,7 +195,7 @@ def _exif_rotated() -> bytes:
 def _animated(fmt: str) -> bytes:
     frames = [_photo(), _photo().rotate(180)]
     if fmt == "GIF":
-        frames = [f.quantize(64) for f in frames]  # type: ignore[misc]
+        frames = [f.quantize(64) for f in frames]
     return _encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=80)
 
 

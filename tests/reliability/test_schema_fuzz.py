@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "15"))
 
 
-def _document() -> dict:  # type: ignore[type-arg]
+def _document() -> dict:
     """The same OpenAPI document the live API serves (built without connecting anywhere)."""
     from service.app import create_app
     from service.settings import Settings
@@ -41,7 +41,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                                        HealthCheck.function_scoped_fixture])
 
 
-def check(case, key: str, stack: Stack) -> None:  # type: ignore[no-untyped-def]
+def check(case, key: str, stack: Stack) -> None:
     auth = {"Authorization": f"Bearer {key}"}
     response = case.call(base_url=stack.api.url, headers=auth, timeout=30)
     assert response.status_code < 500, f"{case.method} {case.path}: {response.status_code} {response.text[:300]}"
@@ -55,14 +55,14 @@ def check(case, key: str, stack: Stack) -> None:  # type: ignore[no-untyped-def]
 
 @SCHEMA.parametrize()
 @FUZZ
-def test_the_live_api_conforms_to_its_schema_with_an_admin_key(case, stack: Stack):  # type: ignore[no-untyped-def]
+def test_the_live_api_conforms_to_its_schema_with_an_admin_key(case, stack: Stack):
     """Admin requests get past auth everywhere: the routes' own validation is fuzzed."""
     check(case, ADMIN_KEY, stack)
 
 
 @SCHEMA.parametrize()
 @FUZZ
-def test_the_live_api_conforms_to_its_schema_with_a_client_key(case, stack: Stack):  # type: ignore[no-untyped-def]
+def test_the_live_api_conforms_to_its_schema_with_a_client_key(case, stack: Stack):
     """Client requests meet 403 on admin routes: documented and in the error shape."""
     check(case, CLIENT_KEY, stack)
 

@@ -11,7 +11,7 @@ EPS = {"linf": 8 / 255, "l2": 0.5}
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_pgd_and_fgsm_stay_in_budget_and_box(tiny_model, test_images, norm) -> None:  # type: ignore[no-untyped-def]
+def test_pgd_and_fgsm_stay_in_budget_and_box(tiny_model, test_images, norm) -> None:
     x, y = test_images[0][:32], test_images[1][:32]
     for adv in (pgd(tiny_model, x, y, norm=norm, eps=EPS[norm], steps=5).x_adv,
                 fgsm(tiny_model, x, y, norm=norm, eps=EPS[norm], random_start=True, alpha=1.25 * EPS[norm])):
@@ -19,7 +19,7 @@ def test_pgd_and_fgsm_stay_in_budget_and_box(tiny_model, test_images, norm) -> N
         assert adv.min() >= 0 and adv.max() <= 1
 
 
-def test_untargeted_pgd_raises_the_loss_and_targeted_lowers_it(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_untargeted_pgd_raises_the_loss_and_targeted_lowers_it(tiny_model, test_images) -> None:
     x, y = test_images[0][:64], test_images[1][:64]
     with torch.no_grad():
         before = F.cross_entropy(tiny_model(x), y, reduction="none")
@@ -30,7 +30,7 @@ def test_untargeted_pgd_raises_the_loss_and_targeted_lowers_it(tiny_model, test_
     assert up.grad_evals == 11
 
 
-def test_restarts_never_weaken_the_attack(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_restarts_never_weaken_the_attack(tiny_model, test_images) -> None:
     x, y = test_images[0][:64], test_images[1][:64]
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     once = pgd(tiny_model, x, y, steps=5, restarts=1, generator=g1)
@@ -39,7 +39,7 @@ def test_restarts_never_weaken_the_attack(tiny_model, test_images) -> None:  # t
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_our_pgd_is_at_least_as_strong_as_torchattacks(tiny_model, test_images, norm) -> None:  # type: ignore[no-untyped-def]
+def test_our_pgd_is_at_least_as_strong_as_torchattacks(tiny_model, test_images, norm) -> None:
     import torchattacks  # dev extra: an independent implementation to compare with
     x, y = test_images[0], test_images[1]
     eps, alpha = EPS[norm], EPS[norm] / 4

@@ -7,7 +7,7 @@ from safespot.baselines import s_fgsm, s_pgd
 from safespot.evaluation import evaluate_methods
 
 
-def test_baselines_step_towards_the_prediction_within_budget(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_baselines_step_towards_the_prediction_within_budget(tiny_model, test_images) -> None:
     x = test_images[0][:32]
     cfg = SearchConfig.preset("standard")
     with torch.no_grad():
@@ -22,7 +22,7 @@ def test_baselines_step_towards_the_prediction_within_budget(tiny_model, test_im
     assert s_pgd(tiny_model, x, cfg).grad_evals == 20 * 32
 
 
-def test_protocol_reports_every_method_and_the_expected_order(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_protocol_reports_every_method_and_the_expected_order(tiny_model, test_images) -> None:
     x, y = test_images[0][:60], test_images[1][:60]
     reports = evaluate_methods(tiny_model, x, y, SearchConfig.preset("standard"))
     assert list(reports) == ["none", "s-fgsm", "s-pgd", "s-full"]

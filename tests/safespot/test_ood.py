@@ -89,7 +89,7 @@ def test_ce_cap_stops_the_push_once_the_attacked_point_is_no_better_than_chance(
     assert torch.equal(grad[0], torch.zeros(3)) and bool(grad[1].abs().sum() > 0)
 
 
-def test_outlier_loss_on_the_tiny_model(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_outlier_loss_on_the_tiny_model(tiny_model, test_images) -> None:
     x = test_images[0][:8]
     recipe = Recipe(name="s-fgsm-adv")
     gen = torch.Generator().manual_seed(0)
@@ -114,7 +114,7 @@ def test_outlier_recipe_follows_the_training_recipe() -> None:
     ("preact_resnet18", {"width": 4}, 32),
     ("wide_resnet", {"depth": 10, "widen_factor": 1}, 32),
 ])  # resnet50 (torchvision) ends in `fc` too; left out because building it takes seconds
-def test_features_are_the_last_linear_layers_input(arch, kwargs, size) -> None:  # type: ignore[no-untyped-def]
+def test_features_are_the_last_linear_layers_input(arch, kwargs, size) -> None:
     net = build_network(arch, **kwargs).eval()
     model = Classifier(net, [0.5] * 3, [0.25] * 3).eval()
     x = torch.rand(3, 3, size, size)
@@ -156,7 +156,7 @@ def test_mahalanobis_agrees_with_pytorch_ood() -> None:
     assert np.corrcoef(ours.numpy(), theirs.double().numpy())[0, 1] > 0.9999
 
 
-def test_gaussian_noise_scores_lower_than_cifar_with_the_tiny_model(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_gaussian_noise_scores_lower_than_cifar_with_the_tiny_model(tiny_model, test_images) -> None:
     from training.data import to_tensor
     from training.ood_sets import noise_images
 

@@ -13,7 +13,7 @@ from safespot.publish import Reencode
 from tests.conftest import PHOTOS
 
 
-def pillow_jpeg(quality: int):  # type: ignore[no-untyped-def]
+def pillow_jpeg(quality: int):
     def encode(image: torch.Tensor) -> torch.Tensor:
         arr = (image * 255).round().byte().permute(1, 2, 0).numpy()
         buf = io.BytesIO()
@@ -42,7 +42,7 @@ def test_surrogate_is_close_to_a_real_encoder_and_differentiable() -> None:
     assert float(grad.abs().sum()) > 0
 
 
-def test_search_planning_for_a_reencode_verifies_the_published_image(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_search_planning_for_a_reencode_verifies_the_published_image(tiny_model, test_images) -> None:
     x = test_images[0][:16]
     reencode = Reencode(quality=75, exact=pillow_jpeg(75))
     res = find_safe_spots(tiny_model, x, SearchConfig.preset("fast"), reencode=reencode)

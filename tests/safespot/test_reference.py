@@ -15,7 +15,7 @@ def _generators(cfg: SearchConfig, x: torch.Tensor, stream: str) -> list[torch.G
 
 
 @pytest.mark.parametrize(("norm", "batch_size"), [("linf", 64), ("l2", 64), ("linf", 4)])
-def test_engine_matches_the_reference_loop(tiny_model64, test_images, norm, batch_size) -> None:  # type: ignore[no-untyped-def]
+def test_engine_matches_the_reference_loop(tiny_model64, test_images, norm, batch_size) -> None:
     x = test_images[0][:8].double()
     # The paper's rules with 3 outer steps instead of 100; batch 4 makes images join mid-run.
     cfg = SearchConfig.preset("paper", norm=norm, outer_steps=3, batch_size=batch_size)
@@ -33,6 +33,6 @@ def test_engine_matches_the_reference_loop(tiny_model64, test_images, norm, batc
         torch.testing.assert_close(getattr(got, name), getattr(want, name), rtol=0, atol=1e-10)
 
 
-def test_reference_is_only_the_fixed_length_search(tiny_model64, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_reference_is_only_the_fixed_length_search(tiny_model64, test_images) -> None:
     with pytest.raises(ValueError, match="S-Full"):
         reference_safe_spots(tiny_model64, test_images[0][:1].double(), SearchConfig.preset("standard"), [], [])

@@ -12,14 +12,14 @@ from safespot.threat import project, random_in_ball, steepest_direction
 PRESET_CASES = [("fast", "linf"), ("standard", "linf"), ("standard", "l2"), ("paper", "linf"), ("paper", "l2")]
 
 
-def _cfg(preset: str, norm: str, **kw) -> SearchConfig:  # type: ignore[no-untyped-def]
+def _cfg(preset: str, norm: str, **kw) -> SearchConfig:
     if preset == "paper":
         kw.setdefault("outer_steps", 3)  # the paper's 100 are slow; the rules are the same
     return SearchConfig.preset(preset, norm=norm, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("preset", "norm"), PRESET_CASES)
-def test_output_is_8bit_inside_budget_and_box(tiny_model, test_images, preset, norm) -> None:  # type: ignore[no-untyped-def]
+def test_output_is_8bit_inside_budget_and_box(tiny_model, test_images, preset, norm) -> None:
     x = test_images[0][:24]
     cfg = _cfg(preset, norm)
     res = find_safe_spots(tiny_model, x, cfg)
@@ -35,7 +35,7 @@ def test_output_is_8bit_inside_budget_and_box(tiny_model, test_images, preset, n
     assert res.x_safe.shape == x.shape and res.x_safe.dtype == x.dtype
 
 
-def test_same_seed_same_result_and_seed_matters(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_same_seed_same_result_and_seed_matters(tiny_model, test_images) -> None:
     x = test_images[0][:16]
     cfg = SearchConfig.preset("standard", seed=1)
     a, b = find_safe_spots(tiny_model, x, cfg), find_safe_spots(tiny_model, x, cfg)
@@ -46,7 +46,7 @@ def test_same_seed_same_result_and_seed_matters(tiny_model, test_images) -> None
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_result_does_not_depend_on_batch_neighbours(tiny_model64, test_images, norm) -> None:  # type: ignore[no-untyped-def]
+def test_result_does_not_depend_on_batch_neighbours(tiny_model64, test_images, norm) -> None:
     x = test_images[0][:12].double()
     cfg = SearchConfig.preset("standard", norm=norm, batch_size=5)  # refills: slots change mid-run
     together = find_safe_spots(tiny_model64, x, cfg)
@@ -57,7 +57,7 @@ def test_result_does_not_depend_on_batch_neighbours(tiny_model64, test_images, n
         assert int(alone.grad_evals_per_image[0]) == int(together.grad_evals_per_image[i])
 
 
-def test_engine_keeps_at_most_batch_size_in_flight(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_engine_keeps_at_most_batch_size_in_flight(tiny_model, test_images) -> None:
     engine = SafeSpotSearch(tiny_model, SearchConfig.preset("fast", batch_size=4))
     engine.submit(test_images[0][:10], keys=[f"img{i}" for i in range(10)])
     seen, finished = 0, []
@@ -68,7 +68,7 @@ def test_engine_keeps_at_most_batch_size_in_flight(tiny_model, test_images) -> N
     assert sorted(r.key for r in finished) == sorted(f"img{i}" for i in range(10))
 
 
-def test_progress_reports_each_images_state_outer_steps_and_passes(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_progress_reports_each_images_state_outer_steps_and_passes(tiny_model, test_images) -> None:
     cfg = SearchConfig.preset("paper", outer_steps=2, inner_steps=3, batch_size=2)
     engine = SafeSpotSearch(tiny_model, cfg)
     engine.submit(test_images[0][:3])
@@ -88,12 +88,12 @@ def test_progress_reports_each_images_state_outer_steps_and_passes(tiny_model, t
     assert {p.state for p in standard.progress()} == {SlotState.VERIFYING_ORIGINAL}
 
 
-def test_rejects_images_off_the_8bit_grid(tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_rejects_images_off_the_8bit_grid(tiny_model) -> None:
     with pytest.raises(ValueError, match="8-bit"):
         find_safe_spots(tiny_model, torch.full((1, 3, 32, 32), 0.5001))
 
 
-def test_found_means_a_fresh_attack_fails(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_found_means_a_fresh_attack_fails(tiny_model, test_images) -> None:
     x = test_images[0][:64]
     res = find_safe_spots(tiny_model, x, SearchConfig.preset("standard"))
     assert res.found.sum() >= 10
@@ -103,7 +103,7 @@ def test_found_means_a_fresh_attack_fails(tiny_model, test_images) -> None:  # t
     assert float(fresh.success.float().mean()) <= 0.1  # independent starts: a few may differ
 
 
-def test_safe_spots_are_never_less_robust_than_originals(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_safe_spots_are_never_less_robust_than_originals(tiny_model, test_images) -> None:
     x = test_images[0][:64]
     res = find_safe_spots(tiny_model, x, SearchConfig.preset("standard"))
     # An original that already passes verification is returned unchanged.
@@ -114,7 +114,7 @@ def test_safe_spots_are_never_less_robust_than_originals(tiny_model, test_images
     assert int(held_after.sum()) >= int(held_before.sum())
 
 
-def _unrolled_first_order_gradient(model, x_s, y, noise, cfg):  # type: ignore[no-untyped-def]
+def _unrolled_first_order_gradient(model, x_s, y, noise, cfg):
     """Autograd through T PGD steps, treating each step direction as a constant
     (the first-order approximation), plus which coordinates were ever clipped to
     [0,1] and which ever landed exactly on the L-inf ball's face (a tie, where the
@@ -137,7 +137,7 @@ def _unrolled_first_order_gradient(model, x_s, y, noise, cfg):  # type: ignore[n
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_first_order_outer_gradient_matches_autograd(tiny_model64, test_images, norm) -> None:  # type: ignore[no-untyped-def]
+def test_first_order_outer_gradient_matches_autograd(tiny_model64, test_images, norm) -> None:
     x = test_images[0][20:23].double()
     lr = 1e-5  # a tiny plain-gradient step, so x_s - lr * g is never projected
     cfg = SearchConfig(norm=norm, eps=0.5 if norm == "l2" else 8 / 255, outer_steps=1, inner_steps=5,
@@ -146,8 +146,8 @@ def test_first_order_outer_gradient_matches_autograd(tiny_model64, test_images, 
     engine.submit(x)
     for _ in range(cfg.inner_steps + 1):  # exactly one inner attack, then the outer step
         engine.step()
-    stepped = engine._slots.x_s.clone()  # type: ignore[union-attr]
-    y = engine._slots.y  # type: ignore[union-attr]
+    stepped = engine._slots.x_s.clone()
+    y = engine._slots.y
     engine_grad = (x - stepped) / lr
     for i in range(x.shape[0]):
         g = torch.Generator().manual_seed(image_seed(cfg.seed, x[i], "search"))
@@ -163,7 +163,7 @@ def test_first_order_outer_gradient_matches_autograd(tiny_model64, test_images, 
             torch.testing.assert_close(engine_grad[i][defined], ref[0][defined], rtol=1e-4, atol=1e-6)
 
 
-def test_images_of_different_sizes_through_a_view(tiny_model, cifar_mini) -> None:  # type: ignore[no-untyped-def]
+def test_images_of_different_sizes_through_a_view(tiny_model, cifar_mini) -> None:
     from safespot.canvas import ResizeView
 
     big = torch.from_numpy(cifar_mini["x_test"][:2]).permute(0, 3, 1, 2).float() / 255
@@ -179,7 +179,7 @@ def test_images_of_different_sizes_through_a_view(tiny_model, cifar_mini) -> Non
         assert float((r.x_safe - img).abs().max()) <= 8 / 255 + 1e-6
 
 
-def test_found_survives_a_fresh_targeted_apgd(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_found_survives_a_fresh_targeted_apgd(tiny_model, test_images) -> None:
     from safespot.yardstick import breaker
 
     x = test_images[0][:48]
@@ -190,7 +190,7 @@ def test_found_survives_a_fresh_targeted_apgd(tiny_model, test_images) -> None: 
     assert int(broken.sum()) == 0
 
 
-def test_verification_draws_do_not_move_the_search(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_verification_draws_do_not_move_the_search(tiny_model, test_images) -> None:
     """The search and its verification have independent random streams: however
     much verification runs, the search's own iterates are the same."""
     x = test_images[0][:6]
@@ -203,7 +203,7 @@ def test_verification_draws_do_not_move_the_search(tiny_model, test_images) -> N
         assert image_seed(0, x[i], "search") != image_seed(0, x[i], "verify")
 
 
-def test_a_margin_no_image_reaches_is_never_found(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_a_margin_no_image_reaches_is_never_found(tiny_model, test_images) -> None:
     x = test_images[0][:8]
     cfg = SearchConfig.preset("fast", verify_margin=1e6)
     res = find_safe_spots(tiny_model, x, cfg)
@@ -211,7 +211,7 @@ def test_a_margin_no_image_reaches_is_never_found(tiny_model, test_images) -> No
     assert torch.equal(res.outer_steps, torch.full_like(res.outer_steps, cfg.outer_steps))
 
 
-def test_targeted_runs_ascend_the_margin_toward_the_top_classes(tiny_model64, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_targeted_runs_ascend_the_margin_toward_the_top_classes(tiny_model64, test_images) -> None:
     from safespot.losses import evaluate
 
     x = test_images[0][:4].double()
@@ -229,7 +229,7 @@ def test_targeted_runs_ascend_the_margin_toward_the_top_classes(tiny_model64, te
                                              - logits[1:].gather(1, y[1:, None]))[:, 0].detach())
 
 
-def test_verification_is_described_with_its_cost(tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_verification_is_described_with_its_cost(tiny_model) -> None:
     cfg = SearchConfig.preset("standard")
     v = cfg.verification()
     assert [r["loss"] for r in v["runs"]] == ["ce", "margin"]

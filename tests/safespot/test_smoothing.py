@@ -46,7 +46,7 @@ def test_predict_and_certify_abstain_on_a_coin_flip() -> None:
     assert cert.prediction.tolist() == [ABSTAIN] and float(cert.radius[0]) == 0.0
 
 
-def test_smoothed_soft_classifier_returns_log_probabilities_and_counts_passes(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_smoothed_soft_classifier_returns_log_probabilities_and_counts_passes(tiny_model, test_images) -> None:
     smoothed = SmoothedSoftClassifier(tiny_model, sigma=0.12, samples=4, generator=torch.Generator().manual_seed(0))
     x = test_images[0][:8]
     with torch.no_grad():
@@ -57,7 +57,7 @@ def test_smoothed_soft_classifier_returns_log_probabilities_and_counts_passes(ti
     assert attack.grad_evals == 4 * 4
 
 
-def test_search_against_the_smoothed_classifier(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_search_against_the_smoothed_classifier(tiny_model, test_images) -> None:
     smoothed = SmoothedSoftClassifier(tiny_model, sigma=0.12, samples=2, generator=torch.Generator().manual_seed(1))
     x = test_images[0][:6]
     res = find_safe_spots(smoothed, x, SearchConfig.preset("fast", norm="l2", eps=0.5, outer_steps=2))
@@ -65,7 +65,7 @@ def test_search_against_the_smoothed_classifier(tiny_model, test_images) -> None
     assert float((res.x_safe - x).flatten(1).norm(dim=1).max()) <= 0.5 + 1e-6
 
 
-def test_certified_radii_before_and_after_the_search(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_certified_radii_before_and_after_the_search(tiny_model, test_images) -> None:
     from safespot.evaluation import certify_before_after
 
     x, y = test_images[0][:4], test_images[1][:4]

@@ -8,7 +8,7 @@ import torch
 from safespot.yardstick import SUITES, _inside, judge, suites_from
 
 
-def test_pgd20_survivors_are_correct_images_and_counted(tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_pgd20_survivors_are_correct_images_and_counted(tiny_model, test_images) -> None:
     x, y = test_images[0][:48], test_images[1][:48]
     v = judge(tiny_model, x, y, "pgd20", norm="linf", eps=8 / 255)
     assert not bool((v.robust & ~v.correct).any()), "robust implies correct"
@@ -18,7 +18,7 @@ def test_pgd20_survivors_are_correct_images_and_counted(tiny_model, test_images)
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_apgd_pair_breaks_at_least_what_pgd20_breaks_mostly(tiny_model, test_images, norm) -> None:  # type: ignore[no-untyped-def]
+def test_apgd_pair_breaks_at_least_what_pgd20_breaks_mostly(tiny_model, test_images, norm) -> None:
     x, y = test_images[0][:40], test_images[1][:40]
     eps = 8 / 255 if norm == "linf" else 0.5
     weak = judge(tiny_model, x, y, "pgd20", norm=norm, eps=eps)

@@ -37,7 +37,7 @@ def admin_auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-def fake_result(request: FilterRequest) -> dict[str, Any]:
+def fake_result(request: FilterRequest) -> Any:
     """A FilterResult-shaped dict (the worker owns the real one)."""
     return {
         "prediction": {"label": 3, "class_name": "cat", "confidence": 0.9},
@@ -79,14 +79,14 @@ class FakeJobBackend:
     def finish(self, job_id: str) -> None:
         with self.lock:
             request = self.requests[job_id]
-            self.jobs[job_id].update(status="finished", result=fake_result(request),
-                                     progress={"phase": "done", "fraction": 1.0},
-                                     ended_at=time.time())
+            self.jobs[job_id].update({"status": "finished", "result": fake_result(request),
+                                      "progress": {"phase": "done", "fraction": 1.0},
+                                      "ended_at": time.time()})
             self.images[job_id] = self.uploads[job_id]
 
     def fail(self, job_id: str, code: str = "search_failed") -> None:
         with self.lock:
-            self.jobs[job_id].update(status="failed", error={"code": code, "message": "it broke"})
+            self.jobs[job_id].update({"status": "failed", "error": {"code": code, "message": "it broke"}})
 
     def set_status(self, checkpoint_id: str, status: str) -> None:
         """What a worker's vetting verdict does."""
@@ -110,7 +110,7 @@ class FakeJobBackend:
     def get_job(self, job_id: str) -> JobView | None:
         with self.lock:
             view = self.jobs.get(job_id)
-            return JobView(**view) if view else None  # type: ignore[typeddict-item]
+            return JobView(**view) if view else None
 
     def get_result_image(self, job_id: str) -> bytes | None:
         return self.images.get(job_id)
@@ -234,7 +234,7 @@ def swapped_primaries_icc() -> bytes:
 
 
 # --------------------------------------------------------- RQ job stand-ins
-def stand_in_filter_job(request: dict) -> dict:  # type: ignore[type-arg]
+def stand_in_filter_job(request: dict) -> dict:
     """What a worker does, minus the search: progress in meta, image stored, result returned."""
     job = get_current_job()
     assert job is not None
@@ -258,7 +258,7 @@ def install_stand_in_jobs(monkeypatch: Any) -> None:
     monkeypatch.setitem(sys.modules, "worker.jobs", module)
 
 
-def run_worker(redis_conn) -> None:  # type: ignore[no-untyped-def]
+def run_worker(redis_conn) -> None:
     """Run the queued jobs with RQ's own work loop.  The worker's prompt unsubscribe matters:
     RQ's own could wait up to 60 s at shutdown, as long as the stand-in's result image lives."""
     queue = Queue(protocol.FILTER_QUEUE, connection=redis_conn, serializer=JSONSerializer)

@@ -14,14 +14,14 @@ def test_without_backend_or_redis_there_is_nothing_to_serve():
         create_app(Settings())
 
 
-def test_state_holds_one_settings_backend_and_metrics(settings):  # type: ignore[no-untyped-def]
+def test_state_holds_one_settings_backend_and_metrics(settings):
     backend = FakeJobBackend()
     app = create_app(settings, backend)
     assert app.state.settings is settings and app.state.backend is backend
     assert app.state.metrics.registry is not None
 
 
-def test_body_limits_follow_the_route(settings):  # type: ignore[no-untyped-def]
+def test_body_limits_follow_the_route(settings):
     limit = body_limit_for(settings)
     assert limit("POST", "/v1/filter") > settings.max_upload_bytes
     assert limit("POST", "/api/v1/filter/") == limit("POST", "/v1/filter")  # behind a proxy prefix

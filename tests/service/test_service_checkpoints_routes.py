@@ -19,17 +19,17 @@ METADATA = {"arch": "cifar_cnn", "num_classes": 10, "input_size": [3, 32, 32],
             "class_names": [str(i) for i in range(10)], "mean": [0.5] * 3, "std": [0.25] * 3}
 
 
-def upload(client, data: bytes, filename: str = "model.safetensors", **form: str):  # type: ignore[no-untyped-def]
+def upload(client, data: bytes, filename: str = "model.safetensors", **form: str):
     return client.post("/v1/checkpoints", files={"file": (filename, data, "application/octet-stream")},
                        data=form, headers=admin_auth())
 
 
-def stored_files(settings) -> list[str]:  # type: ignore[no-untyped-def]
+def stored_files(settings) -> list[str]:
     directory = settings.checkpoint_path
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
-def test_safetensors_upload_is_stored_under_a_server_chosen_name(client, backend, settings):  # type: ignore[no-untyped-def]
+def test_safetensors_upload_is_stored_under_a_server_chosen_name(client, backend, settings):
     data = TINY.read_bytes()
     response = upload(client, data, filename="../../../etc/cron.d/evil.safetensors", name="tiny")
     assert response.status_code == 202, response.text
@@ -43,7 +43,7 @@ def test_safetensors_upload_is_stored_under_a_server_chosen_name(client, backend
     assert backend.checkpoints[record["id"]]["status"] == "validating"
 
 
-def test_state_dict_upload_needs_metadata(client, backend, settings):  # type: ignore[no-untyped-def]
+def test_state_dict_upload_needs_metadata(client, backend, settings):
     torch_zip = b"PK\x03\x04" + b"\x00" * 200  # what torch.save writes starts like a zip
     missing = upload(client, torch_zip, filename="model.pt")
     assert missing.status_code == 422 and "metadata" in missing.json()["error"]["message"]
@@ -55,11 +55,11 @@ def test_state_dict_upload_needs_metadata(client, backend, settings):  # type: i
     assert ok.json()["path"].endswith(".pt") and ok.json()["info"] == METADATA
 
 
-def test_a_pickle_is_stored_for_the_worker_not_executed_here(client, settings, tmp_path):  # type: ignore[no-untyped-def]
+def test_a_pickle_is_stored_for_the_worker_not_executed_here(client, settings, tmp_path):
     marker = tmp_path / "pwned"
 
     class Exploit:
-        def __reduce__(self):  # type: ignore[no-untyped-def]
+        def __reduce__(self):
             return (open, (str(marker), "w"))
 
     payload = pickle.dumps(Exploit(), protocol=2)
@@ -70,13 +70,13 @@ def test_a_pickle_is_stored_for_the_worker_not_executed_here(client, settings, t
 
 @pytest.mark.parametrize("data", [b"", b"hello world, no checkpoint here", b"\x89PNG\r\n\x1a\n" + b"0" * 64,
                                   b"\xff" * 64])
-def test_non_checkpoints_are_415_and_leave_no_file(client, settings, data):  # type: ignore[no-untyped-def]
+def test_non_checkpoints_are_415_and_leave_no_file(client, settings, data):
     response = upload(client, data)
     assert response.status_code == 415 and response.json()["error"]["code"] == "unsupported_checkpoint"
     assert stored_files(settings) == []
 
 
-def test_over_size_checkpoint_is_413_and_leaves_no_file(client, settings):  # type: ignore[no-untyped-def]
+def test_over_size_checkpoint_is_413_and_leaves_no_file(client, settings):
     header = json.dumps({"__metadata__": {}}).encode()
     data = len(header).to_bytes(8, "little") + header + b"\x00" * (settings.max_checkpoint_bytes + 1)
     response = upload(client, data)
@@ -84,7 +84,7 @@ def test_over_size_checkpoint_is_413_and_leaves_no_file(client, settings):  # ty
     assert stored_files(settings) == []
 
 
-def test_the_same_file_twice_is_a_conflict(client, settings):  # type: ignore[no-untyped-def]
+def test_the_same_file_twice_is_a_conflict(client, settings):
     data = TINY.read_bytes()
     first = upload(client, data).json()["id"]
     second = upload(client, data)
@@ -92,7 +92,7 @@ def test_the_same_file_twice_is_a_conflict(client, settings):  # type: ignore[no
     assert len(stored_files(settings)) == 1
 
 
-def test_list_activate_delete_lifecycle(client, backend):  # type: ignore[no-untyped-def]
+def test_list_activate_delete_lifecycle(client, backend):
     a = upload(client, TINY.read_bytes()).json()["id"]
     b = upload(client, TINY.read_bytes() + b" ").json()["id"]  # trailing bytes: another sha256
     listing = client.get("/v1/checkpoints", headers=admin_auth()).json()
@@ -116,12 +116,12 @@ def test_list_activate_delete_lifecycle(client, backend):  # type: ignore[no-unt
 
 
 @pytest.mark.parametrize("checkpoint_id", ["ckpt_missing", "..%2F..%2Fetc", "a" * 200])
-def test_unknown_checkpoints_are_404(client, checkpoint_id):  # type: ignore[no-untyped-def]
+def test_unknown_checkpoints_are_404(client, checkpoint_id):
     assert client.post(f"/v1/checkpoints/{checkpoint_id}/activate", headers=admin_auth()).status_code == 404
     assert client.delete(f"/v1/checkpoints/{checkpoint_id}", headers=admin_auth()).status_code == 404
 
 
-def test_backend_refusals_map_to_http(client, backend):  # type: ignore[no-untyped-def]
+def test_backend_refusals_map_to_http(client, backend):
     """A backend that refuses in its own words (the embedded one cannot import
     our errors) still produces the right status codes."""
     a = upload(client, TINY.read_bytes()).json()["id"]
@@ -130,13 +130,13 @@ def test_backend_refusals_map_to_http(client, backend):  # type: ignore[no-untyp
     def lost(checkpoint_id: str) -> None:
         raise KeyError(checkpoint_id)
 
-    backend.activate_checkpoint = lost  # type: ignore[method-assign]
+    backend.activate_checkpoint = lost
     assert client.post(f"/v1/checkpoints/{a}/activate", headers=admin_auth()).status_code == 404
 
     def busy(checkpoint_id: str) -> None:
         raise ValueError("checkpoint is in use")
 
-    backend.delete_checkpoint = busy  # type: ignore[method-assign]
+    backend.delete_checkpoint = busy
     response = client.delete(f"/v1/checkpoints/{a}", headers=admin_auth())
     assert response.status_code == 409 and "in use" in response.json()["error"]["message"]
 

@@ -13,7 +13,7 @@ from service import errors
     (errors.PayloadTooLarge, 413), (errors.UnsupportedMediaType, 415), (errors.Validation, 422),
     (errors.NotReady, 503),
 ])
-def test_each_error_has_a_status_and_a_stable_code(cls, status):  # type: ignore[no-untyped-def]
+def test_each_error_has_a_status_and_a_stable_code(cls, status):
     error = cls("something went wrong")
     assert isinstance(error, errors.SafeSpotError)
     assert error.status == status and error.code.isidentifier() and error.message
@@ -37,7 +37,7 @@ class ForeignQueueFull(Exception):
     (TimeoutError("slow"), errors.NotReady), (ForeignQueueFull("full"), errors.QueueFull),
     (errors.Forbidden("mine"), errors.Forbidden),
 ])
-def test_backend_exceptions_are_translated(exc, cls):  # type: ignore[no-untyped-def]
+def test_backend_exceptions_are_translated(exc, cls):
     translated = errors.from_backend(exc)
     assert isinstance(translated, cls)
     if cls is errors.QueueFull:
@@ -49,14 +49,14 @@ def test_unknown_backend_exceptions_stay_bugs():
         errors.from_backend(ZeroDivisionError("bug"))
 
 
-def test_unexpected_exceptions_become_a_json_500(settings):  # type: ignore[no-untyped-def]
+def test_unexpected_exceptions_become_a_json_500(settings):
     from fastapi.testclient import TestClient
     from service_testkit import FakeJobBackend, client_auth
 
     from service.app import create_app
 
     class Buggy(FakeJobBackend):
-        def get_job(self, job_id):  # type: ignore[no-untyped-def]
+        def get_job(self, job_id):
             return 1 / 0
 
     with TestClient(create_app(settings, Buggy()), raise_server_exceptions=False) as client:

@@ -11,19 +11,19 @@ from service_testkit import FakeJobBackend, client_auth, photo_bytes
 from service.app import create_app
 
 
-def families(client: TestClient) -> dict:  # type: ignore[type-arg]
+def families(client: TestClient) -> dict:
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return {f.name: f for f in text_string_to_metric_families(response.text)}
 
 
-def test_healthz_is_always_ok(client, backend):  # type: ignore[no-untyped-def]
+def test_healthz_is_always_ok(client, backend):
     backend.is_ready = False
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_readyz_follows_the_backend(client, backend):  # type: ignore[no-untyped-def]
+def test_readyz_follows_the_backend(client, backend):
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     backend.is_ready = False
@@ -33,15 +33,15 @@ def test_readyz_follows_the_backend(client, backend):  # type: ignore[no-untyped
                                          "message": "no live worker with a loaded model"}
 
 
-def test_readyz_answers_503_when_the_backend_blows_up(client, backend):  # type: ignore[no-untyped-def]
+def test_readyz_answers_503_when_the_backend_blows_up(client, backend):
     def broken() -> tuple[bool, str]:
         raise ConnectionError("redis is gone")
 
-    backend.ready = broken  # type: ignore[method-assign]
+    backend.ready = broken
     assert client.get("/readyz").status_code == 503
 
 
-def test_metric_names_follow_the_conventions(client):  # type: ignore[no-untyped-def]
+def test_metric_names_follow_the_conventions(client):
     client.get("/healthz")
     found = families(client)
     expected = {"safespot_http_requests": "counter", "safespot_http_request_duration_seconds": "histogram",
@@ -53,7 +53,7 @@ def test_metric_names_follow_the_conventions(client):  # type: ignore[no-untyped
         assert family.name.startswith("safespot_")
 
 
-def test_route_labels_are_templates_never_ids(client, backend):  # type: ignore[no-untyped-def]
+def test_route_labels_are_templates_never_ids(client, backend):
     job_id = client.post("/v1/filter", headers=client_auth(),
                          files={"image": ("a.jpg", photo_bytes(), "image/jpeg")}).json()["job_id"]
     client.get(f"/v1/jobs/{job_id}", headers=client_auth())
@@ -71,7 +71,7 @@ def test_route_labels_are_templates_never_ids(client, backend):  # type: ignore[
     assert 'safespot_jobs_submitted_total{preset="standard"} 1.0' in text
 
 
-def test_queue_depth_and_workers_are_read_at_scrape_time(client, backend):  # type: ignore[no-untyped-def]
+def test_queue_depth_and_workers_are_read_at_scrape_time(client, backend):
     backend.depth = 7
     text = client.get("/metrics").text
     assert 'safespot_queue_depth{queue="safespot-filter"} 7.0' in text
@@ -83,7 +83,7 @@ def test_queue_depth_and_workers_are_read_at_scrape_time(client, backend):  # ty
     assert "safespot_workers_ready 0.0" in text
 
 
-def test_a_scrape_answers_even_when_the_backend_is_down(settings):  # type: ignore[no-untyped-def]
+def test_a_scrape_answers_even_when_the_backend_is_down(settings):
     class Down(FakeJobBackend):
         def queue_depth(self) -> int:
             raise ConnectionError("down")
@@ -99,14 +99,14 @@ def test_a_scrape_answers_even_when_the_backend_is_down(settings):  # type: igno
     assert "safespot_workers_ready 0.0" in text and "safespot_redis_up 0.0" in text
 
 
-def test_each_app_has_its_own_registry(settings):  # type: ignore[no-untyped-def]
+def test_each_app_has_its_own_registry(settings):
     with TestClient(create_app(settings, FakeJobBackend())) as one:
         one.get("/healthz")
     with TestClient(create_app(settings, FakeJobBackend())) as two:
         assert 'route="/healthz"' not in two.get("/metrics").text
 
 
-def test_a_static_page_is_served_at_the_root_without_shadowing_the_api(settings, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_a_static_page_is_served_at_the_root_without_shadowing_the_api(settings, tmp_path, monkeypatch):
     static = tmp_path / "static"
     static.mkdir()
     (static / "index.html").write_text("<h1>SafeSpot demo</h1>")
@@ -119,7 +119,7 @@ def test_a_static_page_is_served_at_the_root_without_shadowing_the_api(settings,
         assert 'route="/"' in client.get("/metrics").text
 
 
-def test_metrics_include_the_in_process_workers_registry(settings, backend) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_include_the_in_process_workers_registry(settings, backend) -> None:
     from fastapi.testclient import TestClient
     from prometheus_client import CollectorRegistry, Counter
 

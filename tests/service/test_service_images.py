@@ -24,7 +24,7 @@ LIMIT = 4_000_000
 pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 
 
-def decode(data: bytes, max_pixels: int = LIMIT):  # type: ignore[no-untyped-def]
+def decode(data: bytes, max_pixels: int = LIMIT):
     return decode_upload(data, max_pixels=max_pixels)
 
 
@@ -32,7 +32,7 @@ def decode(data: bytes, max_pixels: int = LIMIT):  # type: ignore[no-untyped-def
     ("chelsea.jpg", (451, 300), "JPEG"), ("astronaut.png", (384, 384), "PNG"),
     ("coffee.webp", None, "WEBP"),
 ])
-def test_real_photos_become_lossless_png_of_the_same_size(name, size, fmt):  # type: ignore[no-untyped-def]
+def test_real_photos_become_lossless_png_of_the_same_size(name, size, fmt):
     data = photo_bytes(name)
     decoded = decode(data)
     out = decode_png(decoded.png)
@@ -44,7 +44,7 @@ def test_real_photos_become_lossless_png_of_the_same_size(name, size, fmt):  # t
 
 
 @pytest.mark.parametrize("fmt", ["BMP", "TIFF", "GIF", "WEBP", "PNG", "JPEG"])
-def test_every_accepted_format_decodes(fmt):  # type: ignore[no-untyped-def]
+def test_every_accepted_format_decodes(fmt):
     image = photo().resize((160, 120))
     params = {"lossless": True} if fmt == "WEBP" else {}
     decoded = decode(encode(image, fmt, **params))
@@ -64,7 +64,7 @@ def test_empty_file_is_a_400():
     b"<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'/>",
     b"\x00" * 1000,
 ])
-def test_non_images_are_415(data):  # type: ignore[no-untyped-def]
+def test_non_images_are_415(data):
     with pytest.raises(UnsupportedMediaType) as e:
         decode(data)
     assert e.value.status == 415
@@ -77,7 +77,7 @@ def test_formats_outside_the_list_are_415_even_if_pillow_reads_them():
 
 @pytest.mark.parametrize(("name", "keep"), [("chelsea.jpg", 0.5), ("astronaut.png", 0.5),
                                            ("astronaut.png", 0.999)])
-def test_truncated_files_are_400(name, keep):  # type: ignore[no-untyped-def]
+def test_truncated_files_are_400(name, keep):
     data = photo_bytes(name)
     with pytest.raises(BadImage) as e:
         decode(data[: int(len(data) * keep)])

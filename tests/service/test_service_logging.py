@@ -10,7 +10,7 @@ from service_testkit import client_auth, photo_bytes
 from worker.logs import JsonFormatter
 
 
-def test_access_and_app_logs_are_json_with_the_job_id(client, caplog):  # type: ignore[no-untyped-def]
+def test_access_and_app_logs_are_json_with_the_job_id(client, caplog):
     caplog.set_level(logging.INFO)
     job_id = client.post("/v1/filter", headers=client_auth(),
                          files={"image": ("a.jpg", photo_bytes(), "image/jpeg")}).json()["job_id"]

@@ -26,7 +26,7 @@ CONTRACT = {
 }
 
 
-def make_app():  # type: ignore[no-untyped-def]
+def make_app():
     # Requests carry the admin key, so they get past auth and reach validation.
     directory = Path(tempfile.mkdtemp(prefix="safespot-openapi-"))
     app_settings = Settings(api_keys=CLIENT_KEY, admin_keys=ADMIN_KEY, data_dir=directory,
@@ -61,7 +61,7 @@ def test_docs_page_is_served():
 @SCHEMA.parametrize()
 @settings(max_examples=int(os.environ.get("SCHEMATHESIS_EXAMPLES", "15")), deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-def test_api_conforms_to_its_schema(case):  # type: ignore[no-untyped-def]
+def test_api_conforms_to_its_schema(case):
 
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     response = case.call(headers=auth)

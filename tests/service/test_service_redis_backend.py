@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from rq import Queue
@@ -43,19 +44,19 @@ def stand_in_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def settings(redis_url: str, tmp_path) -> Settings:  # type: ignore[no-untyped-def]
+def settings(redis_url: str, tmp_path) -> Settings:
     return Settings(redis_url=redis_url, max_queue=3, job_retries=0, data_dir=tmp_path,
                     checkpoint_dir=tmp_path / "ckpt", seconds_per_job=10)
 
 
 @pytest.fixture
-def backend(settings: Settings, redis_conn) -> RedisJobBackend:  # type: ignore[no-untyped-def]
+def backend(settings: Settings, redis_conn) -> Iterator[RedisJobBackend]:
     backend = RedisJobBackend(settings)
     yield backend
     backend.close()
 
 
-def test_submit_enqueues_an_rq_job_with_the_request_and_stores_the_upload(backend, redis_conn, settings):  # type: ignore[no-untyped-def]
+def test_submit_enqueues_an_rq_job_with_the_request_and_stores_the_upload(backend, redis_conn, settings):
     backend.submit_filter(filter_request("a" * 32), b"\x89PNG-upload")
     job = Job.fetch("a" * 32, connection=redis_conn, serializer=JSONSerializer)
     assert job.func_name == protocol.FILTER_FUNC and job.origin == protocol.FILTER_QUEUE
@@ -69,7 +70,7 @@ def test_submit_enqueues_an_rq_job_with_the_request_and_stores_the_upload(backen
     assert view is not None and view["status"] == "queued" and view["progress"] == {"phase": "queued"}
 
 
-def test_finished_and_failed_jobs_are_reported(backend, redis_conn, stand_in_jobs):  # type: ignore[no-untyped-def]
+def test_finished_and_failed_jobs_are_reported(backend, redis_conn, stand_in_jobs):
     backend.submit_filter(filter_request("b" * 32), b"png")
     backend.submit_filter(filter_request("c" * 32, preset="paper"), b"png")
     run_worker(redis_conn)
@@ -86,7 +87,7 @@ def test_finished_and_failed_jobs_are_reported(backend, redis_conn, stand_in_job
     assert backend.get_result_image("c" * 32) is None
 
 
-def test_unknown_and_foreign_jobs_are_none(backend, redis_conn):  # type: ignore[no-untyped-def]
+def test_unknown_and_foreign_jobs_are_none(backend, redis_conn):
     assert backend.get_job("d" * 32) is None
     backend.submit_training(protocol.TrainRequest(
         job_id="e" * 32, recipe="natural", norm="linf", eps=0.03, epochs=1, data="cifar10",
@@ -98,7 +99,7 @@ def test_unknown_and_foreign_jobs_are_none(backend, redis_conn):  # type: ignore
     assert job.origin == protocol.TRAIN_QUEUE and job.timeout == 24 * 3600
 
 
-def _abandon(redis_conn, job_id: str) -> None:  # type: ignore[no-untyped-def]
+def _abandon(redis_conn, job_id: str) -> None:
     """A worker took the job, marked it started, and died (its heartbeat lapses in 1 s)."""
     queue = Queue(protocol.FILTER_QUEUE, connection=redis_conn, serializer=JSONSerializer)
     job = Job.fetch(job_id, connection=redis_conn, serializer=JSONSerializer)
@@ -109,7 +110,7 @@ def _abandon(redis_conn, job_id: str) -> None:  # type: ignore[no-untyped-def]
         pipe.execute()
 
 
-def test_a_job_of_a_dead_worker_ends_failed_not_started_forever(backend, redis_conn):  # type: ignore[no-untyped-def]
+def test_a_job_of_a_dead_worker_ends_failed_not_started_forever(backend, redis_conn):
     backend.submit_filter(filter_request("f" * 32), b"png")
     _abandon(redis_conn, "f" * 32)
     time.sleep(1.2)
@@ -118,7 +119,7 @@ def test_a_job_of_a_dead_worker_ends_failed_not_started_forever(backend, redis_c
     assert view["error"]["code"] == "worker_lost"
 
 
-def test_a_job_of_a_dead_worker_is_retried_when_retries_are_left(settings, redis_conn):  # type: ignore[no-untyped-def]
+def test_a_job_of_a_dead_worker_is_retried_when_retries_are_left(settings, redis_conn):
     backend = RedisJobBackend(settings.model_copy(update={"job_retries": 1}))
     backend.submit_filter(filter_request("9" * 32), b"png")
     _abandon(redis_conn, "9" * 32)
@@ -128,7 +129,7 @@ def test_a_job_of_a_dead_worker_is_retried_when_retries_are_left(settings, redis
     assert backend.queue_depth() == 1
 
 
-def test_full_queue_raises_429_with_a_retry_after_estimate(backend):  # type: ignore[no-untyped-def]
+def test_full_queue_raises_429_with_a_retry_after_estimate(backend):
     for i in range(3):
         backend.submit_filter(filter_request(f"{i:032x}"), b"png")
     with pytest.raises(QueueFull) as refused:
@@ -138,7 +139,7 @@ def test_full_queue_raises_429_with_a_retry_after_estimate(backend):  # type: ig
     assert backend.queue_depth() == 3 and backend.get_job("1" * 32) is None
 
 
-def register_worker(redis_conn, name: str, *, model: bool = True, alive: bool = True) -> None:  # type: ignore[no-untyped-def]
+def register_worker(redis_conn, name: str, *, model: bool = True, alive: bool = True) -> None:
     status = {"name": name, "queues": [protocol.FILTER_QUEUE], "device": "cpu", "pid": 1,
               "host": "h", "started_at": 0, "last_seen": time.time(), "busy": False,
               "model": {"name": "tiny", "sha256": "0", "checkpoint_id": "c"} if model else None}
@@ -147,7 +148,7 @@ def register_worker(redis_conn, name: str, *, model: bool = True, alive: bool = 
         redis_conn.set(protocol.worker_alive_key(name), 1, ex=protocol.WORKER_ALIVE_TTL_S)
 
 
-def test_ready_needs_a_live_worker_with_a_model(backend, redis_conn):  # type: ignore[no-untyped-def]
+def test_ready_needs_a_live_worker_with_a_model(backend, redis_conn):
     assert backend.ready() == (False, "no live worker with a loaded model")
     register_worker(redis_conn, "stale", alive=False)
     register_worker(redis_conn, "loading", model=False)
@@ -157,12 +158,13 @@ def test_ready_needs_a_live_worker_with_a_model(backend, redis_conn):  # type: i
 
 
 def record(checkpoint_id: str, status: str = "ready", **extra: Any) -> protocol.CheckpointRecord:
-    return protocol.CheckpointRecord(id=checkpoint_id, name=checkpoint_id, status=status,  # type: ignore[typeddict-item]
-                                     sha256=checkpoint_id * 2, path=f"{checkpoint_id}.safetensors",
-                                     size_bytes=1, uploaded_at=time.time(), source="upload", **extra)
+    fields: dict[str, Any] = dict(id=checkpoint_id, name=checkpoint_id, status=status,
+                                  sha256=checkpoint_id * 2, path=f"{checkpoint_id}.safetensors",
+                                  size_bytes=1, uploaded_at=time.time(), source="upload", **extra)
+    return cast(protocol.CheckpointRecord, fields)
 
 
-def test_checkpoints_go_through_the_registry_and_uploads_are_vetted(backend, redis_conn, settings):  # type: ignore[no-untyped-def]
+def test_checkpoints_go_through_the_registry_and_uploads_are_vetted(backend, redis_conn, settings):
     """The rules themselves are tested against both stores in tests/worker/test_registry.py."""
     settings.checkpoint_path.mkdir(parents=True)
     backend.add_checkpoint(record("ck1", status="validating"))

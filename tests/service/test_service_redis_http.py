@@ -19,12 +19,12 @@ from worker import protocol
 pytestmark = pytest.mark.integration
 
 
-def submit(client: TestClient):  # type: ignore[no-untyped-def]
+def submit(client: TestClient):
     return client.post("/v1/filter", headers=client_auth(),
                        files={"image": ("a.jpg", photo_bytes(), "image/jpeg")})
 
 
-def test_filter_round_trip_queue_full_and_readiness(redis_url, redis_conn, tmp_path):  # type: ignore[no-untyped-def]
+def test_filter_round_trip_queue_full_and_readiness(redis_url, redis_conn, tmp_path):
     settings = Settings(redis_url=redis_url, api_keys=CLIENT_KEY, max_queue=2, data_dir=tmp_path)
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 503
@@ -53,7 +53,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-def test_redis_down_is_503_and_the_api_recovers_by_itself(own_redis, tmp_path):  # type: ignore[no-untyped-def]
+def test_redis_down_is_503_and_the_api_recovers_by_itself(own_redis, tmp_path):
     settings = Settings(redis_url=own_redis.url, api_keys=CLIENT_KEY,
                         data_dir=tmp_path, redis_timeout_s=0.5)
     with TestClient(create_app(settings)) as client:
@@ -75,7 +75,7 @@ def test_redis_down_is_503_and_the_api_recovers_by_itself(own_redis, tmp_path): 
         assert "safespot_redis_up 1.0" in client.get("/metrics").text
 
 
-def test_nothing_listening_at_start_is_503_not_a_crash(tmp_path):  # type: ignore[no-untyped-def]
+def test_nothing_listening_at_start_is_503_not_a_crash(tmp_path):
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", api_keys=CLIENT_KEY,
                         data_dir=tmp_path, redis_timeout_s=0.5)
     with TestClient(create_app(settings)) as client:
@@ -84,7 +84,7 @@ def test_nothing_listening_at_start_is_503_not_a_crash(tmp_path):  # type: ignor
         assert client.get("/metrics").status_code == 200
 
 
-def test_results_survive_an_api_restart(redis_url, redis_conn, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_results_survive_an_api_restart(redis_url, redis_conn, tmp_path, monkeypatch):
     """Jobs live in Redis, not in the API process: a new API instance (a restart,
     or another replica) answers for jobs the previous one accepted."""
     install_stand_in_jobs(monkeypatch)

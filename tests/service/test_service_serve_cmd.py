@@ -31,7 +31,7 @@ def test_arguments_and_defaults():
 class StubEmbedded:
     instances: ClassVar[list[StubEmbedded]] = []
 
-    def __init__(self, settings) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, settings) -> None:
         self.settings = settings
         self.calls: list[str] = []
         StubEmbedded.instances.append(self)
@@ -47,15 +47,15 @@ class StubEmbedded:
 
 
 @pytest.fixture
-def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> list[dict]:  # type: ignore[type-arg]
-    runs: list[dict] = []  # type: ignore[type-arg]
+def fake_uvicorn(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    runs: list[dict] = []
     module = types.ModuleType("uvicorn")
     module.run = lambda app, **kw: runs.append({"app": app, **kw})  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "uvicorn", module)
     return runs
 
 
-def test_without_redis_the_embedded_worker_runs_in_process(monkeypatch, fake_uvicorn):  # type: ignore[no-untyped-def]
+def test_without_redis_the_embedded_worker_runs_in_process(monkeypatch, fake_uvicorn):
     embedded = types.ModuleType("worker.embedded")
     embedded.EmbeddedBackend = StubEmbedded  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "worker.embedded", embedded)
@@ -70,7 +70,7 @@ def test_without_redis_the_embedded_worker_runs_in_process(monkeypatch, fake_uvi
 
 
 @pytest.mark.integration
-def test_with_redis_only_the_api_runs(monkeypatch, fake_uvicorn, redis_url):  # type: ignore[no-untyped-def]
+def test_with_redis_only_the_api_runs(monkeypatch, fake_uvicorn, redis_url):
     from service.backends.redis_backend import RedisJobBackend
 
     monkeypatch.setenv("SAFESPOT_REDIS_URL", redis_url)
@@ -79,7 +79,7 @@ def test_with_redis_only_the_api_runs(monkeypatch, fake_uvicorn, redis_url):  # 
     assert isinstance(fake_uvicorn[0]["app"].state.backend, RedisJobBackend)
 
 
-def test_invalid_settings_are_a_usage_error(monkeypatch):  # type: ignore[no-untyped-def]
+def test_invalid_settings_are_a_usage_error(monkeypatch):
     monkeypatch.setenv("SAFESPOT_MAX_QUEUE", "-3")
     with pytest.raises(UsageError, match="SAFESPOT_MAX_QUEUE"):
         serve_cmd.run(parse())

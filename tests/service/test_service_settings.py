@@ -23,7 +23,7 @@ def test_defaults_are_safe_and_documented():
     assert s.checkpoint_path == Path("data") / "checkpoints"
 
 
-def test_environment_with_comma_separated_lists(monkeypatch):  # type: ignore[no-untyped-def]
+def test_environment_with_comma_separated_lists(monkeypatch):
     monkeypatch.setenv("SAFESPOT_REDIS_URL", "redis://cache:6379/2")
     monkeypatch.setenv("SAFESPOT_API_KEYS", " key-one , key-two,,")
     monkeypatch.setenv("SAFESPOT_ADMIN_KEYS", "root-key")
@@ -40,7 +40,7 @@ def test_environment_with_comma_separated_lists(monkeypatch):  # type: ignore[no
     assert s.log_level == "warning"
 
 
-def test_an_empty_redis_url_means_embedded_mode(monkeypatch):  # type: ignore[no-untyped-def]
+def test_an_empty_redis_url_means_embedded_mode(monkeypatch):
     monkeypatch.setenv("SAFESPOT_REDIS_URL", "")
     assert Settings().redis_url is None
 
@@ -54,7 +54,7 @@ def test_an_empty_redis_url_means_embedded_mode(monkeypatch):  # type: ignore[no
     ("SAFESPOT_DEFAULT_EPS_LINF", "0.5", "default_eps_linf"),
     ("SAFESPOT_LOG_LEVEL", "chatty", "SAFESPOT_LOG_LEVEL"),
 ])
-def test_invalid_configuration_fails_fast_with_the_variable_named(monkeypatch, env, value, needle):  # type: ignore[no-untyped-def]
+def test_invalid_configuration_fails_fast_with_the_variable_named(monkeypatch, env, value, needle):
     monkeypatch.setenv(env, value)
     with pytest.raises(SystemExit) as stopped:
         load_settings()
@@ -72,7 +72,7 @@ def test_settings_are_immutable_once_built():
         s.max_queue = 5  # type: ignore[misc]
 
 
-def test_weak_setups_are_logged(caplog):  # type: ignore[no-untyped-def]
+def test_weak_setups_are_logged(caplog):
     Settings(api_keys="short").warn_about_weak_setup()
     text = caplog.text
     assert "admin routes are disabled" in text and "shorter than" in text

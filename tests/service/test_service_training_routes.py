@@ -6,7 +6,7 @@ import pytest
 from service_testkit import admin_auth, client_auth, photo_bytes
 
 
-def test_a_training_run_is_queued_with_defaults(client, backend):  # type: ignore[no-untyped-def]
+def test_a_training_run_is_queued_with_defaults(client, backend):
     response = client.post("/v1/training-jobs", json={"epochs": 3}, headers=admin_auth())
     assert response.status_code == 202, response.text
     body = response.json()
@@ -21,7 +21,7 @@ def test_a_training_run_is_queued_with_defaults(client, backend):  # type: ignor
     assert status.status_code == 200 and status.json()["status"] == "queued"
 
 
-def test_a_data_path_inside_the_data_dir_is_accepted(client, backend):  # type: ignore[no-untyped-def]
+def test_a_data_path_inside_the_data_dir_is_accepted(client, backend):
     response = client.post("/v1/training-jobs", json={"data": "sets/cats", "recipe": "natural"},
                            headers=admin_auth())
     assert response.status_code == 202
@@ -33,14 +33,14 @@ def test_a_data_path_inside_the_data_dir_is_accepted(client, backend):  # type: 
     {"eps": 1.0}, {"data": "/etc/passwd"}, {"data": "../../secrets"}, {"data": "a/../../b"},
     {"arch": "../x"}, {"unknown_field": 1}, {"limit": 0},
 ])
-def test_invalid_runs_are_422(client, backend, body):  # type: ignore[no-untyped-def]
+def test_invalid_runs_are_422(client, backend, body):
     response = client.post("/v1/training-jobs", json=body, headers=admin_auth())
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "validation_error"
     assert not backend.training
 
 
-def test_unknown_or_foreign_training_jobs_are_404(client):  # type: ignore[no-untyped-def]
+def test_unknown_or_foreign_training_jobs_are_404(client):
     filter_job = client.post("/v1/filter", headers=client_auth(), files={
         "image": ("a.jpg", photo_bytes(), "image/jpeg")}).json()["job_id"]
     for job_id in ("f" * 32, "bad id", filter_job):

@@ -24,12 +24,12 @@ from service_testkit import (
 pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 
 
-def post_image(client, data: bytes, field: str = "image"):  # type: ignore[no-untyped-def]
+def post_image(client, data: bytes, field: str = "image"):
     return client.post("/v1/filter", files={field: ("upload.bin", data, "image/jpeg")},
                        headers=client_auth())
 
 
-def assert_error(response, status: int, code: str | None = None) -> None:  # type: ignore[no-untyped-def]
+def assert_error(response, status: int, code: str | None = None) -> None:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
@@ -38,26 +38,26 @@ def assert_error(response, status: int, code: str | None = None) -> None:  # typ
         assert body["error"]["code"] == code
 
 
-def test_empty_request_body(client, backend):  # type: ignore[no-untyped-def]
+def test_empty_request_body(client, backend):
     assert_error(client.post("/v1/filter", headers=client_auth()), 422, "validation_error")
     assert_error(client.post("/v1/filter", content=b"", headers={**client_auth(),
                  "content-type": "multipart/form-data; boundary=x"}), 422)
     assert not backend.requests
 
 
-def test_empty_file(client, backend):  # type: ignore[no-untyped-def]
+def test_empty_file(client, backend):
     assert_error(post_image(client, b""), 400, "empty_file")
     assert not backend.requests
 
 
-def test_wrong_field_name(client, backend):  # type: ignore[no-untyped-def]
+def test_wrong_field_name(client, backend):
     response = post_image(client, photo_bytes(), field="file")
     assert_error(response, 422, "validation_error")
     assert "image" in response.json()["error"]["message"]
     assert not backend.requests
 
 
-def test_json_instead_of_multipart(client):  # type: ignore[no-untyped-def]
+def test_json_instead_of_multipart(client):
     assert_error(client.post("/v1/filter", json={"image": "aGVsbG8="}, headers=client_auth()), 422)
 
 
@@ -66,30 +66,30 @@ def test_json_instead_of_multipart(client):  # type: ignore[no-untyped-def]
     b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n%%EOF\n",
     b"<?xml version='1.0'?><svg xmlns='http://www.w3.org/2000/svg'/>",
 ])
-def test_text_pdf_svg_are_415(client, backend, data):  # type: ignore[no-untyped-def]
+def test_text_pdf_svg_are_415(client, backend, data):
     assert_error(post_image(client, data), 415, "unsupported_format")
     assert not backend.requests
 
 
 @pytest.mark.parametrize("name", ["chelsea.jpg", "astronaut.png"])
-def test_truncated_files_are_400(client, backend, name):  # type: ignore[no-untyped-def]
+def test_truncated_files_are_400(client, backend, name):
     data = photo_bytes(name)
     assert_error(post_image(client, data[: len(data) * 2 // 3]), 400, "corrupt_image")
     assert not backend.requests
 
 
-def test_decompression_bomb_is_413(client, backend):  # type: ignore[no-untyped-def]
+def test_decompression_bomb_is_413(client, backend):
     assert_error(post_image(client, png_bomb(60_000, 60_000)), 413, "too_many_pixels")
     assert not backend.requests
 
 
-def test_file_over_the_byte_limit_is_413(client, backend, settings):  # type: ignore[no-untyped-def]
+def test_file_over_the_byte_limit_is_413(client, backend, settings):
     too_big = b"\xff\xd8\xff" + b"\x00" * settings.max_upload_bytes
     assert_error(post_image(client, too_big), 413)
     assert not backend.requests
 
 
-async def asgi_post(app, path: str, headers: dict[str, str], chunks: Iterator[bytes]):  # type: ignore[no-untyped-def]
+async def asgi_post(app, path: str, headers: dict[str, str], chunks: Iterator[bytes]):
     """Drive the ASGI app directly with a streamed body (TestClient would read
     the whole body before the app sees it).  Returns (chunks read, status, body)."""
     read = 0
@@ -117,7 +117,7 @@ async def asgi_post(app, path: str, headers: dict[str, str], chunks: Iterator[by
 
 
 @pytest.mark.parametrize("declare_length", [False, True])
-def test_over_size_body_is_refused_while_streaming(client, backend, settings, declare_length):  # type: ignore[no-untyped-def]
+def test_over_size_body_is_refused_while_streaming(client, backend, settings, declare_length):
     """A body 20x the limit: the server stops reading soon after the limit (or
     before reading at all when Content-Length says it is too big), rather
     than swallowing everything and refusing afterwards."""
@@ -180,7 +180,7 @@ VALID_ODDITIES = {
 
 
 @pytest.mark.parametrize("kind", sorted(VALID_ODDITIES))
-def test_valid_but_unusual_images_are_accepted(client, backend, kind):  # type: ignore[no-untyped-def]
+def test_valid_but_unusual_images_are_accepted(client, backend, kind):
     make, size, mode = VALID_ODDITIES[kind]
     response = post_image(client, make())
     assert response.status_code == 202, response.text
@@ -190,7 +190,7 @@ def test_valid_but_unusual_images_are_accepted(client, backend, kind):  # type: 
     assert backend.requests[job_id]["image"]["mode"] == mode
 
 
-def test_rejections_are_counted_by_reason(client):  # type: ignore[no-untyped-def]
+def test_rejections_are_counted_by_reason(client):
     post_image(client, b"plain text")
     post_image(client, png_bomb(60_000, 60_000))
     metrics = client.get("/metrics").text

@@ -42,7 +42,7 @@ def test_outliers_must_come_from_x_outlier_train(tmp_path: Path) -> None:
 
 
 def test_extra_loss_is_deterministic_per_step_and_leaves_the_model_as_it_was(
-        tiny_model, outliers_npz) -> None:  # type: ignore[no-untyped-def]
+        tiny_model, outliers_npz) -> None:
     model = copy.deepcopy(tiny_model).train()
     cfg = TrainConfig(recipe=Recipe(name="s-fgsm-adv"), batch_size=16)
     extra = outlier_loss(outliers_npz, cfg, gamma=0.5, lam=0.1, val=20)
@@ -63,7 +63,7 @@ def test_extra_loss_is_deterministic_per_step_and_leaves_the_model_as_it_was(
 
 
 def test_a_short_run_with_outliers_records_them_in_the_checkpoint(
-        tmp_path, cifar_mini, outliers_npz) -> None:  # type: ignore[no-untyped-def]
+        tmp_path, cifar_mini, outliers_npz) -> None:
     data = tmp_path / "small.npz"
     np.savez(data, x=cifar_mini["x_train"][:160], y=cifar_mini["y_train"][:160])
     cfg = TrainConfig(recipe=Recipe(name="s-fgsm-adv"), arch_args={"width": 4, "hidden": 16}, data=str(data),
@@ -76,7 +76,7 @@ def test_a_short_run_with_outliers_records_them_in_the_checkpoint(
 
 
 def test_outliers_are_attacked_like_the_training_images_of_the_same_epoch(
-        tmp_path, cifar_mini, outliers_npz) -> None:  # type: ignore[no-untyped-def]
+        tmp_path, cifar_mini, outliers_npz) -> None:
     data = tmp_path / "small.npz"
     np.savez(data, x=cifar_mini["x_train"][:160], y=cifar_mini["y_train"][:160])
     cfg = TrainConfig(recipe=Recipe(name="s-fgsm-adv", attack="pgd"), warmup=Recipe(name="adv-fast"),

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -19,6 +19,7 @@ from PIL import Image
 from bench.stack import Stack, service_env
 from bench.stack import wait_until as wait_for
 from tests.conftest import FIXTURES, PHOTOS, TINY_MODEL, free_port
+from worker.protocol import FilterRequest
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -55,7 +56,7 @@ def cifar_png(cifar_mini: dict[str, np.ndarray], index: int = 0) -> bytes:
 
 
 def filter_request(job_id: str, image: Image.Image | None = None, preset: str = "fast",
-                   norm: str = "linf", eps: float = 8 / 255, **extra: Any) -> dict[str, Any]:
+                   norm: str = "linf", eps: float = 8 / 255, **extra: Any) -> FilterRequest:
     w, h = image.size if image is not None else (32, 32)
     request: dict[str, Any] = {
         "job_id": job_id, "preset": preset, "norm": norm, "eps": eps, "delta": eps, "reencode": None,
@@ -64,7 +65,7 @@ def filter_request(job_id: str, image: Image.Image | None = None, preset: str = 
                   "format": "PNG", "bytes": 0},
     }
     request.update(extra)
-    return request
+    return cast(FilterRequest, request)
 
 
 def worker_env(redis_url: str, checkpoint_dir: Path, **settings: Any) -> dict[str, str]:

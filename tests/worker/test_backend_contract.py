@@ -79,7 +79,7 @@ def test_a_job_ends_with_its_result_and_image(make_backend, cifar_mini) -> None:
     assert result is not None and result["image"] == {"width": 32, "height": 32, "mode": "RGB"}
     assert result["model"]["name"] == "tiny-test-fixture" and result["grad_evals"] > 0
     assert view["progress"]["phase"] == "done" and view["progress"]["fraction"] == 1.0
-    assert view["ended_at"] >= view["started_at"] >= view["created_at"] - 1  # type: ignore[operator]
+    assert view["ended_at"] >= view["started_at"] >= view["created_at"] - 1
     image = backend.get_result_image("contract-ok")
     assert image is not None and Image.open(io.BytesIO(image)).size == (32, 32)
     assert backend.queue_depth() == 0

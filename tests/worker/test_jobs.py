@@ -48,7 +48,7 @@ def settings(tmp_path: Path) -> Any:
     jobs._context = jobs._ProcessContext()  # the next test starts from a clean process context
 
 
-def run(conn: Any, func: str, request: dict[str, Any], job_id: str) -> Job:
+def run(conn: Any, func: str, request: Any, job_id: str) -> Job:
     """Run a job the way a worker would, synchronously, in this process."""
     queue = Queue("sync", connection=conn, serializer=JSONSerializer, is_async=False)
     return queue.enqueue_call(func, args=(request,), job_id=job_id, result_ttl=600, failure_ttl=600)

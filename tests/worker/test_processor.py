@@ -169,7 +169,7 @@ def test_reencode_plans_for_the_platforms_jpeg_and_reports_survival(processor, c
     assert result["linf"] <= 8 / 255 + 1e-6
 
 
-def test_the_result_says_what_was_verified(processor, cifar_mini) -> None:  # type: ignore[no-untyped-def]
+def test_the_result_says_what_was_verified(processor, cifar_mini) -> None:
     processor.add("v", filter_request("v"), cifar_png(cifar_mini, 2))
     result = processor.drain()[0].result
     v = result["verification"]

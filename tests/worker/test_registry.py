@@ -139,7 +139,7 @@ def test_the_state_survives_a_new_registry_on_the_same_store(registry, tmp_path)
     registry.activate("a")
     store = registry.store
     again = (file_registry(registry.directory) if not hasattr(store, "conn")
-             else redis_registry(store.conn, registry.directory))  # type: ignore[attr-defined]
+             else redis_registry(store.conn, registry.directory))
     assert again.active_state() == (1, "a") and statuses(again) == {"a": "active"}
     if not hasattr(store, "conn"):
         saved = json.loads((registry.directory / REGISTRY_FILE).read_text())

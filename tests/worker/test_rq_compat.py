@@ -50,7 +50,7 @@ def fetch(queue: Queue, job_id: str) -> Job:
 def test_dequeue_now_and_requeue_at_front(worker, queue) -> None:
     enqueue(queue, "a")
     enqueue(queue, "b")
-    job, _ = worker.dequeue_now(queue)  # type: ignore[misc]
+    job, _ = worker.dequeue_now(queue)
     assert job.id == "a" and queue.job_ids == ["b"]
     assert queue.connection.lrange(queue.intermediate_queue_key, 0, -1) == [b"a"]
     worker.requeue_at_front(job, queue)
@@ -89,7 +89,7 @@ def test_record_failure_spends_a_retry_only_when_retryable(worker, queue) -> Non
     assert not worker.record_failure(job, queue, execution, "timeout: too long", retryable=True)
     job = fetch(queue, "r")
     assert job.get_status() == JobStatus.FAILED and "r" in queue.failed_job_registry.get_job_ids()
-    assert job.latest_result().exc_string == "timeout: too long"  # type: ignore[union-attr]
+    assert job.latest_result().exc_string == "timeout: too long"
 
     enqueue(queue, "n", retries=3)
     job, execution = started(worker, queue, "n")
@@ -111,7 +111,7 @@ def test_heartbeats_extend_an_execution_and_forget_stops_them(worker, queue) -> 
 
 def test_run_as_rq_would_performs_a_job_the_stock_way(worker, queue) -> None:
     enqueue(queue, "p")
-    job, queue_ = worker.dequeue_now(queue)  # type: ignore[misc]
+    job, queue_ = worker.dequeue_now(queue)
     worker.run_as_rq_would(job, queue_)
     assert fetch(queue, "p").get_status() == JobStatus.FINISHED and fetch(queue, "p").return_value() == 3
 
