@@ -1,8 +1,8 @@
 """The page at `/` in a real headless Chromium, against a real service with a real worker.
 
-One stack for the module: Redis (the session's `redis_url`, on a database of its own),
-`safespot worker` and `safespot serve` as subprocesses with the tiny model, a client key
-and an admin key.  Chromium is Debian's (`apt-get install -y chromium chromium-driver`);
+Each test runs against both deployments, one stack each: Redis (the session's `redis_url`,
+on a database of its own) with `safespot worker` and `safespot serve` as subprocesses, and
+`safespot serve` alone (its embedded worker); the tiny model, a client key and an admin key.  Chromium is Debian's (`apt-get install -y chromium chromium-driver`);
 when it is missing these tests FAIL, they never skip.  Screenshots are kept in
 test-artifacts/ (page.png, admin.png).
 """
@@ -50,8 +50,10 @@ STACK_DB = 11  # this module's Redis database: its keys never meet other tests'
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["redis", "embedded"])
+def stack(request: pytest.FixtureRequest, redis_url: str,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Both deployments the page meets: API + RQ worker over Redis, and `safespot serve` alone."""
     try:
         check_browser()  # before minutes of start-up: say at once what is missing
     except BrowserMissing as e:
@@ -63,8 +65,10 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     conn.flushdb()
     extra = {"SAFESPOT_VETTING_DATA": str(FIXTURES / "cifar10_mini.npz"), "SAFESPOT_VETTING_N": "20"}
     try:
-        with running_service(tmp_path_factory.mktemp("stack"), redis_url=url, model=str(TINY_MODEL),
-                             api_keys=CLIENT_KEY, admin_keys=ADMIN_KEY, extra_env=extra) as running:
+        with running_service(tmp_path_factory.mktemp("stack"),
+                             redis_url=url if request.param == "redis" else None,
+                             model=str(TINY_MODEL), api_keys=CLIENT_KEY, admin_keys=ADMIN_KEY,
+                             extra_env=extra) as running:
             yield running
     finally:
         conn.flushdb()

@@ -8,9 +8,10 @@
 - `WorkerPool`: `python -m worker.rq_worker` subprocesses on the tiny test
   model (the same helper environment as tests/worker).
 
-The package shares one Redis, one API and one worker (`stack`) across its
-modules where a test does not need to break them; the fault tests start their
-own.  Workers import torch (seconds on a busy machine), so they are few.
+The package shares one stack (`stack`) across its modules where a test does
+not need to break them, once per deployment: one Redis, one API and one worker
+process; and the single-process mode (`safespot serve` without Redis: the API
+with the embedded worker in this process).  The fault tests start their own.  Workers import torch (seconds on a busy machine), so they are few.
 """
 
 from __future__ import annotations
@@ -65,15 +66,15 @@ def small_photo(name: str = "chelsea.jpg", size: tuple[int, int] = (48, 32), fmt
 
 # ----------------------------------------------------------------------- API
 class LiveApi:
-    """`create_app(settings)` served by uvicorn on 127.0.0.1:<port> in a daemon thread."""
+    """`create_app(settings, backend)` served by uvicorn on 127.0.0.1:<port> in a daemon thread."""
 
-    def __init__(self, settings: Any, port: int | None = None) -> None:
+    def __init__(self, settings: Any, port: int | None = None, backend: Any = None) -> None:
         import uvicorn
 
         from service.app import create_app
 
         self.port = port or free_port()
-        self.app = create_app(settings)
+        self.app = create_app(settings, backend)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
                                 access_log=False, lifespan="on", log_level="warning")
         self.server = uvicorn.Server(config)
@@ -96,7 +97,7 @@ class LiveApi:
         return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 30.0), **kw)
 
 
-def api_settings(redis_url: str, tmp: Path, **overrides: Any) -> Any:
+def api_settings(redis_url: str | None, tmp: Path, **overrides: Any) -> Any:
     from service.settings import Settings
 
     values: dict[str, Any] = dict(
@@ -219,29 +220,58 @@ def _no_safespot_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @dataclass
 class Stack:
-    """One Redis, one worker and one API shared by the non-destructive tests."""
+    """One deployment shared by the non-destructive tests: Redis + a worker process + the API,
+    or the API with the embedded worker (`redis` and `workers` None)."""
 
-    redis: RedisServer
+    redis: RedisServer | None
     api: LiveApi
-    workers: WorkerPool
+    workers: WorkerPool | None
     tmp: Path
 
     @property
     def conn(self) -> Any:
+        assert self.redis is not None, "the embedded stack has no Redis"
         return self.redis.client()
 
     @property
     def checkpoint_dir(self) -> Path:
         return self.tmp / "checkpoints"
 
+    def queue_state(self) -> dict[str, int]:
+        """What a refused request must not change: the queue and the jobs it holds."""
+        if self.redis is None:
+            jobs = list(self.api.app.state.backend._jobs.values())
+            return {"queued": sum(j.status == "queued" for j in jobs), "jobs": len(jobs),
+                    "started": sum(j.status == "started" for j in jobs)}
+        return queue_state(self.conn)
 
-@pytest.fixture(scope="package")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("stack")
+    def worker_alive(self) -> bool:
+        if self.workers is None:
+            return self.api.app.state.backend.ready()[0]
+        return next(iter(self.workers.procs.values())).poll() is None
+
+
+@pytest.fixture(scope="package", params=["redis", "embedded"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
+    if request.param == "embedded":
+        from worker.embedded import EmbeddedBackend
+
+        settings = api_settings(None, tmp, default_model=str(TINY_MODEL), max_wait_ms=50, threads=1)
+        backend = EmbeddedBackend(settings).start()
+        api = LiveApi(settings, backend=backend).start()
+        try:
+            with api.client() as client:
+                wait_ready(client)
+            yield Stack(None, api, None, tmp)
+        finally:
+            api.stop()
+            backend.stop()
+        return
     server = RedisServer(tmp / "redis").start()
     workers = WorkerPool(tmp)
     workers.start_tiny(server.url, tmp / "checkpoints", max_wait_ms=50, job_heartbeat_ttl_s=10,
-                  max_checkpoint_bytes=1024 * 1024)
+                       max_checkpoint_bytes=1024 * 1024)
     api = LiveApi(api_settings(server.url, tmp)).start()
     try:
         with api.client() as client:
@@ -251,7 +281,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         api.stop()
         workers.stop_all()
         server.stop()
-
 
 __all__ = ["ADMIN_KEY", "CLIENT_KEY", "FIXTURES", "TINY_MODEL", "LiveApi", "RedisServer", "WorkerPool",
            "stop_process", "wait_for"]

@@ -23,7 +23,6 @@ from PIL import Image
 from tests.reliability.conftest import (
     Stack,
     client_auth,
-    queue_state,
     small_photo,
     stream_upload,
 )
@@ -144,8 +143,7 @@ def test_bad_uploads_get_a_json_error_and_cost_the_queue_nothing(stack: Stack, c
     make, status, code = BAD_UPLOADS[case]
     request = make()
     headers = {**client_auth(), **request.pop("headers", {})}
-    conn = stack.conn
-    before = queue_state(conn)
+    before = stack.queue_state()
     with stack.api.client() as api:
         response = api.post("/v1/filter", headers=headers, **request)
         assert response.status_code == status, response.text
@@ -153,7 +151,7 @@ def test_bad_uploads_get_a_json_error_and_cost_the_queue_nothing(stack: Stack, c
         body = response.json()
         assert set(body) == {"error"} and body["error"]["code"] == code and body["error"]["message"]
         assert api.get("/healthz").status_code == 200  # the process is still serving
-    assert queue_state(conn) == before
+    assert stack.queue_state() == before
 
 
 # ------------------------------------------------- over-size bodies, streamed
@@ -164,14 +162,14 @@ def test_a_body_over_the_limit_is_cut_off_while_it_streams(stack: Stack, chunked
     a chunked body at most the limit plus socket buffers later), and the API
     keeps serving."""
     total = 64 * LIMIT
-    before = queue_state(stack.conn)
+    before = stack.queue_state()
     sent, status, body = stream_upload(stack.api.port, "/v1/filter", "image", client_auth(), total,
                                        chunked=chunked)
     assert status == 413 and body["error"]["code"] == "payload_too_large"
     assert sent < total // 4, f"sent {sent} of {total} bytes before the refusal"
     if not chunked:
         assert sent == 0
-    assert queue_state(stack.conn) == before
+    assert stack.queue_state() == before
     assert httpx.get(f"{stack.api.url}/healthz").status_code == 200
 
 

@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.reliability.conftest import ADMIN_KEY, CLIENT_KEY, Stack, queue_state
+from tests.reliability.conftest import ADMIN_KEY, CLIENT_KEY, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
 
@@ -72,5 +72,5 @@ def test_the_fuzzing_left_no_job_stuck(stack: Stack) -> None:
     forever, none stays started)."""
     from tests.reliability.conftest import wait_for
 
-    wait_for(lambda: queue_state(stack.conn)["queued"] == 0 and queue_state(stack.conn)["started"] == 0,
+    wait_for(lambda: stack.queue_state()["queued"] == 0 and stack.queue_state()["started"] == 0,
              60, "the filter queue to drain")
