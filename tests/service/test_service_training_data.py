@@ -63,7 +63,7 @@ def test_embedded_mode_refuses_before_queueing(embedded_client):
     client, backend = embedded_client
     refused(client.post("/v1/training-jobs", json={"epochs": 1}, headers=admin_auth()),
             "safespot data download cifar10")
-    assert backend._jobs == {}  # type: ignore[attr-defined]
+    assert backend._jobs == {}
 
 
 @pytest.mark.integration
