@@ -18,7 +18,7 @@ from worker import metrics
 from worker.checkpoints import relative_path
 from worker.errors import JobError
 from worker.logs import fields
-from worker.protocol import CheckpointRecord, ErrorCode, TrainRequest
+from worker.protocol import TRAINING_DATA, CheckpointRecord, ErrorCode, TrainRequest
 from worker.registry import CheckpointRegistry, new_checkpoint_id
 from worker.settings import WorkerSettings
 from worker.vetting import vet_and_record
@@ -52,9 +52,10 @@ def train_config(request: TrainRequest, settings: WorkerSettings, checkpoint_id:
 
 
 def _data_source(request: TrainRequest, settings: WorkerSettings) -> str:
-    """'cifar10', or a path inside the data directory (an admin cannot point at other files)."""
+    """A built-in set's name, or a path inside the data directory (an admin cannot point at
+    other files)."""
     data = str(request.get("data") or "cifar10")
-    if data == "cifar10":
+    if data in TRAINING_DATA:
         return data
     root = settings.data_dir.resolve()
     path = (root / data).resolve()

@@ -201,3 +201,14 @@ def test_tiny_imagenet_train_and_val_at_64_with_wnids_and_names(tmp_path) -> Non
 def test_the_api_check_looks_for_what_download_writes() -> None:
     for name, files in TRAINING_DATA.items():
         assert files[0] in SETS[name].outputs
+
+
+def test_the_data_command_needs_no_torch() -> None:
+    """So that it runs in any image (the init step) and starts at once."""
+    import subprocess
+    import sys
+
+    code = "import sys, safespot_cli.data_cmd, training.public_data; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 0, done.stderr

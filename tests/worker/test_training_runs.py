@@ -46,3 +46,21 @@ def test_each_step_and_epoch_is_reported_then_the_vetted_record(
     assert [r["phase"] for r in reports][-2:] == ["vetting", "done"]
     assert final["status"] == "ready" and final["name"] == "two-epochs"
     assert registry.get(final["id"]) == final  # registered, then its verdict
+
+
+def test_built_in_sets_go_to_the_trainer_by_name_paths_stay_inside(tmp_path: Path) -> None:
+    import pytest
+
+    from worker.errors import JobError
+    from worker.protocol import TRAINING_DATA
+    from worker.training_runs import train_config
+
+    settings = WorkerSettings(checkpoint_dir=tmp_path / "checkpoints", data_dir=tmp_path / "data")
+    request: Any = {"job_id": "t", "recipe": "natural", "norm": "linf", "eps": 8 / 255, "epochs": 1,
+                    "limit": None, "name": "n", "arch": "cifar_cnn"}
+    for name in TRAINING_DATA:
+        assert train_config(request | {"data": name}, settings, "ckpt_x", "t").data == name
+    inside = train_config(request | {"data": "sets/a.npz"}, settings, "ckpt_x", "t").data
+    assert inside == str((tmp_path / "data" / "sets" / "a.npz").resolve())
+    with pytest.raises(JobError, match="outside the data directory"):
+        train_config(request | {"data": "../x.npz"}, settings, "ckpt_x", "t")
