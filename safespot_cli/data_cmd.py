@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "import":
             return _import(args, data_dir)
         return _list(args, data_dir)
-    except DataError as e:
+    except (DataError, OSError) as e:  # a bad archive, a full disk, a read-only directory: no traceback
         raise UsageError(str(e)) from None
 
 
