@@ -268,6 +268,7 @@ def write_npz(path: Path, arrays: Arrays) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **cast(dict[str, Any], arrays))
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the data from other users of the volume
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

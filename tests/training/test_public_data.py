@@ -71,6 +71,7 @@ def test_download_converts_cifar10_and_list_reports_it(tmp_path, cifar, capsys) 
                    "--sha256", sha256(archive), "--quiet") == 0
         assert_cifar_converted(data_dir, expected)
         assert leftovers(data_dir) == {"cifar10_train.npz", "cifar10_test.npz"}  # archive removed
+        assert (data_dir / "cifar10_train.npz").stat().st_mode & 0o777 == 0o644  # readable by the API's uid too
         capsys.readouterr()
         assert cli("data", "download", "cifar10", "--data-dir", str(data_dir), "--url", server.url(CIFAR_PATH),
                    "--sha256", sha256(archive), "--quiet") == 0
