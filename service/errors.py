@@ -30,7 +30,8 @@ logger = logging.getLogger("safespot.service")
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_REQUEST: 400, ErrorCode.BAD_IMAGE: 400, ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403, ErrorCode.NOT_FOUND: 404, ErrorCode.METHOD_NOT_ALLOWED: 405,
-    ErrorCode.CONFLICT: 409, ErrorCode.PAYLOAD_TOO_LARGE: 413, ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.CONFLICT: 409, ErrorCode.DATA_MISSING: 409, ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.VALIDATION_ERROR: 422, ErrorCode.TOO_MANY_REQUESTS: 429, ErrorCode.QUEUE_FULL: 429,
     ErrorCode.INTERNAL_ERROR: 500, ErrorCode.NOT_READY: 503, ErrorCode.QUEUE_UNAVAILABLE: 503,
 }
@@ -74,6 +75,12 @@ class NotFound(SafeSpotError):
 
 class Conflict(SafeSpotError):
     code = ErrorCode.CONFLICT
+
+
+class DataMissing(SafeSpotError):
+    """A training run's data set is not in SAFESPOT_DATA_DIR (the message says how to add it)."""
+
+    code = ErrorCode.DATA_MISSING
 
 
 class PayloadTooLarge(SafeSpotError):

@@ -127,7 +127,8 @@ class TrainingRequestBody(BaseModel):
     eps: float | None = Field(None, gt=0, description="pixel units; default 8/255 (linf) or 0.5 (l2)")
     epochs: int = Field(15, ge=1, le=1000)
     data: str = Field("cifar10", max_length=255,
-                      description="'cifar10', or a path relative to SAFESPOT_DATA_DIR")
+                      description="'cifar10', 'tinyimagenet' (after `safespot data download NAME`), "
+                                  "or a path relative to SAFESPOT_DATA_DIR")
     limit: int | None = Field(None, ge=1, description="train on this many images only")
     name: str = Field("", max_length=100)
     arch: str = Field("cifar_cnn", pattern=r"^[a-z][a-z0-9_]{0,63}$")

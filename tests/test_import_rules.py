@@ -38,7 +38,8 @@ ALLOWED: dict[str, set[str]] = {
     # sklearn: the OOD metrics (safespot/ood_eval.py).
     "safespot": {"safespot", "torch", "numpy", "scipy", "torchattacks", "sklearn"},
     "models": {"models", "safespot", "torch", "torchvision", "safetensors"},
-    "training": {"training", "safespot", "models", "torch", "numpy", "PIL", "tqdm"},
+    # httpx: `safespot data download` (training/fetch.py) fetches the public archives.
+    "training": {"training", "safespot", "models", "torch", "numpy", "PIL", "tqdm", "httpx"},
     "worker": {"worker", "training", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",
                "pydantic", "pydantic_settings", "prometheus_client", "pythonjsonlogger"},
     "service": {"service", *TORCH_FREE_WORKER, "fastapi", "starlette", "pydantic",

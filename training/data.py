@@ -2,7 +2,9 @@
 
 Sources, tried in this order for a name like ``cifar10``:
 - the packed ``.npz`` files of the data directory (``cifar10_train.npz``,
-  ``cifar10_test.npz``: arrays ``x`` uint8 NHWC, ``y`` int64);
+  ``cifar10_test.npz``: arrays ``x`` uint8 NHWC, ``y`` int64; optional
+  ``class_names`` and ``source``), as ``safespot data download`` writes them
+  (``tinyimagenet`` too: ``tinyimagenet_train.npz``, ``tinyimagenet_val.npz``);
 - torchvision's CIFAR-10 folder (``cifar-10-batches-py``), read with a
   restricted unpickler that only rebuilds NumPy arrays (the batches are
   pickles; a tampered one cannot run code);
@@ -49,15 +51,21 @@ def load_dataset(name_or_path: str, split: str = "train", data_dir: str | Path |
                  image_size: tuple[int, int] = (32, 32)) -> ImageSet:
     """Load `cifar10` (split train/test) from the data directory, or a file/folder path."""
     root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if name_or_path == "tinyimagenet":  # its labelled held-out split is `val`
+        packed = root / f"tinyimagenet_{'train' if split == 'train' else 'val'}.npz"
+        if packed.is_file():
+            return _from_npz(packed, None)
+        raise DataError(f"Tiny ImageNet not found in {root}: run `safespot data download tinyimagenet`")
     if name_or_path == "cifar10":
         packed = root / f"cifar10_{split}.npz"
-        if packed.is_file():
+        if packed.is_file():  # without a `source`, the JPEG-derived copy this project started with
             return _from_npz(packed, CIFAR10_CLASSES, note="JPEG-derived CIFAR-10 (quality 75)")
         folder = root / "cifar-10-batches-py"
         if folder.is_dir():
             return _from_cifar_folder(folder, split)
         raise DataError(f"CIFAR-10 not found in {root}: expected cifar10_{split}.npz or "
-                        "cifar-10-batches-py/ (set SAFESPOT_DATA_DIR or pass --data-dir)")
+                        "cifar-10-batches-py/ (run `safespot data download cifar10`, or set "
+                        "SAFESPOT_DATA_DIR or pass --data-dir)")
     path = Path(name_or_path)
     if path.suffix == ".npz" and path.is_file():
         return _from_npz(path, None)
@@ -88,8 +96,10 @@ def _from_npz(path: Path, classes: list[str] | None, note: str = "") -> ImageSet
     x = load_images(path)
     with np.load(path, allow_pickle=False) as f:
         y = f["y"].astype(np.int64) if "y" in f else np.full(len(x), -1, dtype=np.int64)
+        stored = [str(c) for c in f["class_names"]] if "class_names" in f else None
+        note = str(f["source"]) if "source" in f else note
     n_classes = int(y.max()) + 1 if (y >= 0).any() else 0
-    names = classes or [str(i) for i in range(n_classes)]
+    names = classes or stored or [str(i) for i in range(n_classes)]
     prov = {"source": str(path.name), "images": len(x)}
     if note:
         prov["note"] = note
@@ -108,14 +118,38 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise DataError(f"refusing to unpickle {module}.{name} from a data batch")
 
 
+def unpickle_plain(raw: bytes) -> Any:
+    """A CIFAR python-version pickle (a dict of lists, strings and NumPy arrays), read
+    without running code: only the globals that rebuild NumPy arrays are accepted."""
+    try:
+        return _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except DataError:
+        raise
+    except Exception as e:  # truncated or not a pickle: say which, not a traceback
+        raise DataError(f"not a CIFAR batch pickle: {type(e).__name__}: {e}") from None
+
+
+def read_cifar_batch(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: (x uint8 NHWC, y int64)."""
+    batch = unpickle_plain(raw)
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        y = np.asarray(batch["labels"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"not a CIFAR-10 batch (expected 'data' N x 3072 and 'labels'): {e}") from None
+    if len(x) != len(y) or data.shape[1:] != (3072,) or (len(y) and not 0 <= y.min() <= y.max() < 10):
+        raise DataError(f"not a CIFAR-10 batch: data {data.shape}, {len(y)} labels")
+    return np.ascontiguousarray(x), y
+
+
 def _from_cifar_folder(folder: Path, split: str) -> ImageSet:
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     xs, ys = [], []
     for name in files:
-        raw = (folder / name).read_bytes()
-        batch = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
-        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        ys.append(np.asarray(batch["labels"], dtype=np.int64))
+        x, y = read_cifar_batch((folder / name).read_bytes())
+        xs.append(x)
+        ys.append(y)
     return ImageSet(np.concatenate(xs), np.concatenate(ys), CIFAR10_CLASSES,
                     {"source": f"{folder.name} ({split})", "images": sum(len(y) for y in ys)})
 

@@ -40,6 +40,7 @@ from models.normalize import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from safespot.attacks import pgd
 from safespot.training import Recipe, training_inputs
 from training.data import ImageSet, load_dataset, to_tensor
+from training.progress import Report, RunProgress
 
 PRECISIONS = ("fp32", "bf16")
 ExtraLoss = Callable[[nn.Module, int], tuple[Tensor, dict[str, float]]]  # (model, step) -> loss, logs
@@ -98,10 +99,11 @@ class TrainConfig:
 
 
 def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = False,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Path:
+          on_epoch: Report | None = None, on_step: Report | None = None, report_every_s: float = 1.0) -> Path:
     """Train (or resume) the run in ``cfg.run_dir``; return the final checkpoint's path.
 
-    `on_epoch` gets each epoch's log record (the line of ``log.jsonl``) as it is written."""
+    `on_epoch` gets each epoch's log record (the line of ``log.jsonl``) as it is written;
+    `on_step` the progress reports of training/progress.py, at most every `report_every_s`."""
     dist = _Distributed.setup()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -134,13 +136,13 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
     held_x = to_tensor(data.x[held_idx], device)
     held_y = torch.from_numpy(data.y[held_idx]).to(device)
     gen = torch.Generator(device=device)
-
+    progress = RunProgress(per_rank, cfg.epochs, cfg.batch_size * dist.world, start_epoch=state["epoch"],
+                           start_step=state["step"], report=on_step if dist.rank == 0 else None,
+                           bar=not quiet and dist.rank == 0, interval_s=report_every_s)
     for epoch in range(state["epoch"], cfg.epochs):
         order = np.random.default_rng(cfg.seed + epoch).permutation(train_idx)
         shard = order[dist.rank::dist.world][: per_rank * cfg.batch_size]
         started, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-        bar = _progress(per_rank, epoch, cfg.epochs, disabled=quiet or dist.rank != 0,
-                        initial=state["step"])
         for step in range(state["step"], per_rank):
             gen.manual_seed(cfg.seed * 1_000_003 + epoch * 10_007 + step * 101 + dist.rank)
             batch = shard[step * cfg.batch_size:(step + 1) * cfg.batch_size]
@@ -157,13 +159,11 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
             seen += len(batch)
             loss_sum += loss.item() * len(batch)
             correct += int((logits.argmax(1) == y).sum())
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", lr=f"{lr:.3f}", **{
-                k: f"{v:.3f}" for k, v in logs.items()})
+            progress.step(epoch, step, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                          lr=f"{lr:.3f}", **{k: f"{v:.3f}" for k, v in logs.items()})
             state["step"] = step + 1
             if dist.rank == 0 and cfg.save_every and state["step"] % cfg.save_every == 0:
                 _save_state(run_dir, model, opt, state | {"epoch": epoch})
-        bar.close()
         seconds = time.time() - started
         model.eval()
         clean, robust = _held_out_metrics(model, held_x, held_y, cfg)
@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
             if on_epoch is not None:
                 on_epoch(record)
             if not quiet:
-                print(json.dumps(record), file=sys.stderr, flush=True)
+                progress.write(json.dumps(record))
         state.update(epoch=epoch + 1, step=0)
         if dist.rank == 0:
             _save_state(run_dir, model, opt, state)
@@ -192,7 +192,7 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
                 # exactly (same seed, same data order), so it can resume from here.
                 shutil.copyfile(run_dir / "state.pt", run_dir / "state-after-warmup.pt")
         dist.barrier()
-
+    progress.close()
     out = Path(cfg.out)
     if dist.rank == 0:
         best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
@@ -300,13 +300,6 @@ def _held_out_metrics(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) 
         hits.append(~pgd(model, xs, ys, norm=norm, eps=eps, steps=20).success)
     robust = float(torch.cat(hits).float().mean()) if hits else math.nan
     return round(clean, 4), round(robust, 4)
-
-
-def _progress(total: int, epoch: int, epochs: int, disabled: bool, initial: int) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-                disable=disabled, dynamic_ncols=True, mininterval=2.0)
 
 
 def _atomic_torch_save(path: Path, obj: Any) -> None:

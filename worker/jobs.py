@@ -127,7 +127,7 @@ def vet_checkpoint_job(request: VetRequest) -> CheckpointRecord:
 
 
 def train_job(request: TrainRequest) -> CheckpointRecord:
-    """Run the trainer; epoch progress in job.meta; the checkpoint registered and vetted."""
+    """Run the trainer; progress (every step, rate-limited) in job.meta; the checkpoint registered and vetted."""
     from worker.training_runs import run_training
 
     job = _job()

@@ -150,6 +150,13 @@ class Progress(TypedDict, total=False):
     grad_evals: int
     outer_steps: int
     batch_size: int  # images in the batch with this one
+    # a training run's (GET /v1/training-jobs/{id}), reported every step (rate-limited)
+    epoch: int  # 1-based, the epoch in progress
+    epochs: int
+    step: int  # optimisation steps done, counted over the whole run
+    steps: int  # steps in the whole run
+    images_per_s: float
+    eta_s: float  # seconds left in the training phase (vetting comes after)
 
 
 class Prediction(TypedDict):
@@ -209,7 +216,7 @@ ErrorCode = StrEnum("ErrorCode", (
     "UNSUPPORTED_MEDIA_TYPE UNSUPPORTED_CHECKPOINT UNAUTHORIZED FORBIDDEN METHOD_NOT_ALLOWED "
     # the state of the service
     "NOT_FOUND EXPIRED CONFLICT DUPLICATE_CHECKPOINT QUEUE_FULL TOO_MANY_REQUESTS NOT_READY "
-    "QUEUE_UNAVAILABLE INTERNAL_ERROR "
+    "QUEUE_UNAVAILABLE INTERNAL_ERROR DATA_MISSING "
     # a job that failed (the worker)
     "WORKER_ERROR JOB_FAILED JOB_CANCELED JOB_EXPIRED INVALID_REQUEST DUPLICATE_JOB UPLOAD_MISSING "
     "INVALID_IMAGE IMAGE_TOO_LARGE UNSUPPORTED_IMAGE_MODE MODEL_UNAVAILABLE WORKER_SHUTDOWN TIMEOUT "
@@ -242,13 +249,27 @@ class VetRequest(TypedDict):
     checkpoint_id: str
 
 
+# The built-in training data sets: the files `safespot data download NAME` (or `safespot
+# data import PATH`) writes into SAFESPOT_DATA_DIR, any one of which is enough.  The API
+# refuses a run whose set is absent (409 data_missing) instead of queueing one that fails.
+TRAINING_DATA: dict[str, tuple[str, ...]] = {
+    "cifar10": ("cifar10_train.npz", "cifar-10-batches-py/data_batch_1"),
+    "tinyimagenet": ("tinyimagenet_train.npz",),
+}
+
+
+def data_download_command(name: str) -> str:
+    """The command that provides built-in training data set `name`."""
+    return f"safespot data download {name}"
+
+
 class TrainRequest(TypedDict):
     job_id: str
     recipe: Recipe
     norm: Norm
     eps: float
     epochs: int
-    data: str  # "cifar10" or a path the trainer can read
+    data: str  # a TRAINING_DATA name, or a path inside the data directory
     limit: int | None
     name: str
     arch: str

@@ -18,7 +18,7 @@ from worker import metrics
 from worker.checkpoints import relative_path
 from worker.errors import JobError
 from worker.logs import fields
-from worker.protocol import CheckpointRecord, ErrorCode, TrainRequest
+from worker.protocol import TRAINING_DATA, CheckpointRecord, ErrorCode, TrainRequest
 from worker.registry import CheckpointRegistry, new_checkpoint_id
 from worker.settings import WorkerSettings
 from worker.vetting import vet_and_record
@@ -26,6 +26,7 @@ from worker.vetting import vet_and_record
 log = logging.getLogger("safespot.worker.training")
 
 ProgressSink = Callable[[dict[str, Any]], None]
+TRAINING_SHARE = 0.95  # of the job's fraction; vetting and registering take the rest
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -51,9 +52,10 @@ def train_config(request: TrainRequest, settings: WorkerSettings, checkpoint_id:
 
 
 def _data_source(request: TrainRequest, settings: WorkerSettings) -> str:
-    """'cifar10', or a path inside the data directory (an admin cannot point at other files)."""
+    """A built-in set's name, or a path inside the data directory (an admin cannot point at
+    other files)."""
     data = str(request.get("data") or "cifar10")
-    if data == "cifar10":
+    if data in TRAINING_DATA:
         return data
     root = settings.data_dir.resolve()
     path = (root / data).resolve()
@@ -70,17 +72,26 @@ def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str
     checkpoint_id = new_checkpoint_id()
     cfg = train_config(request, settings, checkpoint_id, job_id)
     progress({"phase": "training", "fraction": 0.0, "epoch": 0, "epochs": cfg.epochs})
+    last_step: dict[str, Any] = {}
 
-    def epoch_done(record: dict[str, Any]) -> None:
+    def report(update: dict[str, Any]) -> None:
         try:
-            progress({"phase": "training", "fraction": round(0.95 * record["epoch"] / max(1, cfg.epochs), 3),
-                      "epoch": record["epoch"], "epochs": cfg.epochs, "last_epoch": record})
+            progress(update)
         except Exception:  # a lost progress report must not cost the training run
             log.exception("could not report training progress")
 
+    def step_done(update: dict[str, Any]) -> None:  # training/progress.py, rate-limited there
+        last_step.update(update, fraction=round(TRAINING_SHARE * update["fraction"], 4))
+        report(dict(last_step))
+
+    def epoch_done(record: dict[str, Any]) -> None:
+        report(last_step | {"fraction": round(TRAINING_SHARE * record["epoch"] / max(1, cfg.epochs), 4),
+                            "epoch": record["epoch"], "epochs": cfg.epochs, "last_epoch": record})
+
     started = time.time()
     try:
-        path = Path(train(cfg, quiet=True, on_epoch=epoch_done))
+        path = Path(train(cfg, quiet=True, on_epoch=epoch_done, on_step=step_done,
+                          report_every_s=settings.progress_interval_s))
     except JobError:
         metrics.TRAINING_JOBS.labels(outcome="failed").inc()
         raise
@@ -97,12 +108,13 @@ def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str
         "uploaded_at": round(time.time(), 3), "info": {}, "vetting": {}, "error": None,
         "source": f"training:{job_id}"}
     registry.put(record)
-    progress({"phase": "vetting", "fraction": 0.97, "epoch": cfg.epochs, "epochs": cfg.epochs,
-              "checkpoint_id": checkpoint_id, "train_seconds": round(time.time() - started, 1)})
+    progress(last_step | {"phase": "vetting", "fraction": 0.97, "epoch": cfg.epochs, "epochs": cfg.epochs,
+                          "eta_s": 0.0, "checkpoint_id": checkpoint_id,
+                          "train_seconds": round(time.time() - started, 1)})
     record = vet_and_record(registry, checkpoint_id, settings) or record
     outcome = "finished" if record.get("status") == "ready" else "rejected"
     metrics.TRAINING_JOBS.labels(outcome=outcome).inc()
-    progress({"phase": "done", "fraction": 1.0, "epoch": cfg.epochs, "epochs": cfg.epochs,
-              "checkpoint_id": checkpoint_id})
+    progress(last_step | {"phase": "done", "fraction": 1.0, "epoch": cfg.epochs, "epochs": cfg.epochs,
+                          "eta_s": 0.0, "checkpoint_id": checkpoint_id})
     log.info("training %s", outcome, extra=fields(job_id=job_id, checkpoint_id=checkpoint_id))
     return record

@@ -12,17 +12,16 @@ from fastapi.responses import JSONResponse
 
 from service.auth import AdminRole
 from service.deps import BackendDep, SettingsDep, call_backend
-from service.errors import NotFound, Validation
+from service.errors import DataMissing, NotFound, Validation
 from service.log import REQUEST_JOB_ID
 from service.schemas import JobLinks, JobResponse, TrainingRequestBody, error_responses
 from service.settings import Settings
-from worker.protocol import JobView, TrainRequest
+from worker.protocol import TRAINING_DATA, JobView, TrainRequest, data_download_command
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training (admin)"])
 logger = logging.getLogger("safespot.service")
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-BUILTIN_DATA = frozenset({"cifar10"})
 
 
 def training_links(job_id: str) -> JobLinks:
@@ -31,16 +30,26 @@ def training_links(job_id: str) -> JobLinks:
 
 def checked_data(data: str, settings: Settings) -> str:
     """A built-in data set name, or a path that stays inside SAFESPOT_DATA_DIR
-    (an admin key must not let a run read arbitrary files of the trainer)."""
-    if data in BUILTIN_DATA:
+    (an admin key must not let a run read arbitrary files of the trainer); either
+    present in the data directory, which the API shares with the trainer: a run
+    that would fail for want of its data is refused now, not queued."""
+    if data in TRAINING_DATA:
+        if not any((settings.data_dir / name).exists() for name in TRAINING_DATA[data]):
+            raise DataMissing(
+                f"data: {data} is not in SAFESPOT_DATA_DIR ({settings.data_dir}); run "
+                f"`{data_download_command(data)}` there (or `safespot data import PATH` "
+                "with an offline copy of the archive)")
         return data
     candidate = Path(data)
     if candidate.is_absolute() or ".." in candidate.parts or not data.strip():
-        raise Validation("data: 'cifar10' or a relative path inside SAFESPOT_DATA_DIR")
+        raise Validation(f"data: one of {', '.join(TRAINING_DATA)} or a relative path inside SAFESPOT_DATA_DIR")
     root = settings.data_dir.resolve()
     resolved = (root / candidate).resolve()
     if root not in resolved.parents:
         raise Validation("data: the path leaves SAFESPOT_DATA_DIR")
+    if not resolved.exists():
+        raise DataMissing(f"data: no {candidate} in SAFESPOT_DATA_DIR ({settings.data_dir}); copy the "
+                          ".npz file or image folder there first")
     return str(candidate)
 
 
@@ -49,12 +58,13 @@ def training_response(view: JobView, job_id: str) -> JobResponse:
 
 
 @router.post("", status_code=202, response_model=JobResponse, summary="Start a training run",
-             responses=error_responses(400, 401, 403, 413, 422, 503))
+             responses=error_responses(400, 401, 403, 409, 413, 422, 503))
 async def start_training(body: TrainingRequestBody, _role: AdminRole, settings: SettingsDep,
                          backend: BackendDep) -> JSONResponse:
     """Queue a run of the trainer on the `train` queue.  When it ends, its
     checkpoint is registered and vetted (not activated): its record is the
-    job's `result`."""
+    job's `result`.  A run whose data is not in SAFESPOT_DATA_DIR is refused
+    (409 `data_missing`, with the command that provides it)."""
     eps = body.eps if body.eps is not None else settings.default_eps(body.norm)
     if eps > settings.max_eps(body.norm):
         raise Validation(f"eps: {eps:.6g} exceeds the {body.norm} limit {settings.max_eps(body.norm):.6g}")

@@ -62,6 +62,8 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 API_PORT = 8000
 METRICS_PORT = 9100
 CHECKPOINT_DIR = "/data/checkpoints"
+DATA_DIR = "/data/work"
+DATA_INIT_COMMAND = ["safespot", "data", "download", "cifar10"]
 K8S_NAMESPACE = "safespot"
 NON_ROOT_UID = "10001"
 

@@ -13,6 +13,8 @@ from tests.deploy.artefacts import (
     COMPOSE,
     COMPOSE_GPU,
     COMPOSE_MONITORING,
+    DATA_DIR,
+    DATA_INIT_COMMAND,
     DEPLOY,
     METRICS_PORT,
     REPO,
@@ -82,6 +84,27 @@ def test_compose_checkpoint_volume_is_shared() -> None:
     for name in ("api", "worker", "trainer"):
         mounts = [volume_source(v) for v in doc["services"][name]["volumes"]]
         assert ("checkpoints", CHECKPOINT_DIR) in mounts, name
+
+
+def test_data_init_fills_the_data_volume_before_worker_and_trainer_start() -> None:
+    from safespot_cli.main import build_parser
+
+    services = compose_services(COMPOSE)
+    init = services["data-init"]
+    assert init["command"] == DATA_INIT_COMMAND
+    build_parser().parse_args(init["command"][1:])  # a command the image's CLI has
+    assert init["build"]["target"] == "worker" and init["image"] == services["worker"]["image"]
+    assert init["restart"] == "no" and "healthcheck" not in init
+    assert init["environment"]["SAFESPOT_DATA_DIR"] == DATA_DIR
+    assert ("data", DATA_DIR) in [volume_source(v) for v in init["volumes"]]
+    for name in ("worker", "trainer"):
+        assert services[name]["depends_on"]["data-init"]["condition"] == "service_completed_successfully"
+        assert services[name]["environment"]["SAFESPOT_DATA_DIR"] == DATA_DIR
+        assert ("data", DATA_DIR) in [volume_source(v) for v in services[name]["volumes"]], name
+    # The API sees the same files, read only, to refuse a training job without data.
+    assert services["api"]["environment"]["SAFESPOT_DATA_DIR"] == DATA_DIR
+    assert f"data:{DATA_DIR}:ro" in services["api"]["volumes"]
+    assert "data" in load_yaml(COMPOSE)["volumes"]
 
 
 def test_compose_files_reference_only_existing_files() -> None:

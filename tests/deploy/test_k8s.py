@@ -19,6 +19,8 @@ import yaml
 from tests.deploy.artefacts import (
     API_PORT,
     CHECKPOINT_DIR,
+    DATA_DIR,
+    DATA_INIT_COMMAND,
     DEPLOY,
     FILTER_QUEUE,
     K8S,
@@ -189,6 +191,36 @@ def test_checkpoints_live_on_a_shared_rwx_claim() -> None:
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volume = volumes[mounts[CHECKPOINT_DIR]]
         assert volume["persistentVolumeClaim"]["claimName"] == "safespot-checkpoints", name
+
+
+def test_the_data_volume_is_filled_by_an_init_container_and_read_by_the_api() -> None:
+    objects = base_objects()
+    claim = find(objects, "PersistentVolumeClaim", "safespot-data")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # pods on several nodes
+    assert find(objects, "ConfigMap", "safespot-config")["data"]["SAFESPOT_DATA_DIR"] == DATA_DIR
+
+    def data_volume(pod: dict[str, Any], container: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == DATA_DIR]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["persistentVolumeClaim"]["claimName"] == "safespot-data"
+        return mount, volume
+
+    for name in ("safespot-worker", "safespot-trainer"):
+        pod = find(objects, "Deployment", name)["spec"]["template"]["spec"]
+        (main,) = pod["containers"]
+        (init,) = pod["initContainers"]
+        assert init["command"] == DATA_INIT_COMMAND and init["image"] == main["image"], name
+        assert {"configMapRef": {"name": "safespot-config"}} in init["envFrom"], name
+        assert not data_volume(pod, init)[0].get("readOnly") and not data_volume(pod, main)[0].get("readOnly")
+        assert data_volume(pod, init)[1] == data_volume(pod, main)[1], name
+        assert init["securityContext"]["allowPrivilegeEscalation"] is False
+        assert init["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert "memory" in init["resources"]["limits"]
+    pod = find(objects, "Deployment", "safespot-api")["spec"]["template"]["spec"]
+    (api,) = pod["containers"]
+    mount, volume = data_volume(pod, api)
+    assert mount["readOnly"] is True and volume["persistentVolumeClaim"]["readOnly"] is True
+    assert "initContainers" not in pod  # the API image has no reason to download
 
 
 def test_secrets_are_templates_and_references_resolve() -> None:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from service_testkit import admin_auth, client_auth, photo_bytes
 
 
-def test_a_training_run_is_queued_with_defaults(client, backend):
+def provide(data_dir: Path, relative: str) -> None:
+    """A (placeholder) data file where the trainer would read it."""
+    path = data_dir / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"placeholder")
+
+
+def test_a_training_run_is_queued_with_defaults(client, backend, settings):
+    provide(settings.data_dir, "cifar10_train.npz")
     response = client.post("/v1/training-jobs", json={"epochs": 3}, headers=admin_auth())
     assert response.status_code == 202, response.text
     body = response.json()
@@ -21,7 +31,8 @@ def test_a_training_run_is_queued_with_defaults(client, backend):
     assert status.status_code == 200 and status.json()["status"] == "queued"
 
 
-def test_a_data_path_inside_the_data_dir_is_accepted(client, backend):
+def test_a_data_path_inside_the_data_dir_is_accepted(client, backend, settings):
+    provide(settings.data_dir, "sets/cats/a.png")
     response = client.post("/v1/training-jobs", json={"data": "sets/cats", "recipe": "natural"},
                            headers=admin_auth())
     assert response.status_code == 202

@@ -165,6 +165,9 @@ def test_training_runs_in_the_background(tmp_path, cifar_mini) -> None:
         view = wait_for(lambda: (v := backend.get_training("t")) and v["status"] in ("finished", "failed") and v,
                         120, "training")
         assert view["status"] == "finished", view["error"]
+        progress = view["progress"]  # the last report: the run's step count kept beside "done"
+        assert progress["phase"] == "done" and progress["fraction"] == 1.0
+        assert progress["step"] == progress["steps"] == 4 and progress["epochs"] == 1  # 160 images / 40
         record = view["result"]
         assert {r["id"]: r["status"] for r in backend.list_checkpoints()}[record["id"]] == "ready"
         assert backend.get_job("t") is None  # a training id is not a filter job
