@@ -205,7 +205,10 @@ def test_the_data_volume_is_filled_by_an_init_container_and_read_by_the_api() ->
         assert volume["persistentVolumeClaim"]["claimName"] == "safespot-data"
         return mount, volume
 
-    for name in ("safespot-worker", "safespot-trainer"):
+    worker = find(objects, "Deployment", "safespot-worker")["spec"]["template"]["spec"]
+    assert "initContainers" not in worker  # filter workers serve without the download
+    data_volume(worker, worker["containers"][0])
+    for name in ("safespot-trainer",):
         pod = find(objects, "Deployment", name)["spec"]["template"]["spec"]
         (main,) = pod["containers"]
         (init,) = pod["initContainers"]
