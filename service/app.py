@@ -20,11 +20,10 @@ from starlette.responses import FileResponse, Response
 from starlette.types import Scope
 
 from service.auth import EarlyClientAuth
-from service.body_limit import BodyLimit
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
-from service.middleware import RequestObserver
-from service.routes import checkpoints, health, jobs, metrics, training
+from service.middleware import BodyLimit, RequestObserver
+from service.routes import checkpoints, health, jobs, training
 from service.settings import Settings
 from worker.protocol import JobBackend
 
@@ -116,7 +115,6 @@ def create_app(settings: Settings, backend: JobBackend | None = None) -> FastAPI
 
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(checkpoints.router)
     app.include_router(training.router)

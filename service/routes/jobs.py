@@ -10,6 +10,7 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Annotated
 
 from anyio import to_thread
@@ -37,15 +38,22 @@ def job_links(job_id: str) -> JobLinks:
     return JobLinks(self=f"/v1/jobs/{job_id}", image=f"/v1/jobs/{job_id}/image")
 
 
-def job_response(view: JobView, job_id: str) -> JobResponse:
-    return JobResponse.from_view(view, job_id, job_links(job_id))
-
-
-def checked_job_id(job_id: str) -> str:
-    """Unknown-looking ids are simply not found (no 422 that reveals the format)."""
+async def find_job(get: Callable[[str], JobView | None], job_id: str, what: str = "job") -> JobView:
+    """The job's view from `get` (a backend's getter); 404 when it is unknown or
+    expired, and for ids that are not ours (no 422 that reveals the format)."""
     if not JOB_ID.match(job_id):
-        raise NotFound(f"no job {job_id[:64]!r}")
-    return job_id
+        raise NotFound(f"no {what} {job_id[:64]!r}")
+    REQUEST_JOB_ID.set(job_id)
+    view = await call_backend(get, job_id)
+    if view is None:
+        raise NotFound(f"no {what} {job_id} (unknown, or its result expired)")
+    return view
+
+
+def created(job: JobResponse, status_code: int) -> JSONResponse:
+    """The answer of a route that creates a job: the job, and `Location` pointing at it."""
+    return JSONResponse(job.model_dump(mode="json"), status_code=status_code,
+                        headers={"Location": job.links.self})
 
 
 async def ensure_queue_has_room(backend: JobBackend, max_queue: int, seconds_per_job: float) -> None:
@@ -134,10 +142,8 @@ async def submit_filter(
     if view is None:
         view = JobView(id=job_id, status="queued", progress={"phase": "queued"},
                        created_at=filter_request["submitted_at"])
-    status_code = 200 if view.get("status") in TERMINAL else 202
-    body = job_response(view, job_id)
-    return JSONResponse(body.model_dump(mode="json"), status_code=status_code,
-                        headers={"Location": body.links.self})
+    return created(JobResponse.from_view(view, job_id, job_links(job_id)),
+                   200 if view.get("status") in TERMINAL else 202)
 
 
 @router.get("/jobs/{job_id}", response_model=JobResponse, summary="Status and result of a job",
@@ -145,11 +151,8 @@ async def submit_filter(
 async def get_job(job_id: str, _role: ClientRole, backend: BackendDep) -> JobResponse:
     """The job's status, progress and, once finished, its result (scores,
     prediction, model, timings).  Results expire after `SAFESPOT_RESULT_TTL_S`."""
-    REQUEST_JOB_ID.set(checked_job_id(job_id))
-    view = await call_backend(backend.get_job, job_id)
-    if view is None:
-        raise NotFound(f"no job {job_id} (unknown, or its result expired)")
-    return job_response(view, job_id)
+    view = await find_job(backend.get_job, job_id)
+    return JobResponse.from_view(view, job_id, job_links(job_id))
 
 
 @router.get("/jobs/{job_id}/image", summary="The filtered image (PNG)",
@@ -159,11 +162,7 @@ async def get_job(job_id: str, _role: ClientRole, backend: BackendDep) -> JobRes
 async def get_job_image(job_id: str, _role: ClientRole, backend: BackendDep) -> Response:
     """The filtered image, same size as the upload.  409 while the job is not
     finished; 404 when the job is unknown or its result expired."""
-    REQUEST_JOB_ID.set(checked_job_id(job_id))
-    view = await call_backend(backend.get_job, job_id)
-    if view is None:
-        raise NotFound(f"no job {job_id} (unknown, or its result expired)")
-    status = view.get("status")
+    status = (await find_job(backend.get_job, job_id)).get("status")
     if status == "expired":
         raise NotFound(f"the result of job {job_id} expired", code=ErrorCode.EXPIRED)
     if status in ("queued", "started"):
