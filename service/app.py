@@ -81,14 +81,12 @@ class PageFiles(StaticFiles):
 def create_app(settings: Settings, backend: JobBackend | None = None) -> FastAPI:
     """Build the API around a job backend.
 
-    With `backend=None`, settings.redis_url must be set and a RedisJobBackend
-    is built.  The single-process mode passes the embedded backend (from the
-    worker package) explicitly; this package never builds it (no torch here)."""
+    With `backend=None`, settings.redis_url must be set (settings.redis_client()
+    says so) and a RedisJobBackend is built.  The single-process mode passes the
+    embedded backend (from the worker package) explicitly; this package never
+    builds it (no torch here)."""
     owns_backend = backend is None
     if backend is None:
-        if settings.redis_url is None:
-            raise ValueError("no backend given and SAFESPOT_REDIS_URL is unset: pass the embedded "
-                             "backend (safespot serve does) or configure Redis")
         from service.backends.redis_backend import RedisJobBackend
 
         backend = RedisJobBackend(settings)

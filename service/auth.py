@@ -71,8 +71,8 @@ async def presented_key(
 PresentedKey = Annotated[str | None, Depends(presented_key)]
 
 
-def client_role(key: str | None, settings: Settings) -> Role:
-    """The role of a client route's caller; Unauthorized when the key is missing or wrong."""
+def require_client(key: PresentedKey, settings: SettingsDep) -> Role:
+    """Dependency of client routes: the caller's role; Unauthorized when the key is missing or wrong."""
     role = role_of(key, settings)
     if role is not None:
         return role
@@ -81,11 +81,6 @@ def client_role(key: str | None, settings: Settings) -> Role:
     if key is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     raise Unauthorized("invalid API key")
-
-
-def require_client(key: PresentedKey, settings: SettingsDep) -> Role:
-    """Dependency of client routes."""
-    return client_role(key, settings)
 
 
 class EarlyClientAuth:
@@ -103,7 +98,7 @@ class EarlyClientAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
             try:  # the header read exactly as the route's own dependency reads it
-                client_role(await presented_key(await _bearer(HTTPConnection(scope))), self.settings)
+                require_client(await presented_key(await _bearer(HTTPConnection(scope))), self.settings)
             except Unauthorized as refused:
                 await refused.response()(scope, receive, send)
                 return

@@ -89,8 +89,6 @@ class RedisJobBackend:
     """Implements `worker.protocol.JobBackend` on Redis and RQ."""
 
     def __init__(self, settings: Settings, connection: redis.Redis | None = None) -> None:
-        if connection is None and settings.redis_url is None:
-            raise ValueError("RedisJobBackend needs settings.redis_url or a connection")
         self.settings = settings
         self.redis = connection or settings.redis_client()
         self.queues = {name: Queue(name, connection=self.redis, serializer=JSONSerializer)
@@ -209,13 +207,10 @@ class RedisJobBackend:
 
     @_redis_errors_as_503
     def add_checkpoint(self, record: CheckpointRecord) -> None:
-        checkpoint_id = record["id"]
         self.registry.add(record)
-        self.queues[ADMIN_QUEUE].enqueue_call(
-            VET_FUNC, args=(VetRequest(checkpoint_id=checkpoint_id),), job_id=f"vet-{checkpoint_id}",
-            timeout=self.settings.vet_timeout_s, result_ttl=ADMIN_RESULT_TTL_S,
-            failure_ttl=ADMIN_RESULT_TTL_S, meta={"submitted_at": time.time()},
-            description=f"vet checkpoint {checkpoint_id}")
+        self._enqueue_admin_job(ADMIN_QUEUE, VET_FUNC, VetRequest(checkpoint_id=record["id"]),
+                                f"vet-{record['id']}", self.settings.vet_timeout_s,
+                                f"vet checkpoint {record['id']}")
 
     @_redis_errors_as_503
     def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
@@ -228,17 +223,21 @@ class RedisJobBackend:
     # -------------------------------------------------------------- training
     @_redis_errors_as_503
     def submit_training(self, request: TrainRequest) -> None:
-        self.queues[TRAIN_QUEUE].enqueue_call(
-            TRAIN_FUNC, args=(request,), job_id=request["job_id"],
-            timeout=self.settings.train_timeout_s, result_ttl=ADMIN_RESULT_TTL_S,
-            failure_ttl=ADMIN_RESULT_TTL_S, meta={"submitted_at": time.time()},
-            description=f"train {request['recipe']} {request['epochs']} epochs")
+        self._enqueue_admin_job(TRAIN_QUEUE, TRAIN_FUNC, request, request["job_id"],
+                                self.settings.train_timeout_s,
+                                f"train {request['recipe']} {request['epochs']} epochs")
 
     @_redis_errors_as_503
     def get_training(self, job_id: str) -> JobView | None:
         return self._view(job_id, TRAIN_FUNC, TRAIN_QUEUE)
 
     # ----------------------------------------------------------------- helpers
+    def _enqueue_admin_job(self, queue: str, func: str, request: VetRequest | TrainRequest,
+                           job_id: str, timeout_s: int, description: str) -> None:
+        self.queues[queue].enqueue_call(
+            func, args=(request,), job_id=job_id, timeout=timeout_s, result_ttl=ADMIN_RESULT_TTL_S,
+            failure_ttl=ADMIN_RESULT_TTL_S, meta={"submitted_at": time.time()}, description=description)
+
     def _view(self, job_id: str, func_name: str, queue_name: str) -> JobView | None:
         job = load_job(self.redis, job_id, func_name)
         if job is not None and job.get_status(refresh=False) == "started" \
