@@ -20,11 +20,10 @@ from starlette.responses import FileResponse, Response
 from starlette.types import Scope
 
 from service.auth import EarlyClientAuth
-from service.body_limit import BodyLimit
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
-from service.middleware import RequestObserver
-from service.routes import checkpoints, health, jobs, metrics, training
+from service.middleware import BodyLimit, RequestObserver
+from service.routes import checkpoints, health, jobs, training
 from service.settings import Settings
 from worker.protocol import JobBackend
 
@@ -82,14 +81,12 @@ class PageFiles(StaticFiles):
 def create_app(settings: Settings, backend: JobBackend | None = None) -> FastAPI:
     """Build the API around a job backend.
 
-    With `backend=None`, settings.redis_url must be set and a RedisJobBackend
-    is built.  The single-process mode passes the embedded backend (from the
-    worker package) explicitly; this package never builds it (no torch here)."""
+    With `backend=None`, settings.redis_url must be set (settings.redis_client()
+    says so) and a RedisJobBackend is built.  The single-process mode passes the
+    embedded backend (from the worker package) explicitly; this package never
+    builds it (no torch here)."""
     owns_backend = backend is None
     if backend is None:
-        if settings.redis_url is None:
-            raise ValueError("no backend given and SAFESPOT_REDIS_URL is unset: pass the embedded "
-                             "backend (safespot serve does) or configure Redis")
         from service.backends.redis_backend import RedisJobBackend
 
         backend = RedisJobBackend(settings)
@@ -116,7 +113,6 @@ def create_app(settings: Settings, backend: JobBackend | None = None) -> FastAPI
 
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(metrics.router)
     app.include_router(jobs.router)
     app.include_router(checkpoints.router)
     app.include_router(training.router)

@@ -17,11 +17,13 @@ import hmac
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import Forbidden, Unauthorized, error_response
+from service.deps import SettingsDep
+from service.errors import Forbidden, Unauthorized
 from service.settings import Settings
 
 
@@ -59,18 +61,18 @@ def role_of(key: str | None, settings: Settings) -> Role | None:
     return Role.client if is_client else None
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+async def presented_key(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str | None:
+    """The bearer key sent, or None (HTTPBearer gives no credentials for a missing,
+    empty or non-Bearer header)."""
+    return credentials.credentials if credentials else None
 
 
-def _presented_key(credentials: HTTPAuthorizationCredentials | None) -> str | None:
-    if credentials is None or not credentials.credentials:
-        return None
-    return credentials.credentials
+PresentedKey = Annotated[str | None, Depends(presented_key)]
 
 
-def client_role(key: str | None, settings: Settings) -> Role:
-    """The role of a client route's caller; Unauthorized when the key is missing or wrong."""
+def require_client(key: PresentedKey, settings: SettingsDep) -> Role:
+    """Dependency of client routes: the caller's role; Unauthorized when the key is missing or wrong."""
     role = role_of(key, settings)
     if role is not None:
         return role
@@ -79,14 +81,6 @@ def client_role(key: str | None, settings: Settings) -> Role:
     if key is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     raise Unauthorized("invalid API key")
-
-
-def require_client(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Role:
-    """Dependency of client routes."""
-    return client_role(_presented_key(credentials), _settings(request))
 
 
 class EarlyClientAuth:
@@ -103,28 +97,18 @@ class EarlyClientAuth:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            scheme, _, key = header.partition(" ")
-            presented = key.strip() if scheme.lower() == "bearer" and key.strip() else None
-            try:
-                client_role(presented, self.settings)
+            try:  # the header read exactly as the route's own dependency reads it
+                require_client(await presented_key(await _bearer(HTTPConnection(scope))), self.settings)
             except Unauthorized as refused:
-                response = error_response(refused.status, refused.code, refused.message,
-                                          headers=refused.headers)
-                await response(scope, receive, send)
+                await refused.response()(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def require_admin(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Role:
+def require_admin(key: PresentedKey, settings: SettingsDep) -> Role:
     """Dependency of admin routes."""
-    settings = _settings(request)
     if not settings.admin_keys:
         raise Forbidden("admin routes are disabled: no admin key is configured")
-    key = _presented_key(credentials)
     if key is None:
         raise Unauthorized("missing admin key: send 'Authorization: Bearer <key>'")
     role = role_of(key, settings)

@@ -22,26 +22,17 @@ from worker.protocol import JobBackend
 T = TypeVar("T")
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def _app_state(name: str) -> Any:
+    """A dependency that gives `app.state.<name>`."""
+    def get(request: Request) -> Any:
+        return getattr(request.app.state, name)
+    return Depends(get)
 
 
-def get_backend(request: Request) -> JobBackend:
-    return request.app.state.backend
-
-
-def get_metrics(request: Request) -> ServiceMetrics:
-    return request.app.state.metrics
-
-
-def get_decode_limiter(request: Request) -> CapacityLimiter:
-    return request.app.state.decode_limiter
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-DecodeLimiterDep = Annotated[CapacityLimiter, Depends(get_decode_limiter)]
-BackendDep = Annotated[JobBackend, Depends(get_backend)]
-MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+SettingsDep = Annotated[Settings, _app_state("settings")]
+DecodeLimiterDep = Annotated[CapacityLimiter, _app_state("decode_limiter")]
+BackendDep = Annotated[JobBackend, _app_state("backend")]
+MetricsDep = Annotated[ServiceMetrics, _app_state("metrics")]
 
 
 async def call_backend(func: Callable[..., T], *args: Any) -> T:

@@ -52,6 +52,9 @@ class SafeSpotError(Exception):
             self.code = code
         self.headers = headers or {}
 
+    def response(self) -> JSONResponse:
+        return error_response(self.status, self.code, self.message, self.headers)
+
 
 class BadImage(SafeSpotError):
     code = ErrorCode.BAD_IMAGE
@@ -139,13 +142,10 @@ def from_backend(exc: Exception) -> SafeSpotError:
     raise exc
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
-
-
 def error_response(status: int, code: str, message: str,
                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
+                        headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -164,7 +164,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status >= 500 and not isinstance(exc, NotReady):  # 503s are expected states
             logger.warning("request failed: %s", exc.message, extra={"code": exc.code})
         _count_rejected_upload(request, exc.status, exc.code)
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -115,10 +115,9 @@ def _normalise(image: Image.Image) -> Image.Image:
 
 def _exif_transposed(image: Image.Image) -> Image.Image:
     try:
-        rotated = ImageOps.exif_transpose(image)
+        return ImageOps.exif_transpose(image)
     except Exception:  # corrupt EXIF: keep the pixels as stored
         return image
-    return rotated if rotated is not None else image
 
 
 def _to_8bit_mode(image: Image.Image, *, has_icc: bool) -> Image.Image:

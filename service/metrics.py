@@ -48,7 +48,7 @@ class ServiceMetrics:
     """The API's metrics on its own registry."""
 
     def __init__(self, backend: JobBackend) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()  # no auto_describe: the backend is read at scrape time only
         self.requests = Counter(
             "safespot_http_requests_total", "HTTP requests answered, by route template and status.",
             ["route", "method", "status"], registry=self.registry)
@@ -92,11 +92,6 @@ class _BackendCollector(Collector):
 
     def __init__(self, backend: JobBackend) -> None:
         self.backend = backend
-
-    def describe(self) -> list[GaugeMetricFamily]:  # no backend calls at registration
-        return [GaugeMetricFamily("safespot_queue_depth", "", labels=["queue"]),
-                GaugeMetricFamily("safespot_workers_ready", ""),
-                GaugeMetricFamily("safespot_redis_up", "")]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("safespot_queue_depth", "Jobs waiting in each queue.",

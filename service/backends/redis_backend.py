@@ -13,6 +13,12 @@ Failure behaviour:
   we report a job as "started", we run the registry's cleanup (at most every
   `REAP_INTERVAL_S`), which retries or fails jobs whose heartbeat lapsed, so
   a client never sees "started" forever.
+
+Reading a job: RQ knows more states than a client needs; they fold into the
+six of `JobView["status"]`.  A failed job carries the worker's
+`meta["error"] = {"code", "message"}`; when there is none (the worker died, or
+raised something unexpected) a generic error is reported instead of the
+traceback, which stays in RQ for operators.
 """
 
 from __future__ import annotations
@@ -24,13 +30,15 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar, cast
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar, cast
 
 import redis
 from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from service.backends.rq_jobs import job_view, load_job
 from service.errors import NotReady, QueueFull
 from service.settings import Settings
 from worker.protocol import (
@@ -45,6 +53,7 @@ from worker.protocol import (
     ErrorCode,
     FilterRequest,
     JobView,
+    Progress,
     TrainRequest,
     VetRequest,
     result_image_key,
@@ -80,8 +89,6 @@ class RedisJobBackend:
     """Implements `worker.protocol.JobBackend` on Redis and RQ."""
 
     def __init__(self, settings: Settings, connection: redis.Redis | None = None) -> None:
-        if connection is None and settings.redis_url is None:
-            raise ValueError("RedisJobBackend needs settings.redis_url or a connection")
         self.settings = settings
         self.redis = connection or settings.redis_client()
         self.queues = {name: Queue(name, connection=self.redis, serializer=JSONSerializer)
@@ -200,13 +207,10 @@ class RedisJobBackend:
 
     @_redis_errors_as_503
     def add_checkpoint(self, record: CheckpointRecord) -> None:
-        checkpoint_id = record["id"]
         self.registry.add(record)
-        self.queues[ADMIN_QUEUE].enqueue_call(
-            VET_FUNC, args=(VetRequest(checkpoint_id=checkpoint_id),), job_id=f"vet-{checkpoint_id}",
-            timeout=self.settings.vet_timeout_s, result_ttl=ADMIN_RESULT_TTL_S,
-            failure_ttl=ADMIN_RESULT_TTL_S, meta={"submitted_at": time.time()},
-            description=f"vet checkpoint {checkpoint_id}")
+        self._enqueue_admin_job(ADMIN_QUEUE, VET_FUNC, VetRequest(checkpoint_id=record["id"]),
+                                f"vet-{record['id']}", self.settings.vet_timeout_s,
+                                f"vet checkpoint {record['id']}")
 
     @_redis_errors_as_503
     def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
@@ -219,26 +223,27 @@ class RedisJobBackend:
     # -------------------------------------------------------------- training
     @_redis_errors_as_503
     def submit_training(self, request: TrainRequest) -> None:
-        self.queues[TRAIN_QUEUE].enqueue_call(
-            TRAIN_FUNC, args=(request,), job_id=request["job_id"],
-            timeout=self.settings.train_timeout_s, result_ttl=ADMIN_RESULT_TTL_S,
-            failure_ttl=ADMIN_RESULT_TTL_S, meta={"submitted_at": time.time()},
-            description=f"train {request['recipe']} {request['epochs']} epochs")
+        self._enqueue_admin_job(TRAIN_QUEUE, TRAIN_FUNC, request, request["job_id"],
+                                self.settings.train_timeout_s,
+                                f"train {request['recipe']} {request['epochs']} epochs")
 
     @_redis_errors_as_503
     def get_training(self, job_id: str) -> JobView | None:
         return self._view(job_id, TRAIN_FUNC, TRAIN_QUEUE)
 
     # ----------------------------------------------------------------- helpers
+    def _enqueue_admin_job(self, queue: str, func: str, request: VetRequest | TrainRequest,
+                           job_id: str, timeout_s: int, description: str) -> None:
+        self.queues[queue].enqueue_call(
+            func, args=(request,), job_id=job_id, timeout=timeout_s, result_ttl=ADMIN_RESULT_TTL_S,
+            failure_ttl=ADMIN_RESULT_TTL_S, meta={"submitted_at": time.time()}, description=description)
+
     def _view(self, job_id: str, func_name: str, queue_name: str) -> JobView | None:
         job = load_job(self.redis, job_id, func_name)
-        if job is None:
-            return None
-        if job.get_status(refresh=False) == "started" and self._reap_abandoned(queue_name):
-            job = load_job(self.redis, job_id, func_name)
-            if job is None:
-                return None
-        return job_view(job)
+        if job is not None and job.get_status(refresh=False) == "started" \
+                and self._reap_abandoned(queue_name):
+            job = load_job(self.redis, job_id, func_name)  # the cleanup may have ended it
+        return None if job is None else job_view(job)
 
     def _reap_abandoned(self, queue_name: str) -> bool:
         """Run the StartedJobRegistry cleanup if it has not run recently.
@@ -259,3 +264,71 @@ class RedisJobBackend:
 
     def close(self) -> None:
         self.redis.close()
+
+
+_STATUS: dict[str, str] = {
+    JobStatus.QUEUED: "queued", JobStatus.CREATED: "queued", JobStatus.DEFERRED: "queued",
+    JobStatus.SCHEDULED: "queued", JobStatus.READY_TO_ENQUEUE: "queued",
+    JobStatus.RATE_LIMITED: "queued",
+    JobStatus.STARTED: "started", JobStatus.FINISHED: "finished", JobStatus.FAILED: "failed",
+    JobStatus.STOPPED: "canceled", JobStatus.CANCELED: "canceled",
+}
+
+WORKER_LOST = {"code": "worker_lost",
+               "message": "the worker running this job stopped before finishing it"}
+JOB_FAILED = {"code": ErrorCode.JOB_FAILED, "message": "the job failed; see the worker logs"}
+TIMED_OUT = {"code": "timeout", "message": "the job took longer than its time limit"}
+
+
+def load_job(connection: redis.Redis, job_id: str, func_name: str) -> Job | None:
+    """The job, or None when it does not exist, has expired, or is another kind of
+    job (a training job's id must not answer on /v1/jobs and vice versa)."""
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return None
+    try:
+        if job.func_name != func_name:
+            return None
+    except Exception:  # undecodable payload: not one of ours
+        return None
+    return job
+
+
+def job_view(job: Job) -> JobView:
+    raw_status = job.get_status(refresh=False)
+    status = _STATUS.get(raw_status, "queued") if raw_status else "expired"
+    meta: dict[str, Any] = job.meta or {}
+    view = JobView(
+        id=job.id, status=status,  # type: ignore[typeddict-item]
+        progress=cast(Progress, meta.get("progress") or {"phase": "queued"}),
+        result=None, error=None,
+        created_at=float(meta.get("submitted_at") or _epoch(job.created_at) or 0.0),
+        started_at=_epoch(job.started_at), ended_at=_epoch(job.ended_at))
+    if status == "finished":
+        result = job.return_value()
+        if result is None:
+            view["status"] = "expired"  # the job record outlived its result
+        else:
+            view["result"] = result
+    elif status == "failed":
+        view["error"] = meta.get("error") or _failure_reason(job)
+    return view
+
+
+def _failure_reason(job: Job) -> dict[str, str]:
+    text = ""
+    try:
+        latest = job.latest_result()
+        text = (latest.exc_string if latest is not None else None) or ""
+    except Exception:  # a result we cannot read says nothing more than "failed"
+        pass
+    if "AbandonedJobError" in text:
+        return dict(WORKER_LOST)
+    if "JobTimeoutException" in text:
+        return dict(TIMED_OUT)
+    return dict(JOB_FAILED)
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    return moment.timestamp() if moment else None

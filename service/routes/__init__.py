@@ -1,1 +1,1 @@
-"""One router per resource: jobs (filter), checkpoints, training, health, metrics."""
+"""One router per resource: jobs (filter), checkpoints, training, health (and metrics)."""

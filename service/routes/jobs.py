@@ -1,4 +1,9 @@
-"""Filter jobs: submit an image, follow the job, fetch the filtered PNG."""
+"""Filter jobs: submit an image, follow the job, fetch the filtered PNG.
+
+The form fields arrive as strings; `parse_filter_options` turns them into the
+typed values of `protocol.FilterRequest` or raises `Validation` (422) with a
+message that says which field is wrong and what is allowed.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ import math
 import re
 import time
 import uuid
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, cast
 
 from anyio import to_thread
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
@@ -18,12 +25,24 @@ from fastapi.responses import JSONResponse, Response
 
 from service.auth import ClientRole
 from service.deps import BackendDep, DecodeLimiterDep, MetricsDep, SettingsDep, call_backend
-from service.errors import Conflict, NotFound, NotReady, PayloadTooLarge, QueueFull
-from service.filter_options import FilterOptions, parse_filter_options
+from service.errors import Conflict, NotFound, NotReady, PayloadTooLarge, QueueFull, Validation
 from service.images import decode_upload
 from service.log import REQUEST_JOB_ID
 from service.schemas import JobLinks, JobResponse, error_responses
-from worker.protocol import NORMS, PRESETS, ErrorCode, FilterRequest, JobBackend, JobView
+from service.settings import Settings
+from worker.protocol import (
+    NORMS,
+    PRESETS,
+    ErrorCode,
+    FilterRequest,
+    JobBackend,
+    JobView,
+    Norm,
+    Preset,
+    Reencode,
+    parse_budget,
+    webhook_refusal,
+)
 
 router = APIRouter(prefix="/v1", tags=["filter"])
 logger = logging.getLogger("safespot.service")
@@ -31,21 +50,101 @@ logger = logging.getLogger("safespot.service")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")  # uuid4().hex, chosen by the API
 TERMINAL = frozenset({"finished", "failed", "canceled", "expired"})
 POLL_S = (0.05, 0.1, 0.2, 0.25)  # poll quickly first (small images finish fast), then steadily
+_REENCODE = re.compile(r"^(jpeg|jpg):(\d{1,3})$")
+MAX_WEBHOOK_URL_CHARS = 2048
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    preset: Preset
+    norm: Norm
+    eps: float  # pixel units, images in [0, 1]
+    delta: float
+    reencode: Reencode | None
+    webhook_url: str | None
+    wait_s: float
+
+
+def budget(name: str, raw: str | None) -> float | None:
+    """A budget as a float ("0.0314") or a fraction of 255 ("8/255"); None when blank."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return parse_budget(raw)
+    except ValueError as e:
+        raise Validation(f"{name}: {e}") from None
+
+
+def parse_reencode(raw: str | None) -> Reencode | None:
+    """`jpeg:85` -> {"format": "jpeg", "quality": 85}; empty or "none" -> None."""
+    if raw is None or raw.strip().lower() in ("", "none", "png"):
+        return None
+    match = _REENCODE.match(raw.strip().lower())
+    if not match or not 1 <= int(match.group(2)) <= 100:
+        raise Validation(f"reencode: expected 'jpeg:<quality 1-100>' (e.g. jpeg:85), got {raw!r}")
+    return Reencode(format="jpeg", quality=int(match.group(2)))
+
+
+def check_webhook(url: str | None, settings: Settings) -> str | None:
+    """The URL when `protocol.webhook_refusal` allows it (the worker checks the same rule)."""
+    if url is None or not url.strip():
+        return None
+    url = url.strip()
+    if len(url) > MAX_WEBHOOK_URL_CHARS:
+        raise Validation("webhook_url: too long")
+    if not settings.webhook_allowed_hosts:
+        raise Validation("webhook_url: webhooks are disabled on this server",
+                         code=ErrorCode.WEBHOOKS_DISABLED)
+    refusal = webhook_refusal(url, settings.webhook_allowed_hosts)
+    if refusal is not None:
+        raise Validation(f"webhook_url: {refusal}")
+    return url
+
+
+def parse_filter_options(settings: Settings, *, preset: str | None, norm: str | None,
+                         eps: str | None, delta: str | None, reencode: str | None,
+                         webhook_url: str | None, wait: float | None) -> FilterOptions:
+    """Combine the request's fields with the configured defaults and bounds."""
+    preset = (preset or settings.default_preset).strip().lower()
+    if preset not in settings.allowed_presets:
+        raise Validation(f"preset: {preset!r} is not allowed; allowed: {sorted(settings.allowed_presets)}")
+    norm = (norm or settings.default_norm).strip().lower()
+    if norm not in NORMS:
+        raise Validation(f"norm: expected one of {list(NORMS)}, got {norm!r}")
+    limit = settings.max_eps(norm)
+    eps_value = budget("eps", eps) or settings.default_eps(norm)
+    delta_value = budget("delta", delta) or eps_value
+    for name, value in (("eps", eps_value), ("delta", delta_value)):
+        if value > limit + 1e-12:
+            raise Validation(f"{name}: {value:.6g} exceeds the {norm} limit {limit:.6g}")
+    wait_s = 0.0 if wait is None else float(wait)
+    if not math.isfinite(wait_s) or wait_s < 0 or wait_s > settings.max_wait_s:
+        raise Validation(f"wait: must be between 0 and {settings.max_wait_s:g} seconds")
+    return FilterOptions(preset=cast(Preset, preset), norm=cast(Norm, norm), eps=eps_value,
+                         delta=delta_value, reencode=parse_reencode(reencode),
+                         webhook_url=check_webhook(webhook_url, settings), wait_s=wait_s)
 
 
 def job_links(job_id: str) -> JobLinks:
     return JobLinks(self=f"/v1/jobs/{job_id}", image=f"/v1/jobs/{job_id}/image")
 
 
-def job_response(view: JobView, job_id: str) -> JobResponse:
-    return JobResponse.from_view(view, job_id, job_links(job_id))
-
-
-def checked_job_id(job_id: str) -> str:
-    """Unknown-looking ids are simply not found (no 422 that reveals the format)."""
+async def find_job(get: Callable[[str], JobView | None], job_id: str, what: str = "job") -> JobView:
+    """The job's view from `get` (a backend's getter); 404 when it is unknown or
+    expired, and for ids that are not ours (no 422 that reveals the format)."""
     if not JOB_ID.match(job_id):
-        raise NotFound(f"no job {job_id[:64]!r}")
-    return job_id
+        raise NotFound(f"no {what} {job_id[:64]!r}")
+    REQUEST_JOB_ID.set(job_id)
+    view = await call_backend(get, job_id)
+    if view is None:
+        raise NotFound(f"no {what} {job_id} (unknown, or its result expired)")
+    return view
+
+
+def created(job: JobResponse, status_code: int) -> JSONResponse:
+    """The answer of a route that creates a job: the job, and `Location` pointing at it."""
+    return JSONResponse(job.model_dump(mode="json"), status_code=status_code,
+                        headers={"Location": job.links.self})
 
 
 async def ensure_queue_has_room(backend: JobBackend, max_queue: int, seconds_per_job: float) -> None:
@@ -134,10 +233,8 @@ async def submit_filter(
     if view is None:
         view = JobView(id=job_id, status="queued", progress={"phase": "queued"},
                        created_at=filter_request["submitted_at"])
-    status_code = 200 if view.get("status") in TERMINAL else 202
-    body = job_response(view, job_id)
-    return JSONResponse(body.model_dump(mode="json"), status_code=status_code,
-                        headers={"Location": body.links.self})
+    return created(JobResponse.from_view(view, job_id, job_links(job_id)),
+                   200 if view.get("status") in TERMINAL else 202)
 
 
 @router.get("/jobs/{job_id}", response_model=JobResponse, summary="Status and result of a job",
@@ -145,11 +242,8 @@ async def submit_filter(
 async def get_job(job_id: str, _role: ClientRole, backend: BackendDep) -> JobResponse:
     """The job's status, progress and, once finished, its result (scores,
     prediction, model, timings).  Results expire after `SAFESPOT_RESULT_TTL_S`."""
-    REQUEST_JOB_ID.set(checked_job_id(job_id))
-    view = await call_backend(backend.get_job, job_id)
-    if view is None:
-        raise NotFound(f"no job {job_id} (unknown, or its result expired)")
-    return job_response(view, job_id)
+    view = await find_job(backend.get_job, job_id)
+    return JobResponse.from_view(view, job_id, job_links(job_id))
 
 
 @router.get("/jobs/{job_id}/image", summary="The filtered image (PNG)",
@@ -159,11 +253,7 @@ async def get_job(job_id: str, _role: ClientRole, backend: BackendDep) -> JobRes
 async def get_job_image(job_id: str, _role: ClientRole, backend: BackendDep) -> Response:
     """The filtered image, same size as the upload.  409 while the job is not
     finished; 404 when the job is unknown or its result expired."""
-    REQUEST_JOB_ID.set(checked_job_id(job_id))
-    view = await call_backend(backend.get_job, job_id)
-    if view is None:
-        raise NotFound(f"no job {job_id} (unknown, or its result expired)")
-    status = view.get("status")
+    status = (await find_job(backend.get_job, job_id)).get("status")
     if status == "expired":
         raise NotFound(f"the result of job {job_id} expired", code=ErrorCode.EXPIRED)
     if status in ("queued", "started"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from pathlib import Path
 
@@ -12,8 +11,9 @@ from fastapi.responses import JSONResponse
 
 from service.auth import AdminRole
 from service.deps import BackendDep, SettingsDep, call_backend
-from service.errors import DataMissing, NotFound, Validation
+from service.errors import DataMissing, Validation
 from service.log import REQUEST_JOB_ID
+from service.routes.jobs import created, find_job
 from service.schemas import JobLinks, JobResponse, TrainingRequestBody, error_responses
 from service.settings import Settings
 from worker.protocol import TRAINING_DATA, JobView, TrainRequest, data_download_command
@@ -21,7 +21,6 @@ from worker.protocol import TRAINING_DATA, JobView, TrainRequest, data_download_
 router = APIRouter(prefix="/v1/training-jobs", tags=["training (admin)"])
 logger = logging.getLogger("safespot.service")
 
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def training_links(job_id: str) -> JobLinks:
@@ -53,10 +52,6 @@ def checked_data(data: str, settings: Settings) -> str:
     return str(candidate)
 
 
-def training_response(view: JobView, job_id: str) -> JobResponse:
-    return JobResponse.from_view(view, job_id, training_links(job_id))
-
-
 @router.post("", status_code=202, response_model=JobResponse, summary="Start a training run",
              responses=error_responses(400, 401, 403, 409, 413, 422, 503))
 async def start_training(body: TrainingRequestBody, _role: AdminRole, settings: SettingsDep,
@@ -77,18 +72,11 @@ async def start_training(body: TrainingRequestBody, _role: AdminRole, settings: 
     await call_backend(backend.submit_training, request)
     logger.info("training job queued", extra={"recipe": body.recipe, "epochs": body.epochs})
     view = JobView(id=job_id, status="queued", progress={"phase": "queued"})
-    response = training_response(view, job_id)
-    return JSONResponse(response.model_dump(mode="json"), status_code=202,
-                        headers={"Location": response.links.self})
+    return created(JobResponse.from_view(view, job_id, training_links(job_id)), 202)
 
 
 @router.get("/{job_id}", response_model=JobResponse, summary="Progress and outcome of a training run",
             responses=error_responses(401, 403, 404, 503))
 async def get_training(job_id: str, _role: AdminRole, backend: BackendDep) -> JobResponse:
-    if not JOB_ID.match(job_id):
-        raise NotFound(f"no training job {job_id[:64]!r}")
-    REQUEST_JOB_ID.set(job_id)
-    view = await call_backend(backend.get_training, job_id)
-    if view is None:
-        raise NotFound(f"no training job {job_id} (unknown, or expired)")
-    return training_response(view, job_id)
+    view = await find_job(backend.get_training, job_id, "training job")
+    return JobResponse.from_view(view, job_id, training_links(job_id))

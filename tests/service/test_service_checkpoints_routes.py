@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from service_testkit import FakeJobBackend, admin_auth
 
-from service.checkpoint_files import sniff_kind
 from service.errors import UnsupportedMediaType
+from service.routes.checkpoints import sniff_kind
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny.safetensors"
 METADATA = {"arch": "cifar_cnn", "num_classes": 10, "input_size": [3, 32, 32],
