@@ -81,7 +81,7 @@ def open_device(args: argparse.Namespace) -> Any:
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def load_model(name_or_path: str | os.PathLike[str], device: Any = "cpu") -> Any:
+def load_model(name_or_path: str | Path, device: Any = "cpu") -> Any:
     """A shipped model by name or a checkpoint file (LoadedCheckpoint); a bad one is a usage error."""
     from models import load_checkpoint
     from models.errors import ModelError
