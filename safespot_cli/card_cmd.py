@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from worker.protocol import NORMS
+from safespot_cli import common
 
 HELP = """Measure clean and PGD-20 (step eps/4, random start) accuracy of a checkpoint on a
 test set, and standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) on a fixed
@@ -23,26 +23,24 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("model-card", help="measure a checkpoint and write its model card",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.add_command(sub, "model-card", "measure a checkpoint and write its model card", HELP, run)
     p.add_argument("checkpoint", help="a .safetensors checkpoint")
     p.add_argument("--data", default="cifar10")
-    p.add_argument("--data-dir", default=None)
+    common.add_option(p, "--data-dir")
     p.add_argument("--n", type=int, default=10000)
-    p.add_argument("--norm", default=None, choices=NORMS, help="default: the checkpoint's threat model")
-    p.add_argument("--eps", type=float, default=None)
+    common.add_option(p, "--norm", default=None, help="default: the checkpoint's threat model")
+    common.add_option(p, "--eps", type=float, help="default: the checkpoint's threat model")
     p.add_argument("--autoattack-n", type=int, default=1000,
                    help="images (a strided subset) judged by AutoAttack; 0 skips it")
     p.add_argument("--note", default=None, help="a note on how the training time was measured")
     p.add_argument("--render-only", action="store_true", help="only regenerate the markdown")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from models.cards import render_card
-    from models.checkpoint import load_checkpoint, save_checkpoint
+    from models.checkpoint import save_checkpoint
     from safespot import SearchConfig
     from safespot.config import DEFAULT_EPS
     from safespot.evaluation import evaluation_attack
@@ -51,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from training.data import load_dataset, strided_indices, to_tensor
 
     path = Path(args.checkpoint)
-    loaded = load_checkpoint(path)
+    loaded = common.load_model(path)
     info = loaded.info
     if args.note:
         info.training["note"] = args.note
@@ -84,12 +82,12 @@ def run(args: argparse.Namespace) -> int:
                               f"{norm} eps={eps:.4g}, true labels, seed fixed",
             })
         save_checkpoint(loaded.model, info, path)
-        loaded = load_checkpoint(path)
+        loaded = common.load_model(path)
         test = info.metrics["test"]
         print(f"{path.name}: clean {test['clean_acc']:.4f}, PGD-20 {test['pgd20_acc']:.4f} on {len(idx)} images"
               + (f"; AutoAttack {test['autoattack_acc']:.4f} vs PGD-20 {test['pgd20_acc_same_images']:.4f} "
                  f"on {test['autoattack_n']}" if "autoattack_acc" in test else ""))
     card = path.with_suffix(".md")
-    card.write_text(render_card(loaded.info, loaded.sha256, path.name))
+    common.atomic_write(card, render_card(loaded.info, loaded.sha256, path.name))
     print(card)
     return 0

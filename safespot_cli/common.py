@@ -1,16 +1,28 @@
-"""Arguments and helpers shared by the computing subcommands."""
+"""What several subcommands share, written once: registration, options, models, reports."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from safespot_cli.errors import UsageError
+from safespot_cli.errors import UsageError, usage_errors
 from worker.protocol import NORMS, PRESETS, parse_budget
+
+
+def add_command(sub: Any, name: str, summary: str, description: str,
+                run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """`safespot NAME`, which runs `run(args)`; its description keeps its own line breaks."""
+    p = sub.add_parser(name, help=summary, description=description,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(run=run)
+    return p
 
 
 def budget(text: str) -> float:
@@ -21,20 +33,40 @@ def budget(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+# The options several commands take; a command changes a field with add_option(p, name, field=...).
+OPTIONS: dict[str, dict[str, Any]] = {
+    "--model": {"default": "default",
+                "help": "a shipped model (default, adv, natural, gaussian, ood) or a .safetensors path"},
+    "--device": {"default": None, "help": "cpu, cuda, cuda:1 ... (default: cuda if available)"},
+    "--threads": {"type": int, "default": None, "help": "CPU threads for torch"},
+    "--data-dir": {"default": None, "help": "default: $SAFESPOT_DATA_DIR or ./data"},
+    "--json": {"dest": "json_out", "default": None, "metavar": "OUT"},
+    "--preset": {"default": "standard", "choices": PRESETS},
+    "--norm": {"default": "linf", "choices": NORMS},
+    "--eps": {"type": budget, "default": None,
+              "help": "adversary budget, pixel units (default 8/255 L-inf, 0.5 L2)"},
+    "--delta": {"type": budget, "default": None, "help": "defender budget (default: eps)"},
+    "--seed": {"type": int, "default": 0},
+}
+
+
+def add_option(p: argparse.ArgumentParser, name: str, **changes: Any) -> None:
+    p.add_argument(name, **(OPTIONS[name] | changes))
+
+
+def add_options(p: argparse.ArgumentParser, *names: str) -> None:
+    for name in names:
+        add_option(p, name)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default",
-                   help="a shipped model (default, adv, natural, gaussian, ood) or a .safetensors path")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    add_options(p, "--model", "--device", "--threads")
 
 
 def add_threat_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="standard", choices=PRESETS)
-    p.add_argument("--norm", default="linf", choices=NORMS)
-    p.add_argument("--eps", type=budget, default=None, help="adversary budget, pixel units (default 8/255 L-inf, 0.5 L2)")
-    p.add_argument("--delta", type=budget, default=None, help="defender budget (default: eps)")
+    add_options(p, "--preset", "--norm", "--eps", "--delta")
     p.add_argument("--batch-size", type=int, default=None, help="images searched at once")
-    p.add_argument("--seed", type=int, default=0)
+    add_option(p, "--seed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one SearchConfig field of the preset (repeatable), "
                         "e.g. --set outer_steps=90 --set verify_targets=9")
@@ -49,15 +81,24 @@ def open_device(args: argparse.Namespace) -> Any:
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
+def load_model(name_or_path: str | Path, device: Any = "cpu") -> Any:
+    """A shipped model by name or a checkpoint file (LoadedCheckpoint); a bad one is a usage error."""
     from models import load_checkpoint
     from models.errors import ModelError
 
+    with usage_errors(ModelError):
+        return load_checkpoint(name_or_path, device)
+
+
+def open_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """--model on --device: (the LoadedCheckpoint, the device)."""
     device = open_device(args)
-    try:
-        return load_checkpoint(args.model, device), device
-    except ModelError as e:
-        raise UsageError(str(e)) from e
+    return load_model(args.model, device), device
+
+
+def model_ref(loaded: Any, name: str, **more: Any) -> dict[str, Any]:
+    """How a report names the checkpoint it measured."""
+    return {"name": name, "sha256": loaded.sha256, "arch": loaded.info.arch, **more}
 
 
 def search_config(args: argparse.Namespace) -> Any:
@@ -69,10 +110,8 @@ def search_config(args: argparse.Namespace) -> Any:
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
     overrides.update(parse_overrides(getattr(args, "overrides", [])))
-    try:
+    with usage_errors(ValueError):
         return SearchConfig.preset(args.preset, norm=args.norm, eps=args.eps, **overrides)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
 
 
 def add_recorded_search_args(p: argparse.ArgumentParser) -> None:
@@ -93,19 +132,19 @@ def recorded_search_config(args: argparse.Namespace, info: Any) -> tuple[Any, di
     return cfg, {"preset": args.preset, "norm": cfg.norm, "eps": cfg.eps, "delta": cfg.budget, "seed": cfg.seed}
 
 
-def progress_bar(total: int, desc: str) -> Any:
-    """A tqdm bar on stderr and the `progress(done, total)` callback of the search that moves it."""
-    import sys
-
+@contextmanager
+def progress_bar(total: int, desc: str) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on stderr while inside; yields the search's `progress(done, total)` callback."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr, mininterval=2.0)
+    with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr,
+              mininterval=2.0) as bar:
 
-    def update(done: int, _total: int) -> None:
-        bar.n = done
-        bar.refresh()
+        def update(done: int, _total: int) -> None:
+            bar.n = done
+            bar.refresh()
 
-    return bar, update
+        yield update
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -114,15 +153,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
     from safespot import SearchConfig
 
-    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
+    defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
     out: dict[str, Any] = {}
     for item in items:
         name, sep, raw = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in fields or name in ("norm", "eps"):
+        if not sep or name not in defaults or name in ("norm", "eps"):
             raise UsageError(f"--set takes FIELD=VALUE with a SearchConfig field other than norm/eps "
                              f"(--norm, --eps); got {item!r}")
-        default = fields[name].default
+        default = defaults[name]
         try:
             if raw.lower() in ("none", "null"):
                 value: Any = None
@@ -140,17 +179,42 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing off-screen (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
+    """A report: indented JSON written atomically to `path`, or printed on stdout for "-"."""
+    text = json.dumps(obj, indent=2) + "\n"
+    if str(path) == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write(Path(path), text.encode())
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     """A reader (or an interrupted run) never sees half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(data.encode() if isinstance(data, str) else data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

@@ -5,18 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
+from contextlib import ExitStack
 from typing import Any
 
-from safespot_cli.common import (
-    add_model_args,
-    add_threat_args,
-    open_model,
-    progress_bar,
-    search_config,
-    write_json,
-)
-from safespot_cli.errors import UsageError
+from safespot_cli import common
+from safespot_cli.errors import UsageError, usage_errors
 
 HELP = """Measure clean and adversarial accuracy of the images each method would publish
 (none, s-fgsm, s-pgd, s-full), the safe-spot rate, passes per image and wall
@@ -35,18 +28,17 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("eval", help="the paper's evaluation protocol (table)", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
-    add_threat_args(p)
+    p = common.add_command(sub, "eval", "the paper's evaluation protocol (table)", HELP, run)
+    common.add_model_args(p)
+    common.add_threat_args(p)
     p.add_argument("--data", default="cifar10", help="'cifar10' (test split from --data-dir) or an .npz with x, y")
-    p.add_argument("--data-dir", default=None)
+    common.add_option(p, "--data-dir")
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=1000, help="images, at a fixed stride over the set")
     p.add_argument("--methods", default="none,s-fgsm,s-pgd,s-full")
     p.add_argument("--attack", default="pgd20",
                    help="comma-separated yardstick suites: pgd20 (always run), apgd, autoattack")
-    p.add_argument("--json", dest="json_out", default=None, metavar="OUT")
+    common.add_option(p, "--json")
     p.add_argument("--plot", default=None, metavar="PNG", help="bar chart of clean/adversarial accuracy")
     p.add_argument("--certify", action="store_true",
                    help="randomized smoothing: S-Full against the smoothed classifier, then CERTIFY "
@@ -54,7 +46,6 @@ def register(sub: Any) -> None:
     p.add_argument("--sigma", type=float, default=None)
     p.add_argument("--samples", type=int, default=5, help="noise draws per pass of the smoothed search (M)")
     p.add_argument("--certify-n", type=int, default=1000, help="CERTIFY's n (Cohen et al. use 100,000)")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,25 +58,16 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if set(methods) - set(METHODS):
         raise UsageError(f"--methods takes {','.join(METHODS)}")
-    loaded, device = open_model(args)
-    cfg = search_config(args)
+    loaded, device = common.open_model(args)
+    cfg = common.search_config(args)
     data = load_dataset(args.data, args.split, args.data_dir)
     if (data.y < 0).any():
         raise UsageError("evaluation needs labelled images")
     idx = strided_indices(len(data), args.n)
     x = to_tensor(data.x[idx], device)
     y = torch.from_numpy(data.y[idx]).to(device)
-    try:
+    with usage_errors(ValueError):
         suites = suites_from([a.strip() for a in args.attack.split(",") if a.strip()])
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-    bars: dict[str, Any] = {}
-
-    def progress(method: str) -> Any:
-        if method not in bars:
-            bars[method] = progress_bar(len(idx), method)
-        return bars[method][1]
 
     started = time.time()
     if args.certify:
@@ -98,19 +80,19 @@ def run(args: argparse.Namespace) -> int:
                                          num=args.certify_n)
         print(json.dumps(smoothing, indent=2))
         if args.json_out:
-            write_json(args.json_out, {"model": {"name": args.model, "sha256": loaded.sha256},
-                                       "n": len(idx), "threat": {"norm": cfg.norm, "eps": cfg.eps},
-                                       "preset": args.preset, "smoothing": smoothing,
-                                       "seconds": round(time.time() - started, 1)})
+            common.write_json(args.json_out, {"model": {"name": args.model, "sha256": loaded.sha256},
+                                              "n": len(idx), "threat": {"norm": cfg.norm, "eps": cfg.eps},
+                                              "preset": args.preset, "smoothing": smoothing,
+                                              "seconds": round(time.time() - started, 1)})
         return 0
-    try:
+    with ExitStack() as bars, usage_errors(ImportError):  # ImportError: the optional yardstick extra
+
+        def progress(method: str) -> Any:
+            return bars.enter_context(common.progress_bar(len(idx), method))
+
         reports = evaluate_methods(loaded.model, x, y, cfg, methods, suites, progress)
-    except ImportError as e:  # the optional yardstick extra is missing
-        raise UsageError(str(e)) from None
-    for bar, _ in bars.values():
-        bar.close()
     out = {
-        "model": {"name": args.model, "sha256": loaded.sha256, "arch": loaded.info.arch},
+        "model": common.model_ref(loaded, args.model),
         "data": f"{data.provenance.get('source', args.data)} ({data.provenance.get('note', 'as given')})",
         "n": len(idx), "indices": f"stride {len(data) / len(idx):g} from 0",
         "threat": {"norm": cfg.norm, "eps": cfg.eps, "delta": cfg.budget},
@@ -120,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
     }
     print(markdown_table(out))
     if args.json_out:
-        write_json(args.json_out, out)
+        common.write_json(args.json_out, out)
     if args.plot:
-        plot_methods(out, Path(args.plot))
+        plot_methods(out, args.plot)
     return 0
 
 
@@ -156,17 +138,12 @@ def markdown_table(report: dict[str, Any]) -> str:
 SUITE_NAMES = {"pgd20": "PGD-20", "apgd": "APGD-CE+T", "autoattack": "AutoAttack"}
 
 
-def plot_methods(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_methods(report: dict[str, Any], path: str) -> None:
     names = list(report["methods"])
     clean = [report["methods"][n]["clean_acc"] * 100 for n in names]
     suite = list(report["methods"][names[0]]["attacks"])[-1]
     adv = [report["methods"][n]["attacks"][suite]["adv_acc"] * 100 for n in names]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = common.pyplot().subplots(figsize=(6, 3.5))
     pos = range(len(names))
     ax.bar([p - 0.2 for p in pos], clean, 0.4, label="clean")
     ax.bar([p + 0.2 for p in pos], adv, 0.4, label=f"adversarial ({SUITE_NAMES.get(suite, suite)})")
@@ -176,8 +153,4 @@ def plot_methods(report: dict[str, Any], path: Path) -> None:
     t = report["threat"]
     ax.set_title(f"{report['model']['name']}: {t['norm']} eps={t['eps']:.3g}, n={report['n']}")
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
+    common.save_figure(fig, path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -12,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safespot_cli.common import atomic_write, budget
+from safespot_cli import common
 from safespot_cli.errors import UsageError
-from worker.protocol import NORMS, PRESETS
 
 HELP = """Filter image files on this machine (no server, no Redis).  Each image gets a nearby
 "safe spot": a copy on which the model keeps its label under attack, written as a
@@ -69,31 +67,26 @@ ADVICE = {  # what to do, by error code (service.images and worker codes)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("filter", help="protect image files locally (no server)", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.add_command(sub, "filter", "protect image files locally (no server)", HELP, run)
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files and folders of images")
     p.add_argument("-o", "--out", required=True, metavar="OUT",
                    help="output folder, or a .png file for a single image")
     p.add_argument("-r", "--recursive", action="store_true", help="also take images in subfolders")
-    p.add_argument("--preset", default="standard", choices=PRESETS,
-                   help="search effort (default standard; paper is the paper's full search, slow)")
-    p.add_argument("--norm", default="linf", choices=NORMS, help="threat model (default linf)")
-    p.add_argument("--eps", type=budget, default=None,
-                   help="adversary budget in pixel units, e.g. 8/255 or 0.0314 (default 8/255 L-inf, 0.5 L2)")
-    p.add_argument("--delta", type=budget, default=None, help="defender budget (default: eps)")
-    p.add_argument("--model", default=None,
-                   help="a shipped model (default, adv, ...) or a .safetensors path "
-                        "(default: $SAFESPOT_DEFAULT_MODEL, else 'default')")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    common.add_option(p, "--preset", help="search effort (default standard; paper is the paper's full search, slow)")
+    common.add_option(p, "--norm", help="threat model (default linf)")
+    common.add_option(p, "--eps", help="adversary budget in pixel units, e.g. 8/255 or 0.0314 "
+                                       "(default 8/255 L-inf, 0.5 L2)")
+    common.add_option(p, "--delta")
+    common.add_option(p, "--model", default=None, help="a shipped model (default, adv, ...) or a .safetensors "
+                                                       "path (default: $SAFESPOT_DEFAULT_MODEL, else 'default')")
+    common.add_options(p, "--device", "--threads")
     p.add_argument("--batch-size", type=int, default=8, metavar="N",
                    help="images searched together (default 8; more is faster on a GPU, uses more memory)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse larger images (default {DEFAULT_MAX_PIXELS:,})")
-    p.add_argument("--json", dest="json_out", nargs="?", const="-", default=None, metavar="REPORT",
-                   help="write the JSON report to REPORT, or print it on stdout with --json alone "
-                        "(put --json after the inputs, or write --json -)")
-    p.set_defaults(run=run)
+    common.add_option(p, "--json", nargs="?", const="-", metavar="REPORT",
+                      help="write the JSON report to REPORT, or print it on stdout with --json alone "
+                           "(put --json after the inputs, or write --json -)")
 
 
 # ------------------------------------------------------------------ planning
@@ -112,6 +105,14 @@ class Failure:
 
     def entry(self) -> dict[str, Any]:
         return {"input": self.input, "status": "error", "error": {"code": self.code, "message": self.message}}
+
+    def say(self) -> None:
+        """On stderr, above the progress bar when there is one."""
+        from tqdm import tqdm
+
+        advice = ADVICE.get(self.code)
+        tqdm.write(f"skipping {self.input}: {self.message} [{self.code}]" + (f"; {advice}" if advice else ""),
+                   file=sys.stderr)
 
 
 def collect(inputs: list[str], recursive: bool, out: Path) -> tuple[list[Item], list[Failure]]:
@@ -215,14 +216,13 @@ class Filtering:
         from tqdm import tqdm
 
         from safespot.config import DEFAULT_EPS
-        from safespot_cli.common import open_model, write_json
         from worker.processor import build_processor
 
         args = self.args
         for f in self.failures:
-            self.say_failure(f.input, f.code, f.message)
+            f.say()
         try:
-            loaded, device = open_model(args)
+            loaded, device = common.open_model(args)
         except UsageError as e:
             raise UsageError(f"{e} (choose one with --model NAME or --model PATH.safetensors, "
                              "or set SAFESPOT_DEFAULT_MODEL)") from None
@@ -233,13 +233,10 @@ class Filtering:
         self.processor = build_processor(None, loaded, args.model_id, max_batch=args.batch_size,
                                          max_image_pixels=args.max_pixels, progress=self.on_progress)
         started = time.time()
-        self.bar = tqdm(total=len(self.items), unit="img", desc="filter", file=sys.stderr,
-                        dynamic_ncols=True, disable=None,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} images [{elapsed}<{remaining}]")
-        try:
+        with tqdm(total=len(self.items), unit="img", desc="filter", file=sys.stderr, dynamic_ncols=True,
+                  disable=None, bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} images "
+                                           "[{elapsed}<{remaining}]") as self.bar:
             self.loop()
-        finally:
-            self.bar.close()
         order = {str(item.source): i for i, item in enumerate(self.items)}
         self.entries.sort(key=lambda e: order.get(e["input"], -1))  # inputs not found first
         written = [e for e in self.entries if e["status"] == "ok"]
@@ -249,11 +246,8 @@ class Filtering:
                    "seconds": round(time.time() - started, 2)}
         report = {"model": {**self.processor.model_ref, "arch": loaded.info.arch},
                   "settings": self.settings, "files": self.entries, "summary": summary}
-        if self.to_stdout:
-            json.dump(report, sys.stdout, indent=2)
-            sys.stdout.write("\n")
-        elif args.json_out:
-            write_json(args.json_out, report)
+        if args.json_out:
+            common.write_json(args.json_out, report)
         s = summary
         tail = f"; report: {args.json_out}" if args.json_out and not self.to_stdout else ""
         print(f"{s['written']} of {s['images']} images written to {args.out}, safe spot found for "
@@ -303,7 +297,7 @@ class Filtering:
     def write(self, item: Item, png: bytes, result: Any) -> None:
         assert item.output is not None
         try:
-            atomic_write(item.output, png)
+            common.atomic_write(item.output, png)
         except OSError as e:
             self.fail(item, "write_failed", f"cannot write {item.output}: {e.strerror or e}")
             return
@@ -318,19 +312,10 @@ class Filtering:
                        file=self.lines)
 
     def fail(self, item: Item, code: str, message: str) -> None:
-        self.entries.append({"input": str(item.source), "status": "error",
-                             "error": {"code": code, "message": message}})
+        failure = Failure(str(item.source), code, message)
+        self.entries.append(failure.entry())
         self.done += 1
-        self.say_failure(str(item.source), code, message)
-
-    def say_failure(self, name: str, code: str, message: str) -> None:
-        advice = ADVICE.get(code)
-        text = f"skipping {name}: {message} [{code}]" + (f"; {advice}" if advice else "")
-        bar = getattr(self, "bar", None)
-        if bar is not None:
-            bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr)
+        failure.say()
 
     def on_progress(self, job_id: str, progress: Any) -> None:
         self.fractions[job_id] = float(progress.get("fraction") or 0.0)

@@ -10,15 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from safespot_cli.common import (
-    add_model_args,
-    add_recorded_search_args,
-    open_model,
-    progress_bar,
-    recorded_search_config,
-    write_json,
-)
-from safespot_cli.errors import UsageError
+from safespot_cli import common
+from safespot_cli.errors import UsageError, usage_errors
 
 HELP = """Choose mu of the OOD score D(x) = mu*MSP(x) + (1-mu)*MSP(x_a*) and the threshold that
 keeps 95% of in-distribution images unflagged, on a validation split carved from
@@ -52,11 +45,11 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("ood-calibrate", help="choose the OOD score's mu and threshold on validation data",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
+    p = common.add_command(sub, "ood-calibrate", "choose the OOD score's mu and threshold on validation data",
+                           HELP, run)
+    common.add_model_args(p)
     p.add_argument("--outliers", required=True, help="npz with x_outlier_train (its validation part is used)")
-    p.add_argument("--data-dir", default=None, help="where the training set lives (default: $SAFESPOT_DATA_DIR)")
+    common.add_option(p, "--data-dir", help="where the training set lives (default: $SAFESPOT_DATA_DIR)")
     p.add_argument("--val-data", default=None,
                    help="in-distribution validation images (.npz with x) instead of the trainer's holdout")
     p.add_argument("--n-in", type=int, default=1000, help="in-distribution validation images (at most)")
@@ -65,10 +58,9 @@ def register(sub: Any) -> None:
     p.add_argument("--mu", type=float, default=None, help="fix mu instead of choosing it")
     p.add_argument("--gamma", type=float, default=None, help="record gamma (if the checkpoint does not)")
     p.add_argument("--lambda", dest="lam", type=float, default=None, help="record lambda (likewise)")
-    add_recorded_search_args(p)
+    common.add_recorded_search_args(p)
     p.add_argument("--out", default=None, help="write the calibrated checkpoint here (default: in place)")
-    p.add_argument("--json", dest="json_out", default=None, metavar="OUT")
-    p.set_defaults(run=run)
+    common.add_option(p, "--json")
 
 
 def heldout_images(info: Any, data_dir: str | None, n: int) -> tuple[np.ndarray, str]:
@@ -112,11 +104,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--tpr must lie in (0, 1]")
     if args.mu is not None and not 0 <= args.mu <= 1:
         raise UsageError("--mu must lie in [0, 1]")
-    loaded, device = open_model(args)
+    loaded, device = common.open_model(args)
     info = loaded.info
     trained = info.ood.get("training", {})
     gamma, lam = recorded_weight(info, "gamma", args.gamma), recorded_weight(info, "lambda", args.lam)
-    try:
+    with usage_errors(DataError):
         if args.val_data:
             val = load_dataset(args.val_data, "train", args.data_dir)
             x_in, in_desc = strided(val.x, args.n_in), f"{Path(args.val_data).name}: {min(args.n_in, len(val))} images (given)"
@@ -127,16 +119,13 @@ def run(args: argparse.Namespace) -> int:
         seed = int(trained.get("split_seed", OUTLIER_SPLIT_SEED))
         _, val_idx = outlier_split(len(outliers), n_val, seed)
         x_out = strided(outliers[val_idx], args.n_out)
-    except DataError as e:
-        raise UsageError(str(e)) from e
     out_desc = (f"{Path(args.outliers).name}: {len(x_out)} of the {n_val} validation outliers of "
                 f"x_outlier_train (split seed {seed}; never trained on)")
 
-    cfg, search = recorded_search_config(args, info)
+    cfg, search = common.recorded_search_config(args, info)
 
     def parts(x: np.ndarray, desc: str) -> Any:
-        bar, update = progress_bar(len(x), desc)
-        with bar:
+        with common.progress_bar(len(x), desc) as update:
             return safespot_parts(loaded.model, to_tensor(x, device), cfg, update)
 
     (msp_in, adv_in, pass_in), (msp_out, adv_out, pass_out) = parts(x_in, "validation in"), parts(x_out, "validation out")
@@ -162,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
           f"val_auroc={metrics['auroc']:.4f} val_fpr95={metrics['fpr95']:.4f}", file=sys.stderr)
     print(f"{out} sha256 {sha}")
     if args.json_out:
-        write_json(args.json_out, {"model": {"path": str(out), "sha256": sha, "previous_sha256": loaded.sha256},
-                                   "ood": info.ood, "mu_sweep": sweep,
-                                   "scores": {"in": d_in.tolist(), "out": d_out.tolist()}})
+        common.write_json(args.json_out, {
+            "model": {"path": str(out), "sha256": sha, "previous_sha256": loaded.sha256},
+            "ood": info.ood, "mu_sweep": sweep, "scores": {"in": d_in.tolist(), "out": d_out.tolist()}})
     return 0

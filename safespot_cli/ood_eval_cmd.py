@@ -11,15 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from safespot_cli.common import (
-    add_model_args,
-    add_recorded_search_args,
-    open_model,
-    progress_bar,
-    recorded_search_config,
-    write_json,
-)
-from safespot_cli.errors import UsageError
+from safespot_cli import common
+from safespot_cli.errors import UsageError, usage_errors
 
 HELP = """Score a fixed, class-balanced CIFAR-10 test slice (in-distribution, --n images at
 a fixed stride) and several OOD sets with each method, and report AUROC,
@@ -51,15 +44,15 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("ood-eval", help="out-of-distribution detection metrics (AUROC, AUPR, FPR95)",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
+    p = common.add_command(sub, "ood-eval", "out-of-distribution detection metrics (AUROC, AUPR, FPR95)",
+                           HELP, run)
+    common.add_model_args(p)
     p.set_defaults(model="ood")
     p.add_argument("--oe-model", default=None, help="checkpoint of the Outlier Exposure baseline")
     p.add_argument("--baseline-model", default=None,
                    help="score msp/energy/mahalanobis with this model instead of --model")
     p.add_argument("--data", default="cifar10", help="in-distribution: 'cifar10' or an .npz with x, y")
-    p.add_argument("--data-dir", default=None, help="default: $SAFESPOT_DATA_DIR or ./data")
+    common.add_option(p, "--data-dir")
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=1000, help="in-distribution images, at a fixed stride")
     p.add_argument("--n-ood", type=int, default=None, help="images per OOD set, at a fixed stride (default: --n)")
@@ -72,10 +65,9 @@ def register(sub: Any) -> None:
     p.add_argument("--methods", default="msp,oe,energy,mahalanobis,safespot")
     p.add_argument("--fit-data", default="cifar10", help="Mahalanobis fit images: 'cifar10' (train split) or .npz")
     p.add_argument("--fit-n", type=int, default=5000)
-    add_recorded_search_args(p)
-    p.add_argument("--json", dest="json_out", default=None, metavar="OUT")
+    common.add_recorded_search_args(p)
+    common.add_option(p, "--json")
     p.add_argument("--plot", default=None, metavar="PNG", help="histograms of the in-distribution and OOD scores")
-    p.set_defaults(run=run)
 
 
 def fit_mahalanobis(args: argparse.Namespace, model: Any, device: Any) -> tuple[Any, str]:
@@ -89,10 +81,8 @@ def fit_mahalanobis(args: argparse.Namespace, model: Any, device: Any) -> tuple[
         raise UsageError("the Mahalanobis fit needs labelled images (--fit-data)")
     idx = strided_indices(len(data), args.fit_n)
     _, feats = ood.logits_and_features(model, to_tensor(data.x[idx], device))
-    try:
+    with usage_errors(ValueError, prefix=f"Mahalanobis fit on {args.fit_data}: "):
         det = ood.MahalanobisDetector.fit(feats, torch.from_numpy(data.y[idx]))
-    except ValueError as e:
-        raise UsageError(f"Mahalanobis fit on {args.fit_data}: {e}") from e
     return det, f"{data.provenance.get('source', args.fit_data)} (train), {len(idx)} images, fixed stride"
 
 
@@ -110,8 +100,6 @@ def extra_sets(specs: list[str]) -> dict[str, Path]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from models import load_checkpoint
-    from models.errors import ModelError
     from safespot.ood_eval import METHODS, OodScorer, Scored, ood_metrics
     from training.data import DataError, default_data_dir, load_dataset, strided_indices, to_tensor
     from training.ood_sets import FASHION_MNIST_DIR, load_ood_sets
@@ -122,25 +110,17 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods or set(methods) - set(METHODS):
         raise UsageError(f"--methods takes {','.join(METHODS)}")
-    loaded, device = open_model(args)
+    loaded, device = common.open_model(args)
     info = loaded.info
     size = (int(info.input_size[1]), int(info.input_size[2]))
-
-    def other(path: str | None) -> Any:
-        if path is None:
-            return None
-        try:
-            return load_checkpoint(path, device)
-        except ModelError as e:
-            raise UsageError(str(e)) from e
-
-    baseline, oe = other(args.baseline_model), other(args.oe_model)
+    baseline, oe = (None if path is None else common.load_model(path, device)
+                    for path in (args.baseline_model, args.oe_model))
     missing = {}
     if "oe" in methods and oe is None:
         missing["oe"] = "no --oe-model given: Outlier Exposure needs its own trained checkpoint"
     base = baseline or loaded
     recorded = info.ood.get("search")
-    cfg, search = recorded_search_config(args, info)
+    cfg, search = common.recorded_search_config(args, info)
     mu = float(info.ood.get("mu", DEFAULT_OOD_MU))
     mu_source = "checkpoint (ood-calibrate)" if "mu" in info.ood else f"default {DEFAULT_OOD_MU} (not calibrated)"
     if "safespot" in methods and recorded and recorded != search:
@@ -148,15 +128,13 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
 
     tinyimagenet = Path(args.tinyimagenet or Path(args.data_dir or default_data_dir()) / "tinyimagenet32.npz")
-    try:
+    with usage_errors(DataError):
         data = load_dataset(args.data, args.split, args.data_dir)
         maha, maha_fit = (fit_mahalanobis(args, base.model, device) if "mahalanobis" in methods
                           else (None, None))
         sets, skipped = load_ood_sets([s.strip() for s in args.sets.split(",") if s.strip()], extra, size,
                                       args.n_ood or args.n, tinyimagenet=tinyimagenet,
                                       fashion_dir=Path(args.fashion_mnist or FASHION_MNIST_DIR))
-    except DataError as e:
-        raise UsageError(str(e)) from e
     for name, why in skipped.items():
         print(f"skipping OOD set {name}: {why}", file=sys.stderr)
     if not sets:
@@ -167,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
     def score(x_u8: np.ndarray, name: str) -> Scored:
         if "safespot" not in methods:
             return scorer(to_tensor(x_u8, device))
-        bar, update = progress_bar(len(x_u8), f"safespot {name}")
-        with bar:
+        with common.progress_bar(len(x_u8), f"safespot {name}") as update:
             return scorer(to_tensor(x_u8, device), update)
 
     idx = strided_indices(len(data), args.n)
@@ -186,8 +163,7 @@ def run(args: argparse.Namespace) -> int:
             details[s.name]["safespot_passes_per_image"] = round(scored.passes, 1)
 
     def model_ref(ck: Any, name: str) -> dict[str, Any]:
-        return {"name": name, "sha256": ck.sha256, "arch": ck.info.arch, "recipe": ck.info.recipe.get("name"),
-                "ood": ck.info.ood}
+        return common.model_ref(ck, name, recipe=ck.info.recipe.get("name"), ood=ck.info.ood)
 
     report: dict[str, Any] = {
         "model": model_ref(loaded, args.model),
@@ -212,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     }
     print(markdown_table(report, methods))
     if args.json_out:
-        write_json(args.json_out, report)
+        common.write_json(args.json_out, report)
     if args.plot:
         plot_scores(all_scores, "safespot" if "safespot" in methods else methods[0], Path(args.plot), report)
     return 0
@@ -239,18 +215,13 @@ def markdown_table(report: dict[str, Any], methods: list[str]) -> str:
 def plot_scores(all_scores: dict[str, dict[str, np.ndarray]], method: str, path: Path,
                 report: dict[str, Any]) -> None:
     """One panel per OOD set: histograms of `method`'s score, in-distribution vs that set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ood_names = [n for n in all_scores if n != "in-distribution" and method in all_scores[n]]
     s_in = all_scores["in-distribution"].get(method)
     if s_in is None or not ood_names:
         raise UsageError(f"nothing to plot for {method}")
     cols = min(len(ood_names), 3)
     rows = math.ceil(len(ood_names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = common.pyplot().subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.flat, ood_names, strict=False):
         s_out = all_scores[name][method]
         lo, hi = float(min(s_in.min(), s_out.min())), float(max(s_in.max(), s_out.max()))
@@ -264,7 +235,4 @@ def plot_scores(all_scores: dict[str, dict[str, np.ndarray]], method: str, path:
     for ax in list(axes.flat)[len(ood_names):]:
         ax.axis("off")
     fig.suptitle(f"{Path(report['model']['name']).name}: {method} score, in-distribution vs OOD", fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path)

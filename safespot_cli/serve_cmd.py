@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from safespot_cli.errors import UsageError
+from safespot_cli import common
+from safespot_cli.errors import usage_errors
 
 HELP = """Run the filter API.
 
@@ -22,13 +23,11 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the HTTP API (and an embedded worker without Redis)",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.add_command(sub, "serve", "run the HTTP API (and an embedded worker without Redis)", HELP, run)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"],
                    help="overrides SAFESPOT_LOG_LEVEL")
-    p.set_defaults(run=run)
 
 
 def build_backend(settings: Any) -> Any:
@@ -50,10 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from service.settings import load_settings
 
     overrides = {"log_level": args.log_level} if args.log_level else {}
-    try:
+    with usage_errors(SystemExit):  # load_settings exits with the invalid settings named
         settings = load_settings(**overrides)
-    except SystemExit as e:
-        raise UsageError(str(e)) from None
     configure_logging(settings.log_level)
     backend = build_backend(settings)
     start, stop = getattr(backend, "start", None), getattr(backend, "stop", None)

@@ -7,7 +7,8 @@ import shlex
 import sys
 from typing import Any
 
-from worker.protocol import NORMS, RECIPES
+from safespot_cli import common
+from worker.protocol import RECIPES
 
 HELP = """Train a classifier with a (safe-spot-aware) adversarial recipe and write a
 self-describing safetensors checkpoint.  Resumes automatically when RUN_DIR
@@ -22,17 +23,15 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a checkpoint (the training sidecar)", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.add_command(sub, "train", "train a checkpoint (the training sidecar)", HELP, run)
     p.add_argument("--recipe", default="s-fgsm-adv", choices=RECIPES)
-    p.add_argument("--norm", default="linf", choices=NORMS)
+    common.add_option(p, "--norm")
     p.add_argument("--eps", type=float, default=None, help="attack budget in pixel units (default 8/255 L-inf, 0.5 L2)")
     p.add_argument("--delta", type=float, default=None, help="safe-spot step budget (default: eps)")
     p.add_argument("--attack", default="fast", choices=["fast", "pgd"], help="how s-*-adv attack the candidate")
     p.add_argument("--attack-steps", type=int, default=10)
     p.add_argument("--attack-step", type=float, default=0.25, help="PGD step as a fraction of eps")
-    p.add_argument("--warmup-recipe", default=None,
-                   choices=RECIPES,
+    p.add_argument("--warmup-recipe", default=None, choices=RECIPES,
                    help="recipe of the first --warmup-epochs epochs (a curriculum)")
     p.add_argument("--warmup-epochs", type=int, default=0)
     p.add_argument("--init-from", default=None, help="fine-tune: start from this checkpoint's weights")
@@ -45,19 +44,19 @@ def register(sub: Any) -> None:
     p.add_argument("--arch", default="cifar_cnn", help="cifar_cnn, preact_resnet18, wide_resnet, resnet50")
     p.add_argument("--width", type=int, default=None, help="cifar_cnn width")
     p.add_argument("--data", default="cifar10", help="'cifar10' (from --data-dir), an .npz file or an image folder")
-    p.add_argument("--data-dir", default=None, help="default: $SAFESPOT_DATA_DIR or ./data")
+    common.add_option(p, "--data-dir")
     p.add_argument("--limit", type=int, default=None, help="train on this many images only")
     p.add_argument("--holdout", type=int, default=1000)
     p.add_argument("--eval-pgd", type=int, default=500)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.15)
-    p.add_argument("--seed", type=int, default=0)
+    common.add_option(p, "--seed")
     p.add_argument("--run-dir", default="runs/train")
     p.add_argument("--out", default=None, help="checkpoint path (default RUN_DIR/model.safetensors)")
     p.add_argument("--name", default="")
     p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--threads", type=int, default=None)
+    common.add_option(p, "--threads")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: autocast the attack and training passes (about 2x on CPUs with "
                         "AVX512-BF16/AMX and on recent GPUs); held-out check and weights stay fp32")
@@ -68,30 +67,27 @@ def register(sub: Any) -> None:
     p.add_argument("--ood-gamma", type=float, default=0.5)
     p.add_argument("--ood-lambda", type=float, default=0.1)
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=run)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
+    import dataclasses
+
     from safespot.config import DEFAULT_EPS
     from safespot.training import Recipe
     from training.trainer import TrainConfig
 
     eps = args.eps if args.eps is not None else DEFAULT_EPS[args.norm]
-    common = dict(norm=args.norm, eps=eps, delta=args.delta, attack=args.attack,
+    attack = dict(norm=args.norm, eps=eps, delta=args.delta, attack=args.attack,
                   attack_steps=args.attack_steps, attack_step=args.attack_step,
                   safe_direction=args.safe_direction, safe_fraction=args.safe_fraction, sigma=args.sigma)
-    recipe = Recipe(name=args.recipe, **common)
-    warmup = Recipe(name=args.warmup_recipe, **common) if args.warmup_recipe else None
-    arch_args = {"width": args.width} if args.width else {}
-    out = args.out or f"{args.run_dir}/model.safetensors"
-    return TrainConfig(recipe=recipe, warmup=warmup, warmup_epochs=args.warmup_epochs,
-                       init_from=args.init_from, arch=args.arch, arch_args=arch_args, data=args.data,
-                       data_dir=args.data_dir, limit=args.limit, holdout=args.holdout,
-                       eval_pgd=args.eval_pgd, epochs=args.epochs, batch_size=args.batch_size,
-                       lr=args.lr, seed=args.seed, run_dir=args.run_dir, out=out, name=args.name,
-                       save_every=args.save_every, threads=args.threads,
-                       precision=args.precision, channels_last=args.channels_last,
-                       command="safespot " + shlex.join(sys.argv[1:]))
+    # The options named like TrainConfig's fields are those fields; the rest are built here.
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    return TrainConfig(**given | {
+        "recipe": Recipe(name=args.recipe, **attack),
+        "warmup": Recipe(name=args.warmup_recipe, **attack) if args.warmup_recipe else None,
+        "arch_args": {"width": args.width} if args.width else {},
+        "out": args.out or f"{args.run_dir}/model.safetensors",
+        "command": "safespot " + shlex.join(sys.argv[1:])})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from safespot_cli.errors import UsageError
+from safespot_cli import common
+from safespot_cli.errors import UsageError, usage_errors
 
 HELP = """Process queued jobs from Redis (SAFESPOT_REDIS_URL).  The worker loads the active
 checkpoint once (the shipped default model when none is active), searches the
@@ -21,8 +22,7 @@ examples:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("worker", help="process queued filter, vetting and training jobs", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.add_command(sub, "worker", "process queued filter, vetting and training jobs", HELP, run)
     p.add_argument("--queues", nargs="+", default=None, metavar="QUEUE",
                    help="queues to serve, in priority order (default: $SAFESPOT_QUEUES or "
                         "safespot-filter safespot-admin); commas work too")
@@ -31,10 +31,8 @@ def register(sub: Any) -> None:
                    help="after the first job, wait this long for more to batch with it (default 50)")
     p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     p.add_argument("--name", default=None, help="worker name (default safespot-<host>-<pid>)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    common.add_options(p, "--device", "--threads")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (default 9100; 0: off)")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,10 +46,8 @@ def run(args: argparse.Namespace) -> int:
     for option in ("max_batch", "max_wait_ms", "name", "device", "threads", "metrics_port"):
         if getattr(args, option) is not None:
             overrides[option] = getattr(args, option)
-    try:
+    with usage_errors(ValidationError):
         settings = WorkerSettings(**overrides)
-    except ValidationError as e:
-        raise UsageError(str(e)) from e
     if not settings.redis_url:
         raise UsageError("set SAFESPOT_REDIS_URL (without Redis, `safespot serve` runs its own worker)")
     from worker.rq_worker import run_worker
