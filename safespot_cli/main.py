@@ -18,7 +18,8 @@ from safespot_cli.errors import UsageError
 EPILOG = """examples:
   safespot filter photo.jpg -o out/            filter one image with the default model
   safespot serve --port 8000                   API + in-process worker (no Redis needed)
-  SAFESPOT_REDIS_URL=redis://localhost:6379 safespot serve & safespot worker
+  export SAFESPOT_REDIS_URL=redis://localhost:6379/0   production: settings for both processes
+  safespot serve --port 8000 & safespot worker          the API enqueues, the worker filters
   safespot eval --model default --n 1000 --json eval.json
   safespot train --recipe s-fgsm-adv --epochs 15 --out default.safetensors
 

@@ -15,6 +15,7 @@ from anyio import CapacityLimiter
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from starlette.responses import FileResponse, Response
 from starlette.types import Scope
@@ -102,8 +103,10 @@ def create_app(settings: Settings, backend: JobBackend | None = None) -> FastAPI
         if owns_backend and callable(close):
             close()
 
-    app = FastAPI(title="SafeSpot", version="1", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+    # /docs and /redoc load Swagger UI and ReDoc from the installed package, never a CDN:
+    # they work on a machine without internet.
+    app = FastAPIOffline(title="SafeSpot", version="1", description=DESCRIPTION, lifespan=lifespan,
+                         docs_url="/docs", redoc_url="/redoc")
     app.state.settings = settings
     app.state.backend = backend
     app.state.metrics = ServiceMetrics(backend)

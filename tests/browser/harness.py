@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from bench.stack import REPO, Stack, service_env
+from bench.stack import REPO, Stack, free_port, service_env
 
 FIXTURES = REPO / "tests" / "fixtures"
 CHROMIUM = Path(os.environ.get("SAFESPOT_CHROMIUM", "/usr/bin/chromium"))
@@ -78,8 +78,13 @@ def check_browser() -> None:
 
 
 @contextmanager
-def chromium(download_dir: Path | None = None, width: int = 1280, height: int = 900) -> Iterator[Any]:
-    """A headless Chromium (Debian's binary and driver) with a fresh profile."""
+def chromium(download_dir: Path | None = None, width: int = 1280, height: int = 900,
+             offline: bool = False) -> Iterator[Any]:
+    """A headless Chromium (Debian's binary and driver) with a fresh profile.
+
+    `offline`: every host but this machine's loopback is unreachable (a dead proxy for
+    everything that is not loopback, no name resolution), as on a server without internet;
+    the DevTools performance log records each request (see `requested_urls`)."""
     check_browser()
     os.environ.setdefault("SE_AVOID_STATS", "true")  # Selenium Manager: never phone home
     from selenium import webdriver
@@ -92,6 +97,11 @@ def chromium(download_dir: Path | None = None, width: int = 1280, height: int = 
         options.add_argument(arg)
     options.add_argument(f"--user-data-dir={profile}")
     options.add_argument(f"--window-size={width},{height}")
+    if offline:
+        # A proxy on a port nothing listens on refuses every request; loopback bypasses it.
+        options.add_argument(f"--proxy-server=http://127.0.0.1:{free_port()}")
+        options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     if download_dir is not None:
         options.add_experimental_option("prefs", {
             "download.default_directory": str(download_dir), "download.prompt_for_download": False,
@@ -107,6 +117,18 @@ def chromium(download_dir: Path | None = None, width: int = 1280, height: int = 
         import shutil
 
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def requested_urls(driver: Any) -> list[str]:
+    """The URLs the browser asked for since the last call (needs `chromium(offline=True)`)."""
+    import json
+
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
 
 
 # -------------------------------------------------------------- page steps

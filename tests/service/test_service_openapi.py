@@ -4,6 +4,7 @@ schemathesis' generated requests (no 5xx, documented statuses, JSON errors)."""
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -55,6 +56,22 @@ def test_openapi_lists_every_contract_route_with_json_errors():
 def test_docs_page_is_served():
     response = TestClient(APP).get("/docs")
     assert response.status_code == 200 and "swagger" in response.text.lower()
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_api_docs_load_every_asset_from_this_server(path):
+    """Swagger UI and ReDoc come from the installed package: no CDN, so they work offline
+    (tests/browser/test_api_docs.py renders them in Chromium with the network cut)."""
+    client = TestClient(APP)
+    page = client.get(path)
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    assert any(a.endswith(".js") for a in assets)
+    assert not [a for a in assets if "//" in a], f"{path} loads from another host: {assets}"
+    assert "fonts.googleapis" not in page.text
+    for asset in assets:
+        fetched = client.get(asset)
+        assert fetched.status_code == 200 and len(fetched.content) > 1000, asset
 
 
 @pytest.mark.filterwarnings("ignore")
