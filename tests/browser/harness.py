@@ -92,6 +92,7 @@ def chromium(download_dir: Path | None = None, width: int = 1280, height: int = 
         options.add_argument(arg)
     options.add_argument(f"--user-data-dir={profile}")
     options.add_argument(f"--window-size={width},{height}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for browser_errors
     if download_dir is not None:
         options.add_experimental_option("prefs", {
             "download.default_directory": str(download_dir), "download.prompt_for_download": False,
@@ -117,6 +118,13 @@ def wait_for(driver: Any, condition: Any, timeout_s: float, message: str) -> Any
 
     return WebDriverWait(driver, timeout_s, poll_frequency=0.1, ignored_exceptions=(
         NoSuchElementException, StaleElementReferenceException)).until(condition, message)
+
+
+def browser_errors(driver: Any) -> list[str]:
+    """The page's console errors since the last call (script errors, failed module loads); the
+    browser's own line for each refused request (a 4xx the page then shows) is left out."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]]
 
 
 def page_state(driver: Any) -> str:
