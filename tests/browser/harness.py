@@ -97,11 +97,14 @@ def chromium(download_dir: Path | None = None, width: int = 1280, height: int = 
         options.add_argument(arg)
     options.add_argument(f"--user-data-dir={profile}")
     options.add_argument(f"--window-size={width},{height}")
+    # The console always (for browser_errors); every request too when offline (requested_urls).
+    logging_prefs = {"browser": "ALL"}
     if offline:
         # A proxy on a port nothing listens on refuses every request; loopback bypasses it.
         options.add_argument(f"--proxy-server=http://127.0.0.1:{free_port()}")
         options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1")
-        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+        logging_prefs["performance"] = "ALL"
+    options.set_capability("goog:loggingPrefs", logging_prefs)
     if download_dir is not None:
         options.add_experimental_option("prefs", {
             "download.default_directory": str(download_dir), "download.prompt_for_download": False,
@@ -139,6 +142,13 @@ def wait_for(driver: Any, condition: Any, timeout_s: float, message: str) -> Any
 
     return WebDriverWait(driver, timeout_s, poll_frequency=0.1, ignored_exceptions=(
         NoSuchElementException, StaleElementReferenceException)).until(condition, message)
+
+
+def browser_errors(driver: Any) -> list[str]:
+    """The page's console errors since the last call (script errors, failed module loads); the
+    browser's own line for each refused request (a 4xx the page then shows) is left out."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE" and "Failed to load resource" not in entry["message"]]
 
 
 def page_state(driver: Any) -> str:

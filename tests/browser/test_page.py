@@ -1,19 +1,14 @@
 """The page at `/` in a real headless Chromium, against a real service with a real worker.
 
-Each test runs against both deployments, one stack each: Redis (the session's `redis_url`,
-on a database of its own) with `safespot worker` and `safespot serve` as subprocesses, and
-`safespot serve` alone (its embedded worker); the tiny model, a client key and an admin key.  Chromium is Debian's (`apt-get install -y chromium chromium-driver`);
-when it is missing these tests FAIL, they never skip.  Screenshots are kept in
-test-artifacts/ (page.png, admin.png).
+Each test runs against both deployments (the `stack` fixture of tests/browser/conftest.py).
+Screenshots are kept in test-artifacts/ (page.png, admin.png).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,70 +17,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.browser.checkpoints import variant_checkpoint, wait_until_vetted
+from tests.browser.conftest import ADMIN_KEY, ARTIFACTS, CLIENT_KEY
 from tests.browser.harness import (
-    REPO,
-    BrowserMissing,
     Stack,
-    check_browser,
-    chromium,
     filter_on_page,
     full_page_screenshot,
     image_sizes,
-    running_service,
     wait_for,
-    with_db,
 )
-from tests.conftest import FIXTURES, PHOTOS, TINY_MODEL
+from tests.conftest import PHOTOS
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.timeout(240)]
 
-CLIENT_KEY = "browser-test-client-key-0001"
-ADMIN_KEY = "browser-test-admin-key-00001"
 PHOTO = PHOTOS / "chelsea.jpg"  # a real 451x300 photograph
 PHOTO_SIZE = (451, 300)
 EPS = "16/255"  # the tiny model leaves this photo unchanged at 8/255: ask for a visible change
 EPS_LEVELS = 16
-ARTIFACTS = REPO / "test-artifacts"
-STACK_DB = 11  # this module's Redis database: its keys never meet other tests'
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module", params=["redis", "embedded"])
-def stack(request: pytest.FixtureRequest, redis_url: str,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Both deployments the page meets: API + RQ worker over Redis, and `safespot serve` alone."""
-    try:
-        check_browser()  # before minutes of start-up: say at once what is missing
-    except BrowserMissing as e:
-        pytest.fail(f"the browser tests need Chromium: {e}")
-    import redis
-
-    url = with_db(redis_url, STACK_DB)
-    conn = redis.Redis.from_url(url)
-    conn.flushdb()
-    extra = {"SAFESPOT_VETTING_DATA": str(FIXTURES / "cifar10_mini.npz"), "SAFESPOT_VETTING_N": "20"}
-    try:
-        with running_service(tmp_path_factory.mktemp("stack"),
-                             redis_url=url if request.param == "redis" else None,
-                             model=str(TINY_MODEL), api_keys=CLIENT_KEY, admin_keys=ADMIN_KEY,
-                             extra_env=extra) as running:
-            yield running
-    finally:
-        conn.flushdb()
-        conn.close()
-
-
-@pytest.fixture
-def downloads(tmp_path: Path) -> Path:
-    path = tmp_path / "downloads"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def driver(downloads: Path) -> Iterator[Any]:
-    with chromium(download_dir=downloads) as browser:
-        yield browser
 
 
 def text_of(driver: Any, element_id: str) -> str:
@@ -189,37 +138,19 @@ def test_filter_a_photo_in_the_browser(stack: Stack, driver: Any, downloads: Pat
 
 
 def test_the_page_is_served_with_its_headers(stack: Stack) -> None:
-    for path in ("", "static/app.js", "static/style.css", "static/favicon.svg"):
+    for path in ("", "static/app.js", "static/common.js", "static/results.js", "static/admin.js",
+                 "static/training.js", "static/style.css", "static/favicon.svg"):
         answer = httpx.get(stack.url + path, timeout=10)
         assert answer.status_code == 200, path
         assert answer.headers["cache-control"] == "no-cache"
         assert "default-src 'self'" in answer.headers["content-security-policy"]
+        if path.endswith(".js"):  # ES modules run only with a JavaScript type
+            assert answer.headers["content-type"].split(";")[0] in ("text/javascript", "application/javascript")
     missing = httpx.get(stack.url + "static/nothing.js", timeout=10)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
 # -------------------------------------------------------------------- admin
-def variant_checkpoint(path: Path) -> Path:
-    """The tiny model under another name: another file, another sha256, the same weights."""
-    from models.checkpoint import load_checkpoint, save_checkpoint
-
-    loaded = load_checkpoint(TINY_MODEL)
-    save_checkpoint(loaded.model, dataclasses.replace(loaded.info, name="tiny variant"), path)
-    return path
-
-
-def wait_until_vetted(client: httpx.Client, checkpoint_id: str, timeout_s: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    record: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        records = client.get("v1/checkpoints").json()["checkpoints"]
-        record = next(r for r in records if r["id"] == checkpoint_id)
-        if record["status"] != "validating":
-            return record
-        time.sleep(0.25)
-    raise AssertionError(f"checkpoint {checkpoint_id} still validating after {timeout_s} s: {record}")
-
-
 def test_admin_lists_checkpoints_and_activates_one(stack: Stack, driver: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -256,8 +187,9 @@ def test_admin_lists_checkpoints_and_activates_one(stack: Stack, driver: Any, tm
     key.clear()
     key.send_keys(ADMIN_KEY)
     driver.find_element(By.ID, "admin-load").click()
-    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#ckpt-rows tr")) == 2, 10,
-             "the two checkpoints (shipped default + upload) are not listed")
+    listed_ids = f'#ckpt-rows tr[data-id="default"], #ckpt-rows tr[data-id="{checkpoint_id}"]'
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, listed_ids)) == 2, 10,
+             "the shipped default and the upload are not listed")
     assert not driver.find_element(By.ID, "admin-error").is_displayed()
 
     def row(checkpoint: str) -> Any:
@@ -265,16 +197,17 @@ def test_admin_lists_checkpoints_and_activates_one(stack: Stack, driver: Any, tm
 
     uploaded = row(checkpoint_id)
     assert uploaded.get_attribute("data-status") == "ready"
-    assert row("default").get_attribute("data-status") == "active"
+    active_before = driver.find_element(By.CSS_SELECTOR, '#ckpt-rows tr[data-status="active"]').get_attribute("data-id")
     for number in ("clean_acc", "pgd_acc", "safe_spot_rate"):
         assert f"{100 * vetting[number]:.1f}%" in uploaded.text, (number, uploaded.text)
     assert "tiny variant" in uploaded.text and record["sha256"][:12] in uploaded.text
 
-    uploaded.find_element(By.CSS_SELECTOR, "button").click()
+    uploaded.find_element(By.CSS_SELECTOR, 'button[data-action="activate"]').click()
     wait_for(driver, lambda d: "Activated tiny variant" in text_of(d, "admin-status"), 10,
              "no word of the activation")  # written once the list is reloaded
     assert row(checkpoint_id).get_attribute("data-status") == "active"
-    assert row("default").get_attribute("data-status") == "ready"  # one active checkpoint
+    assert row(active_before).get_attribute("data-status") == "ready"  # one active checkpoint
+    assert len(driver.find_elements(By.CSS_SELECTOR, '#ckpt-rows tr[data-status="active"]')) == 1
     listed = httpx.get(stack.url + "v1/checkpoints", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
                        timeout=10).json()
     assert listed["active"] == checkpoint_id
