@@ -76,6 +76,7 @@ class ActiveModel:
         self.settings = settings
         self.device = device
         self.version: int | None = None  # activation version of the loaded model
+        self.name = ""  # the loaded record's name, as the admin gave it ("" for the shipped one)
         self._failed_version: int | None = None  # a version whose checkpoint would not load
 
     def changed(self) -> bool:
@@ -105,6 +106,7 @@ class ActiveModel:
             self._failed_version = version
             raise
         self.version, self._failed_version = version, None
+        self.name = "" if record.get("source") == "shipped" else str(record.get("name") or "")
         log.info("model loaded", extra=fields(checkpoint_id=active, sha256=loaded.sha256,
                                               version=version, device=str(self.device)))
         return loaded, active

@@ -63,6 +63,8 @@ class JobSource(Protocol):
 class ModelSource(Protocol):
     """The checkpoint to serve: ``changed`` is cheap (checked between passes)."""
 
+    name: str  # after load(): what the admin named the checkpoint ("": the file's own name)
+
     def changed(self) -> bool: ...
     def load(self) -> tuple[LoadedCheckpoint, str]: ...  # (model, checkpoint id); raises when it cannot
 
@@ -117,7 +119,8 @@ class BatchLoop:
     def load(self) -> None:
         """Load the active checkpoint now; raises when it cannot."""
         loaded, checkpoint_id = self.models.load()
-        self.processor = build_processor(self.settings, loaded, checkpoint_id, progress=self._on_progress)
+        self.processor = build_processor(self.settings, loaded, checkpoint_id, progress=self._on_progress,
+                                         name=self.models.name)
         ref = self.processor.model_ref
         metrics.set_model(ref["name"], ref["sha256"], ref["checkpoint_id"])
 
@@ -157,7 +160,8 @@ class BatchLoop:
             log.exception("batch loop failed")
             self._fail_all(JobError(f"{type(e).__name__}: {e}", code=ErrorCode.INTERNAL_ERROR, retryable=True))
             p = self._processor
-            self.processor = build_processor(self.settings, p.checkpoint, p.checkpoint_id, progress=self._on_progress)
+            self.processor = build_processor(self.settings, p.checkpoint, p.checkpoint_id,
+                                             progress=self._on_progress, name=p.name)
         if self._reload_pending:
             self.reload_if_changed()
         return True

@@ -119,9 +119,11 @@ class FilterProcessor:
         max_image_pixels: int | None = None,
         progress: ProgressCallback | None = None,
         clock: Callable[[], float] = time.time,
+        name: str = "",
     ) -> None:
         self.checkpoint = checkpoint
         self.checkpoint_id = checkpoint_id
+        self.name = name  # the registry record's name (what the admin called it); "" = the file's
         self.max_batch = max_batch
         self.max_batch_pixels = max_batch_pixels
         self.max_image_pixels = max_image_pixels
@@ -140,7 +142,7 @@ class FilterProcessor:
     @property
     def model_ref(self) -> ModelRef:
         info = self.checkpoint.info
-        return {"name": info.name or self.checkpoint_id, "sha256": self.checkpoint.sha256,
+        return {"name": self.name or info.name or self.checkpoint_id, "sha256": self.checkpoint.sha256,
                 "checkpoint_id": self.checkpoint_id}
 
     @property

@@ -96,7 +96,7 @@ def test_checkpoints_are_vetted_activated_and_deleted(backend, tmp_path, cifar_m
     directory = tmp_path / "checkpoints"
     directory.mkdir(exist_ok=True)
     shutil.copy(TINY_MODEL, directory / "mine.safetensors")
-    backend.add_checkpoint({"id": "mine", "name": "mine", "status": "validating", "path": "mine.safetensors",
+    backend.add_checkpoint({"id": "mine", "name": "my robust cnn", "status": "validating", "path": "mine.safetensors",
                             "uploaded_at": time.time(), "source": "upload", "info": {}})
     with pytest.raises(CheckpointStateError):
         backend.activate_checkpoint("mine")  # not vetted yet
@@ -105,7 +105,9 @@ def test_checkpoints_are_vetted_activated_and_deleted(backend, tmp_path, cifar_m
     statuses = {r["id"]: r["status"] for r in backend.list_checkpoints()}
     assert statuses == {"default": "ready", "mine": "active"}
     backend.submit_filter(filter_request("after"), cifar_png(cifar_mini))
-    assert finished(backend, "after")["result"]["model"]["checkpoint_id"] == "mine"
+    model = finished(backend, "after")["result"]["model"]
+    # Named as the admin named it at upload, not by the name stored inside the file.
+    assert model["checkpoint_id"] == "mine" and model["name"] == "my robust cnn"
     with pytest.raises(CheckpointStateError):
         backend.delete_checkpoint("mine")  # active
     with pytest.raises(CheckpointNotFoundError):
