@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import tomllib
 from typing import Any
 
 import pytest
@@ -172,9 +173,9 @@ def test_every_copy_source_exists_and_is_in_the_build_context() -> None:
 
 def test_packages_in_pyproject_are_copied_into_the_images() -> None:
     pyproject = (REPO / "pyproject.toml").read_text()
-    block = re.search(r"packages\s*=\s*\[(.*?)\]", pyproject, re.S)
-    assert block
-    top_level = {name.split(".")[0] for name in re.findall(r'"([\w.]+)"', block.group(1))}
+    include = tomllib.loads(pyproject)["tool"]["setuptools"]["packages"]["find"]["include"]
+    top_level = {name.split(".")[0].rstrip("*") for name in include}
+    assert "service" in top_level and "worker" in top_level
     copied = " ".join(rest for word, rest in dockerfile_instructions() if word == "COPY")
     for package in top_level:
         assert re.search(rf"(^|\s){package}(/|\s)", copied), f"package {package} not copied"
