@@ -42,7 +42,7 @@ ALLOWED: dict[str, set[str]] = {
     "training": {"training", "safespot", "models", "torch", "numpy", "PIL", "tqdm", "httpx"},
     "worker": {"worker", "training", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",
                "pydantic", "pydantic_settings", "prometheus_client", "pythonjsonlogger"},
-    "service": {"service", *TORCH_FREE_WORKER, "fastapi", "starlette", "pydantic",
+    "service": {"service", *TORCH_FREE_WORKER, "fastapi", "fastapi_offline", "starlette", "pydantic",
                 "pydantic_settings", "rq", "redis", "PIL", "prometheus_client", "anyio", "uvicorn",
                 "multipart", "python_multipart", "httpx", "pythonjsonlogger"},
 }
