@@ -57,8 +57,10 @@ class Verdict:
 
 
 def judge(model: Classifier, x: Tensor, y: Tensor, suite: str, *, norm: Norm, eps: float,
-          seed: int = EVAL_SEED, batch_size: int = 250) -> Verdict:
-    """Run a suite on x (N, C, H, W) in [0,1] against the true labels y."""
+          seed: int = EVAL_SEED, batch_size: int = 250,
+          targets: int = AUTOATTACK_TARGETS) -> Verdict:
+    """Run a suite on x (N, C, H, W) in [0,1] against the true labels y (`targets`: how many
+    of the most likely other classes the targeted attacks try; the standard suite tries 9)."""
     if suite not in SUITES:
         raise ValueError(f"unknown attack suite {suite!r}; choose from {sorted(SUITES)}")
     norm = check_norm(norm)
@@ -68,7 +70,7 @@ def judge(model: Classifier, x: Tensor, y: Tensor, suite: str, *, norm: Norm, ep
     robust = correct.clone()
     survivors = {}
     for name in SUITES[suite]:
-        attack = breaker(name, norm, eps, seed, classes=logits.shape[1])
+        attack = breaker(name, norm, eps, seed, classes=logits.shape[1], targets=targets)
         idx = robust.nonzero().flatten()
         for chunk in idx.split(batch_size):
             broken = attack(model, x[chunk], y[chunk])
@@ -77,18 +79,20 @@ def judge(model: Classifier, x: Tensor, y: Tensor, suite: str, *, norm: Norm, ep
     return Verdict(suite, correct, robust, survivors, time.perf_counter() - started)
 
 
-def breaker(name: str, norm: Norm, eps: float, seed: int = EVAL_SEED, classes: int = 10) -> Breaker:
+def breaker(name: str, norm: Norm, eps: float, seed: int = EVAL_SEED, classes: int = 10,
+            targets: int = AUTOATTACK_TARGETS) -> Breaker:
     """One attack of a suite, as a function returning where it succeeded (`classes`: the
-    model's number of classes, which sets the targeted attacks' target count)."""
+    model's number of classes, which caps the targeted attacks' target count `targets`)."""
     if name == "pgd20":
         def run_pgd(model: Classifier, x: Tensor, y: Tensor) -> Tensor:
             gen = torch.Generator(device=x.device).manual_seed(seed)
             return pgd(model, x, y, norm=norm, eps=eps, steps=20, generator=gen).success
         return run_pgd
-    return _torchattacks_breaker(name, norm, eps, seed, classes)
+    return _torchattacks_breaker(name, norm, eps, seed, classes, targets)
 
 
-def _torchattacks_breaker(name: str, norm: Norm, eps: float, seed: int, classes: int) -> Breaker:
+def _torchattacks_breaker(name: str, norm: Norm, eps: float, seed: int, classes: int,
+                          targets: int) -> Breaker:
     try:
         import torchattacks
     except ImportError as e:  # an optional extra: say how to get it
@@ -96,7 +100,7 @@ def _torchattacks_breaker(name: str, norm: Norm, eps: float, seed: int, classes:
                           "pip install 'safespot[eval]' (torchattacks==3.5.1)") from e
 
     ta_norm = "Linf" if norm == "linf" else "L2"
-    targets = max(1, min(AUTOATTACK_TARGETS, classes - 1))
+    targets = max(1, min(targets, classes - 1))
 
     def run(model: Classifier, x: Tensor, y: Tensor) -> Tensor:
         net = _as_module(model, x)
