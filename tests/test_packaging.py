@@ -63,6 +63,14 @@ def test_the_build_prints_no_warning(built: tuple[str, Path]) -> None:
     assert not warnings, "setuptools warned:\n" + "\n".join(warnings[:40])
 
 
+def test_the_editable_install_is_a_static_path_entry(built: tuple[str, Path]) -> None:
+    """setuptools' other editable strategy (an import finder) prints an "Editable installation"
+    BuildBackendWarning on every install with newer pip; the static .pth strategy does not."""
+    printed, _ = built
+    assert "Editable install will be performed using .pth file" in printed
+    assert "careful with folders in your working directory" not in printed
+
+
 def test_the_wheel_carries_the_models_the_page_and_the_vetting_sets(built: tuple[str, Path]) -> None:
     _, wheel = built
     names = set(zipfile.ZipFile(wheel).namelist())
