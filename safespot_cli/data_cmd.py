@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safespot_cli.common import add_command
 from safespot_cli.errors import UsageError
 
 NAMES = ("cifar10", "tinyimagenet")
@@ -40,8 +41,7 @@ def mirror_settings() -> Any:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("data", help="download, import or list the training and vetting data sets",
-                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "data", "download, import or list the training and vetting data sets", HELP, run)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=None, help="default: $SAFESPOT_DATA_DIR or ./data")
@@ -61,7 +61,6 @@ def register(sub: Any) -> None:
     for action in ("list", "status"):
         s = actions.add_parser(action, parents=[common], help="what is present")
         s.add_argument("--json", action="store_true")
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,6 +22,14 @@ TINY_MODEL = FIXTURES / "tiny.safetensors"
 __all__ = ["FIXTURES", "PHOTOS", "REPO", "TINY_MODEL", "free_port"]
 
 
+@pytest.fixture
+def no_safespot_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read SAFESPOT_*; the developer's own environment must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("SAFESPOT_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real Redis server (REDIS_URL, or a private one started here)."""

@@ -5,7 +5,7 @@
  *
  * The registry decides (only ready activates, the active and the shipped ones stay); the page
  * offers only what it allows and shows the API's message when it refuses anyway. */
-import { $, ApiError, api, el, hideError, humanBytes, pct, secs, short, showError, upload, when } from "./common.js";
+import { $, ApiError, api, el, hideError, humanBytes, pct, secs, short, showError, upload, when, wireDropZone } from "./common.js";
 import { initTraining, resumeTraining } from "./training.js";
 
 const API = {
@@ -296,18 +296,7 @@ async function submitUpload(event) {
 }
 
 function initUpload() {
-  const drop = $("ckpt-drop");
-  $("ckpt-file").addEventListener("change", (e) => setCheckpointFile(e.target.files[0]));
-  for (const type of ["dragenter", "dragover"]) {
-    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("dragging"); });
-  }
-  for (const type of ["dragleave", "dragend"]) drop.addEventListener(type, () => drop.classList.remove("dragging"));
-  drop.addEventListener("drop", (e) => {
-    e.preventDefault();
-    e.stopPropagation(); // the filter view's drop zone must not take it too
-    drop.classList.remove("dragging");
-    if (e.dataTransfer && e.dataTransfer.files.length) setCheckpointFile(e.dataTransfer.files[0]);
-  });
+  wireDropZone($("ckpt-drop"), $("ckpt-file"), setCheckpointFile);
   $("upload-form").addEventListener("submit", submitUpload);
   $("upload-cancel").addEventListener("click", () => state.upload?.abort?.());
   updateUploadState();

@@ -10,7 +10,7 @@
  * document.body.dataset.state says where the filter is: idle, uploading, running, done, error.
  */
 import { adminShown, initAdmin } from "./admin.js";
-import { $, ApiError, api, hideError, humanBytes, LEVELS, parseBudget, showError, sleep } from "./common.js";
+import { $, ApiError, api, hideError, humanBytes, LEVELS, parseBudget, showError, sleep, wireDropZone } from "./common.js";
 import { initResults, showResult } from "./results.js";
 
 const API = {
@@ -97,17 +97,7 @@ function setFile(file) {
 }
 
 function initDrop() {
-  const drop = $("drop");
-  $("file").addEventListener("change", (e) => setFile(e.target.files[0]));
-  for (const type of ["dragenter", "dragover"]) {
-    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("dragging"); });
-  }
-  for (const type of ["dragleave", "dragend"]) drop.addEventListener(type, () => drop.classList.remove("dragging"));
-  drop.addEventListener("drop", (e) => {
-    e.preventDefault();
-    drop.classList.remove("dragging");
-    if (e.dataTransfer && e.dataTransfer.files.length) setFile(e.dataTransfer.files[0]);
-  });
+  wireDropZone($("drop"), $("file"), setFile);
   // A file dropped next to the zone must not make the browser navigate away from the page.
   for (const type of ["dragover", "drop"]) document.addEventListener(type, (e) => e.preventDefault());
   document.addEventListener("paste", (e) => {

@@ -104,6 +104,21 @@ export function parseBudget(raw) {
 
 export const LEVELS = 255; // 8-bit levels per channel
 
+/** A drop zone plus its file input: `onFile(file)` gets the chosen or dropped file. */
+export function wireDropZone(drop, input, onFile) {
+  input.addEventListener("change", (e) => onFile(e.target.files[0]));
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("dragging"); });
+  }
+  for (const type of ["dragleave", "dragend"]) drop.addEventListener(type, () => drop.classList.remove("dragging"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    e.stopPropagation(); // this zone took the file; no other handler should
+    drop.classList.remove("dragging");
+    if (e.dataTransfer && e.dataTransfer.files.length) onFile(e.dataTransfer.files[0]);
+  });
+}
+
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // -------------------------------------------------------------- formatting

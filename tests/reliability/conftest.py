@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import select
 import socket
 import subprocess
@@ -211,11 +210,8 @@ def stream_upload(port: int, path: str, field_name: str, auth: dict[str, str], t
 
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(autouse=True)
-def _no_safespot_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read SAFESPOT_*; the developer's own environment must not leak in."""
-    for name in list(os.environ):
-        if name.startswith("SAFESPOT_"):
-            monkeypatch.delenv(name)
+def _no_safespot_env(no_safespot_env: None) -> None:
+    """Every test here starts without the developer's SAFESPOT_* variables."""
 
 
 @dataclass

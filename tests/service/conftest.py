@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +18,8 @@ from service.settings import Settings  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _no_safespot_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings read SAFESPOT_*; the developer's own environment must not leak in."""
-    for name in list(os.environ):
-        if name.startswith("SAFESPOT_"):
-            monkeypatch.delenv(name)
+def _no_safespot_env(no_safespot_env: None) -> None:
+    """Every test here starts without the developer's SAFESPOT_* variables."""
 
 
 @pytest.fixture

@@ -33,11 +33,7 @@ cli = make_cli(data_cmd)
 CIFAR_PATH = "/files/cifar-10-python.tar.gz"
 
 
-@pytest.fixture(autouse=True)
-def _no_mirror_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SAFESPOT_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("no_safespot_env")  # no mirror settings from the developer
 
 
 @pytest.fixture
