@@ -19,6 +19,7 @@ Optimizer = Literal["pgd", "rmsprop-tanh", "sgd"]
 Init = Literal["original", "random", "sphere"]
 Keep = Literal["best", "last"]
 InnerLoss = Literal["ce", "margin"]
+Precision = Literal["fp32", "bf16"]
 
 DEFAULT_EPS: dict[str, float] = {"linf": 8 / 255, "l2": 0.5}
 PRESETS = ("paper", "standard", "fast")
@@ -66,6 +67,10 @@ class SearchConfig:
     # Execution.
     batch_size: int = 64  # images searched at once; finished ones are replaced at once
     seed: int = 0
+    # bf16: the passes of search and verification run under bf16 autocast (CPUs with
+    # bf16 instructions, GPUs); losses, margins and the 8-bit answer stay float32.
+    # The answer is judged by float32 attackers (docs/performance.md has the measurement).
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         check_norm(self.norm)
@@ -85,6 +90,8 @@ class SearchConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.inner_loss not in ("ce", "margin"):
             raise ValueError(f"unknown inner_loss {self.inner_loss!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
         if self.optimizer == "rmsprop-tanh" and self.norm != "linf":
             raise ValueError("rmsprop-tanh parameterises the L-inf box; use pgd or sgd for L2")
 

@@ -135,11 +135,15 @@ class MahalanobisDetector:
     precision: Tensor  # (D, D)
 
     @classmethod
-    def fit(cls, features: Tensor, labels: Tensor, ridge: float = 1e-6) -> MahalanobisDetector:
+    def fit(cls, features: Tensor, labels: Tensor, shrinkage: str = "ledoit-wolf",
+            ridge: float = 1e-6) -> MahalanobisDetector:
         """Fit on in-distribution features (N, D) with labels 0..K-1 (all present).
 
-        `ridge` (relative to the mean variance) keeps the covariance invertible
-        when features are low-rank (ReLU outputs often are).
+        The tied covariance of penultimate features is ill-conditioned (ReLU
+        features are often low-rank, and D approaches N per class), so by
+        default it is shrunk towards a scaled identity with the Ledoit-Wolf
+        estimate of the shrinkage (scikit-learn's).  ``shrinkage="ridge"``
+        adds `ridge` times the mean variance instead (the older behaviour).
         """
         z = features.detach().double()
         y = labels.detach().long().to(z.device)
@@ -151,6 +155,13 @@ class MahalanobisDetector:
         means.index_add_(0, y, z)
         means /= counts[:, None].to(z.dtype)
         centered = z - means[y]
+        if shrinkage == "ledoit-wolf":
+            from sklearn.covariance import LedoitWolf
+
+            fitted = LedoitWolf(assume_centered=True).fit(centered.cpu().numpy())
+            return cls(means, torch.from_numpy(fitted.precision_).to(z))
+        if shrinkage != "ridge":
+            raise ValueError(f"unknown shrinkage {shrinkage!r}; choose ledoit-wolf or ridge")
         cov = centered.T @ centered / z.shape[0]
         cov += torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device) * (
             ridge * float(cov.diagonal().mean().clamp_min(1e-12)))

@@ -44,6 +44,31 @@ def ood_metrics(scores_in: Any, scores_out: Any) -> dict[str, float]:
             "fpr95": fpr95}
 
 
+def bootstrap_intervals(scores_in: Any, scores_out: Any, *, rounds: int = 1000, seed: int = 0,
+                        level: float = 0.95, paired_with: tuple[Any, Any] | None = None) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals of :func:`ood_metrics` (in- and OOD scores resampled
+    separately, with replacement, `rounds` times from a fixed seed).
+
+    With ``paired_with=(other_in, other_out)`` (another method's scores of the same images)
+    the interval is of the *difference* this minus other, on the same resampled images: the
+    comparison that says whether one method is better, which two overlapping separate
+    intervals cannot.
+    """
+    s_in, s_out = np.asarray(scores_in, np.float64), np.asarray(scores_out, np.float64)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {"auroc": [], "aupr": [], "fpr95": []}
+    for _ in range(rounds):
+        i, o = rng.integers(0, len(s_in), len(s_in)), rng.integers(0, len(s_out), len(s_out))
+        m = ood_metrics(s_in[i], s_out[o])
+        if paired_with is not None:
+            other = ood_metrics(np.asarray(paired_with[0], np.float64)[i], np.asarray(paired_with[1], np.float64)[o])
+            m = {k: m[k] - other[k] for k in m}
+        for k, v in m.items():
+            draws[k].append(v)
+    tail = (1 - level) / 2 * 100
+    return {k: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for k, v in draws.items()}
+
+
 def safespot_parts(model: nn.Module, x: Tensor, cfg: SearchConfig,
                    progress: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """MSP(x), MSP(x_a*) (float64, CPU) and the passes per image of the safe-spot search."""

@@ -144,7 +144,9 @@ class SafeSpotSearch:
         slots = self._slots
         if slots is None:
             return []
-        ev = evaluate(self._classifier(slots.sizes), slots.x_a, slots.y, slots.loss_targets())
+        with torch.autocast(slots.x_a.device.type, dtype=torch.bfloat16,
+                            enabled=self.cfg.precision == "bf16"):
+            ev = evaluate(self._classifier(slots.sizes), slots.x_a, slots.y, slots.loss_targets())
         slots.passes += self.cost
         finished = slots.advance(ev)
         if not finished:

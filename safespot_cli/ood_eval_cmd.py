@@ -65,6 +65,9 @@ def register(sub: Any) -> None:
     p.add_argument("--methods", default="msp,oe,energy,mahalanobis,safespot")
     p.add_argument("--fit-data", default="cifar10", help="Mahalanobis fit images: 'cifar10' (train split) or .npz")
     p.add_argument("--fit-n", type=int, default=5000)
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="ROUNDS",
+                   help="bootstrap rounds for 95%% intervals of every metric and of each baseline's "
+                        "paired difference from safespot (0: none)")
     common.add_recorded_search_args(p)
     common.add_option(p, "--json")
     p.add_argument("--plot", default=None, metavar="PNG", help="histograms of the in-distribution and OOD scores")
@@ -100,7 +103,7 @@ def extra_sets(specs: list[str]) -> dict[str, Path]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from safespot.ood_eval import METHODS, OodScorer, Scored, ood_metrics
+    from safespot.ood_eval import METHODS, OodScorer, Scored, bootstrap_intervals, ood_metrics
     from training.data import DataError, default_data_dir, load_dataset, strided_indices, to_tensor
     from training.ood_sets import FASHION_MNIST_DIR, load_ood_sets
     from worker.results import DEFAULT_OOD_MU  # the service's mu when a checkpoint records none
@@ -151,12 +154,15 @@ def run(args: argparse.Namespace) -> int:
     idx = strided_indices(len(data), args.n)
     scored_in = score(data.x[idx], "in-distribution")
     results: dict[str, dict[str, dict[str, float]]] = {}
+    intervals: dict[str, dict[str, Any]] = {}
     details: dict[str, Any] = {}
     all_scores = {"in-distribution": scored_in.scores}
     for s in sets:
         scored = score(s.x, s.name)
         all_scores[s.name] = scored.scores
         results[s.name] = {m: ood_metrics(scored_in.scores[m], scored.scores[m]) for m in scored.scores}
+        if args.bootstrap:
+            intervals[s.name] = set_intervals(scored_in.scores, scored.scores, args.bootstrap, bootstrap_intervals)
         details[s.name] = {"source": s.source, "n": len(s.x),
                            "score_mean": {m: float(v.mean()) for m, v in scored.scores.items()}}
         if scored.passes is not None:
@@ -170,6 +176,9 @@ def run(args: argparse.Namespace) -> int:
         "in_distribution": (f"{args.data} {args.split} ({data.provenance.get('note', data.provenance.get('source', 'as given'))}), "
                             f"n={len(idx)}, stride {len(data) / len(idx):g} from 0"),
         "sets": results,
+        "intervals": {"level": 0.95, "rounds": args.bootstrap, "method": "percentile bootstrap, in- and "
+                      "OOD scores resampled separately (seed 0); safespot_minus: paired differences "
+                      "on the same resampled images", "sets": intervals} if args.bootstrap else None,
         "set_details": details,
         "in_distribution_score_mean": {m: float(v.mean()) for m, v in scored_in.scores.items()},
         "methods_model": {m: (args.oe_model if m == "oe" else
@@ -194,9 +203,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def set_intervals(scores_in: dict[str, np.ndarray], scores_out: dict[str, np.ndarray], rounds: int,
+                  bootstrap: Any) -> dict[str, Any]:
+    """One OOD set's 95% intervals per method, and safespot minus each other method (paired)."""
+    out: dict[str, Any] = {m: bootstrap(scores_in[m], scores_out[m], rounds=rounds) for m in scores_out}
+    if "safespot" in scores_out:
+        out["safespot_minus"] = {
+            m: bootstrap(scores_in["safespot"], scores_out["safespot"], rounds=rounds,
+                         paired_with=(scores_in[m], scores_out[m]))
+            for m in scores_out if m != "safespot"}
+    return out
+
+
 def markdown_table(report: dict[str, Any], methods: list[str]) -> str:
     sets, metrics = report["sets"], ("auroc", "aupr", "fpr95")
     rows = dict(sets)
+    report = {**report, "sets": rows}
     if len(sets) > 1:
         rows["average"] = {m: {k: float(np.mean([per[m][k] for per in sets.values()])) for k in metrics}
                            for m in methods if all(m in per for per in sets.values())}
@@ -205,11 +227,21 @@ def markdown_table(report: dict[str, Any], methods: list[str]) -> str:
     for metric, label in zip(metrics, ("AUROC (%)", "AUPR-in (%)", "FPR at 95% TPR (%), lower is better"),
                              strict=True):
         lines += [f"{label}:", "", "| OOD set | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(f"{per[m][metric] * 100:.2f}" if m in per else "missing"
-                                              for m in methods) + " |" for name, per in rows.items()]
+        lines += [f"| {name} | " + " | ".join(cell(report, name, m, metric) for m in methods) + " |"
+                  for name in rows]
         lines.append("")
     lines += [f"- {name}: {why}" for name, why in {**report["missing"], **report["skipped"]}.items()]
     return "\n".join(lines).rstrip()
+
+
+def cell(report: dict[str, Any], name: str, method: str, metric: str) -> str:
+    """A metric in percent, with its 95% interval where one was computed."""
+    per = report["sets"][name]
+    if method not in per:
+        return "missing"
+    text = f"{per[method][metric] * 100:.2f}"
+    ci = ((report.get("intervals") or {}).get("sets") or {}).get(name, {}).get(method)
+    return text + (f" [{ci[metric][0] * 100:.1f}, {ci[metric][1] * 100:.1f}]" if ci else "")
 
 
 def plot_scores(all_scores: dict[str, dict[str, np.ndarray]], method: str, path: Path,

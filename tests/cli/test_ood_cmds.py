@@ -71,7 +71,7 @@ def test_ood_eval_reports_every_set_and_method(files: dict[str, Path], tmp_path:
     rc = cli("ood-eval", "--model", str(TINY), "--oe-model", str(TINY), "--data", str(files["in"]),
              "--fit-data", str(files["fit"]), "--n", "12", "--n-ood", "8", "--tinyimagenet", str(files["tiny"]),
              "--fashion-mnist", str(files["fashion"]), "--ood-set", f"extra={files['extra']}",
-             *SEARCH, "--json", str(out), "--plot", str(png))
+             *SEARCH, "--bootstrap", "40", "--json", str(out), "--plot", str(png))
     assert rc == 0
     report = json.loads(out.read_text())
     assert set(report) >= {"model", "in_distribution", "sets"} and isinstance(report["model"], dict)
@@ -84,6 +84,14 @@ def test_ood_eval_reports_every_set_and_method(files: dict[str, Path], tmp_path:
     assert report["missing"] == {} and report["skipped"] == {}
     assert report["sets"]["gaussian"]["oe"] == report["sets"]["gaussian"]["msp"]  # same model as OE here
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    intervals = report["intervals"]
+    assert intervals["rounds"] == 40 and set(intervals["sets"]) == set(report["sets"])
+    for name, per in intervals["sets"].items():
+        for method in METHODS:
+            for metric, (lo, hi) in per[method].items():
+                assert lo <= report["sets"][name][method][metric] + 1e-9 and lo <= hi
+        assert set(per["safespot_minus"]) == set(METHODS) - {"safespot"}
+        assert per["safespot_minus"]["oe"]["auroc"][0] <= per["safespot_minus"]["oe"]["auroc"][1]
 
 
 def test_absent_sets_are_skipped_and_a_missing_oe_model_is_reported(
@@ -91,9 +99,10 @@ def test_absent_sets_are_skipped_and_a_missing_oe_model_is_reported(
     out = tmp_path / "ood.json"
     rc = cli("ood-eval", "--model", str(TINY), "--data", str(files["in"]), "--n", "16",
              "--methods", "msp,oe,energy", "--data-dir", str(tmp_path / "nowhere"),
-             "--fashion-mnist", str(tmp_path / "no-fashion"), "--json", str(out))
+             "--fashion-mnist", str(tmp_path / "no-fashion"), "--bootstrap", "0", "--json", str(out))
     assert rc == 0
     report = json.loads(out.read_text())
+    assert report["intervals"] is None
     assert set(report["sets"]) == {"gaussian", "uniform"}
     assert set(report["skipped"]) == {"tinyimagenet", "fashion-mnist"}
     assert "dataset-fashion-mnist" in report["skipped"]["fashion-mnist"]

@@ -150,10 +150,28 @@ def test_mahalanobis_agrees_with_pytorch_ood() -> None:
     y = torch.arange(600) % 3
     z = torch.randn(3, 8, generator=g)[y] * 2 + torch.randn(600, 8, generator=g)
     probes = torch.randn(50, 8, generator=g) * 3
-    ours = ood.MahalanobisDetector.fit(z, y).score(probes)
+    ours = ood.MahalanobisDetector.fit(z, y, shrinkage="ridge").score(probes)  # theirs has no shrinkage
     theirs = -pytorch_ood.Mahalanobis(None).fit_features(z, y).predict_features(probes)  # their outlier score
     # pytorch-ood uses the unnormalised scatter matrix and a factor 1/2: the same ranking.
     assert np.corrcoef(ours.numpy(), theirs.double().numpy())[0, 1] > 0.9999
+
+
+def test_ledoit_wolf_keeps_a_low_rank_covariance_invertible_and_matches_scikit_learn() -> None:
+    from sklearn.covariance import LedoitWolf
+
+    g = torch.Generator().manual_seed(2)
+    y = torch.arange(200) % 4
+    basis = torch.randn(10, 64, generator=g)  # features of rank 10 in 64 dimensions, as ReLU features often are
+    z = (torch.randn(4, 10, generator=g)[y] + torch.randn(200, 10, generator=g)) @ basis
+    det = ood.MahalanobisDetector.fit(z, y)
+    centered = (z - det.means.float()[y]).double().numpy()
+    assert np.allclose(det.precision.numpy(), LedoitWolf(assume_centered=True).fit(centered).precision_)
+    assert float(torch.linalg.cond(det.precision)) < 1e6
+    inside = det.means.float()[y[:20]]  # at the class means
+    off = inside + torch.randn(20, 64, generator=g) * 5  # leaves the feature subspace
+    assert bool((det.score(inside) > det.score(off)).all())
+    with pytest.raises(ValueError, match="shrinkage"):
+        ood.MahalanobisDetector.fit(z, y, shrinkage="oracle")
 
 
 def test_gaussian_noise_scores_lower_than_cifar_with_the_tiny_model(tiny_model, test_images) -> None:

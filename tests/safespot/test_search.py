@@ -236,3 +236,28 @@ def test_verification_is_described_with_its_cost(tiny_model) -> None:
     assert v["passes"] == (cfg.verify_steps + 1) * cfg.verify_restarts + (cfg.verify_target_steps + 1) * cfg.verify_targets
     assert float(cfg.target_alpha(0)) == pytest.approx(cfg.eps / 2)
     assert float(cfg.target_alpha(cfg.verify_target_steps - 1)) == pytest.approx(cfg.eps / 8)
+
+
+def test_bf16_search_answers_on_the_grid_and_its_found_survive_a_float32_attack(tiny_model, test_images) -> None:
+    x = test_images[0][:32]
+    res = find_safe_spots(tiny_model, x, SearchConfig.preset("standard", precision="bf16"))
+    levels = res.x_safe * 255
+    assert res.x_safe.dtype == torch.float32 and torch.equal(levels, levels.round())
+    assert int((levels - x * 255).abs().max()) <= 8
+    assert res.found.sum() >= 5
+    safe, labels = res.x_safe[res.found], res.labels[res.found]
+    fresh = pgd(tiny_model, safe, labels, steps=20, generator=torch.Generator().manual_seed(777))
+    assert float(fresh.success.float().mean()) <= 0.1
+
+
+def test_bf16_passes_differ_from_float32_ones(tiny_model, test_images) -> None:
+    # The flag must reach the passes: identical results would mean autocast never ran.
+    x = test_images[0][:16]
+    fp32 = find_safe_spots(tiny_model, x, SearchConfig.preset("standard"))
+    bf16 = find_safe_spots(tiny_model, x, SearchConfig.preset("standard", precision="bf16"))
+    assert not (torch.equal(fp32.x_safe, bf16.x_safe) and torch.equal(fp32.margin_adv, bf16.margin_adv))
+
+
+def test_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        SearchConfig.preset("standard", precision="fp8")
