@@ -143,13 +143,17 @@ def check_view(spec: Mapping[str, Any], input_size: Sequence[int]) -> None:
         raise ValueError(f"view {kind!r} takes only {sorted(allowed)}, got {sorted(spec)}")
     if kind == RESIZE_CROP:
         resize, crop_side = spec.get("resize"), spec.get("crop")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (resize, crop_side)):
+        if not (_is_int(resize) and _is_int(crop_side)):
             raise ValueError(f"view {kind!r} needs integer 'resize' and 'crop', got {dict(spec)}")
-        if not 1 <= crop_side <= resize <= 8192:
+        if not 1 <= int(crop_side) <= int(resize) <= 8192:  # type: ignore[arg-type]
             raise ValueError(f"view {kind!r} needs 1 <= crop <= resize <= 8192, got {dict(spec)}")
         if tuple(input_size[-2:]) != (crop_side, crop_side):
             raise ValueError(f"view crops {crop_side}x{crop_side} but the model takes "
                              f"{input_size[-2]}x{input_size[-1]}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a size
 
 
 def make_view(spec: Mapping[str, Any] | None, input_size: Sequence[int]) -> ResizeView | ResizeCropView:
