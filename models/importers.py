@@ -256,20 +256,22 @@ def import_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
                       request: ImportRequest) -> ImportReport:
     """Convert `source` into our safetensors checkpoint at `target` (written atomically)."""
     source = Path(source)
-    weights = read_weights(source)
-    expected = network_keys(request.arch, request.num_classes, request.arch_args)
-    converted = convert(weights, expected, request.input_size[0])
-    mean, std = normalisation(converted, request.mean, request.std)
-    info = ModelInfo(
+    info = ModelInfo(  # checked before the weights are read: a mistake here is cheaper to hear first
         arch=request.arch, arch_args=dict(request.arch_args), num_classes=request.num_classes,
-        input_size=request.input_size, class_names=list(request.class_names), mean=mean, std=std,
-        view=dict(request.view), name=request.name,
-        recipe={"name": "imported", "layout": converted.layout, "encoding": weights.encoding,
-                "source": source.name, "source_sha256": file_sha256(source)})
+        input_size=request.input_size, class_names=list(request.class_names),
+        mean=list(request.mean or IMAGENET_MEAN), std=list(request.std or IMAGENET_STD),
+        view=dict(request.view), name=request.name)
     try:
         info.validate()
     except CheckpointError as e:
-        raise CheckpointError(f"metadata: {e}") from e
+        raise CheckpointError(f"metadata: {str(e).removeprefix('metadata: ')}") from e
+    weights = read_weights(source)
+    expected = network_keys(request.arch, request.num_classes, request.arch_args)
+    converted = convert(weights, expected, request.input_size[0])
+    info.mean, info.std = normalisation(converted, request.mean, request.std)
+    info.recipe = {"name": "imported", "layout": converted.layout, "encoding": weights.encoding,
+                   "source": source.name, "source_sha256": file_sha256(source)}
+    info.validate()
     model = model_from_state(info, converted.state)
     return ImportReport(info, save_checkpoint(model, info, target), converted, weights)
 
