@@ -4,7 +4,8 @@
   loaded file cannot run code).
 - Metadata: a JSON document in the safetensors header under the key
   ``safespot`` (architecture and its arguments, input size, classes,
-  normalisation, threat model, training recipe and arguments, measured
+  normalisation, the view (how an upload becomes the network's input:
+  safespot/canvas.py), threat model, training recipe and arguments, measured
   metrics, data provenance, timings, the command that produced it), plus
   ``weights_sha256``, a digest of the tensors that loading re-checks.
 - Identity: the sha256 of the whole file, reported by the service as the
@@ -30,9 +31,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from models.architectures import ARCHITECTURES, build_network
+from models.architectures import build_network, check_architecture
 from models.errors import CheckpointError
 from models.normalize import Classifier
+from safespot.canvas import DEFAULT_VIEW, check_view
 
 FORMAT_VERSION = 1
 METADATA_KEY = "safespot"
@@ -56,6 +58,7 @@ class ModelInfo:
     data: dict[str, Any] = field(default_factory=dict)  # provenance
     training: dict[str, Any] = field(default_factory=dict)  # command, seconds, epochs, host
     ood: dict[str, Any] = field(default_factory=dict)  # OOD score parameters and threshold
+    view: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_VIEW))  # safespot.canvas.make_view
     name: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -73,8 +76,10 @@ class ModelInfo:
         return info
 
     def validate(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise CheckpointError(f"unknown architecture {self.arch!r}; known: {sorted(ARCHITECTURES)}")
+        try:
+            check_architecture(self.arch, self.arch_args)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(str(e.args[0] if e.args else e)) from e
         if not 2 <= int(self.num_classes) <= 100_000:
             raise CheckpointError(f"implausible class count {self.num_classes}")
         if self.class_names and len(self.class_names) != self.num_classes:
@@ -85,6 +90,10 @@ class ModelInfo:
         channels = self.input_size[0]
         if len(self.mean) != channels or len(self.std) != channels or min(self.std) <= 0:
             raise CheckpointError("normalisation needs one mean and one positive std per channel")
+        try:
+            check_view(self.view, self.input_size)
+        except ValueError as e:
+            raise CheckpointError(f"metadata: {e}") from e
 
 
 @dataclass

@@ -21,6 +21,7 @@ def registry() -> list[Register]:
         data_cmd,
         eval_cmd,
         filter_cmd,
+        import_cmd,
         ood_calibrate_cmd,
         ood_eval_cmd,
         serve_cmd,
@@ -30,4 +31,4 @@ def registry() -> list[Register]:
 
     return [filter_cmd.register, serve_cmd.register, worker_cmd.register, eval_cmd.register,
             ood_eval_cmd.register, ood_calibrate_cmd.register, train_cmd.register,
-            bench_cmd.register, card_cmd.register, data_cmd.register]
+            bench_cmd.register, card_cmd.register, data_cmd.register, import_cmd.register]

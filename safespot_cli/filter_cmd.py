@@ -31,7 +31,8 @@ The report (--json) is one JSON object:
   {"model": {...}, "settings": {...},
    "files": [{"input", "output", "status": "ok", "result": {the scores of
               GET /v1/jobs/{id}: prediction, safe_spot_found, linf, l2, psnr,
-              robustness, verification, ood_score, ood_flag, model, preset, grad_evals, timings}},
+              robustness, verification, view, ood_score, ood_flag, model, preset, grad_evals,
+              timings}},
              {"input", "status": "error", "error": {"code", "message"}}, ...],
    "summary": {"images", "written", "failed", "safe_spot_found", "seconds"}}
   --json          print it on stdout, and nothing else there (progress and

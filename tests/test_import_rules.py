@@ -3,7 +3,7 @@
     safespot  <- models <- training <- worker    service talks to workers only through Redis
     safespot: torch, numpy (scipy for the certification's binomial tests, scikit-learn for
               the OOD metrics; torchattacks, an optional extra, for the evaluation yardstick only)
-    models:   safespot, torch (+ safetensors, torchvision for ResNet-50)
+    models:   safespot, torch (+ safetensors; torchvision and timm for architectures by name)
     training: safespot, models, torch, numpy, PIL (the trainer and its data sets)
     worker:   safespot, models, training, rq, redis (+ the wire contract, image and HTTP helpers)
     service:  rq, redis, pydantic, fastapi ... never torch, never the computing packages
@@ -37,7 +37,8 @@ ALLOWED: dict[str, set[str]] = {
     # torchattacks: the yardstick's optional extra, imported only when a suite needs it;
     # sklearn: the OOD metrics (safespot/ood_eval.py).
     "safespot": {"safespot", "torch", "numpy", "scipy", "torchattacks", "sklearn"},
-    "models": {"models", "safespot", "torch", "torchvision", "safetensors"},
+    # timm/torchvision: architectures by name (never their downloaded weights).
+    "models": {"models", "safespot", "torch", "torchvision", "timm", "safetensors"},
     # httpx: `safespot data download` (training/fetch.py) fetches the public archives.
     "training": {"training", "safespot", "models", "torch", "numpy", "PIL", "tqdm", "httpx"},
     "worker": {"worker", "training", "safespot", "models", "torch", "numpy", "rq", "redis", "PIL", "httpx",

@@ -7,8 +7,9 @@ jobs whenever they like and call :meth:`~FilterProcessor.step`, which runs
 one forward+backward pass of one engine and returns the jobs that finished,
 each with its FilterResult and output PNG.
 
-Every engine sees the model through a differentiable resize to the model's
-input size (:class:`safespot.canvas.ResizeView`), so the perturbation lives
+Every engine sees the model through the checkpoint's view
+(:func:`safespot.canvas.make_view`: a differentiable resize to the model's
+input size, or ImageNet's resize-then-centre-crop), so the perturbation lives
 at the upload's full resolution.  Images of one engine share a zero-padded
 canvas, which costs (images x largest H x largest W) memory and compute, so
 engines are also split by size class (the bit length of the longer side:
@@ -32,7 +33,7 @@ import torch
 from models.checkpoint import LoadedCheckpoint
 from safespot import SafeSpotSearch, SearchConfig
 from safespot.attacks import pgd
-from safespot.canvas import ResizeView
+from safespot.canvas import make_view
 from safespot.publish import Reencode
 from worker import results
 from worker.errors import JobError
@@ -132,7 +133,7 @@ class FilterProcessor:
         param = next(checkpoint.model.parameters(), None)
         self.device = param.device if param is not None else torch.device("cpu")
         self.dtype = param.dtype if param is not None else torch.float32
-        self.view = ResizeView(tuple(checkpoint.info.input_size[1:]))  # type: ignore[arg-type]
+        self.view = make_view(checkpoint.info.view, checkpoint.info.input_size)
         self._engines: dict[EngineKey, SafeSpotSearch] = {}
         self._jobs: dict[str, _Job] = {}
         self._seq = 0

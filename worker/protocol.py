@@ -194,6 +194,9 @@ class FilterResult(TypedDict):
     # What "found" was verified against: the attack runs (loss, targets, steps,
     # restarts), the minimum margin, the checkpoint's view and the guarantee's scope.
     verification: dict[str, Any]
+    # How the upload became the model's input: {"kind": "resize" | "resize-crop", ("resize",
+    # "crop"), "input_size": [H, W], "description"} (the checkpoint's view, safespot/canvas.py).
+    view: dict[str, Any]
     ood_score: float | None  # D(x) = mu*MSP(x) + (1-mu)*MSP(x_a*); low means OOD
     ood_flag: bool | None  # ood_score below the model's threshold
     model: ModelRef

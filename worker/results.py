@@ -9,6 +9,7 @@ from torch import Tensor
 
 from models.checkpoint import ModelInfo
 from safespot import ImageResult, SearchConfig
+from safespot.canvas import DEFAULT_VIEW, describe_view
 from worker.imaging import DecodedImage, distortion
 from worker.protocol import FilterRequest, FilterResult, ModelRef, Robustness
 
@@ -17,12 +18,18 @@ DEFAULT_OOD_MU = 0.5  # weight of MSP(x) in D(x) when the checkpoint names none 
 
 def verification(cfg: SearchConfig, info: ModelInfo) -> dict[str, Any]:
     """What "found" means for this result: the attacks, the checkpoint's view, the scope."""
-    size = "x".join(str(s) for s in info.input_size[-2:]) if info.input_size else "the model's input size"
     return cfg.verification() | {
-        "view": f"whole image resized to {size}",
+        "view": describe_view(info.view, info.input_size),
         "guarantee": ("empirical: these attacks, from their own random starts, failed on the "
                       "returned 8-bit image, for this checkpoint and view; not a certificate"),
     }
+
+
+def view_report(info: ModelInfo) -> dict[str, Any]:
+    """The checkpoint's view (safespot.canvas) and the model input it makes: the guarantee
+    holds for the image as this view shows it to this checkpoint."""
+    return {**(info.view or DEFAULT_VIEW), "input_size": list(info.input_size[-2:]),
+            "description": describe_view(info.view, info.input_size)}
 
 
 def ood_score(info: ModelInfo, msp: float, msp_adv: float) -> tuple[float, bool | None]:
@@ -70,6 +77,7 @@ def build_result(
         **distortion(output, image.pixels),  # type: ignore[typeddict-item]
         "robustness": robustness,
         "verification": verified,
+        "view": view_report(info),
         "ood_score": score,
         "ood_flag": flag,
         "model": model,

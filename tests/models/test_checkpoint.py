@@ -120,3 +120,27 @@ def test_oversize_files_are_refused_before_reading(tmp_path: Path, monkeypatch: 
 def test_unknown_architecture_is_refused() -> None:
     with pytest.raises(CheckpointError, match="unknown architecture"):
         ModelInfo.from_dict(json.loads(_info(arch="os.system").to_json()))
+
+
+def test_checkpoints_without_a_view_keep_the_whole_image_resize() -> None:
+    info = read_info(TINY_MODEL)  # written before views had names
+    assert info.view == {"kind": "resize"}
+
+
+def test_the_view_round_trips_and_must_fit_the_input_size(tmp_path: Path) -> None:
+    info = _info(view={"kind": "resize-crop", "resize": 36, "crop": 32})
+    save_checkpoint(build_model(info), info, tmp_path / "m.safetensors")
+    assert read_info(tmp_path / "m.safetensors").view == {"kind": "resize-crop", "resize": 36, "crop": 32}
+    raw = json.loads(info.to_json())
+    for view, message in (({"kind": "resize-crop", "resize": 256, "crop": 224}, "model takes 32x32"),
+                          ({"kind": "fisheye"}, "unknown view"), ("resize", "unknown view")):
+        with pytest.raises(CheckpointError, match=message):
+            ModelInfo.from_dict({**raw, "view": view})
+
+
+def test_library_architectures_are_checked_before_anything_is_built() -> None:
+    raw = json.loads(_info().to_json())
+    with pytest.raises(CheckpointError, match="timm has no classification architecture 'nope'"):
+        ModelInfo.from_dict({**raw, "arch": "timm:nope"})
+    with pytest.raises(CheckpointError, match=r"\['checkpoint_path'\] are not allowed"):
+        ModelInfo.from_dict({**raw, "arch": "timm:resnet18", "arch_args": {"checkpoint_path": "/x"}})

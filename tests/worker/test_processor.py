@@ -192,3 +192,22 @@ def test_abandoning_every_image_of_a_batch_frees_its_slots_at_once(processor, ci
     assert processor.in_flight == 2, "an abandoned image stays while its batch still serves another"
     processor.abandon("kept")
     assert processor.in_flight == 0 and processor.step() == []
+
+
+def test_the_checkpoints_view_is_searched_through_and_stated(tiny_checkpoint) -> None:
+    info = dataclasses.replace(tiny_checkpoint.info, view={"kind": "resize-crop", "resize": 36, "crop": 32})
+    cropping = build_processor(None, dataclasses.replace(tiny_checkpoint, info=info), "tiny-crop", max_batch=8)
+    image = photo("chelsea.jpg")  # 451x300 -> 54x36, centre 32x32 crop: columns ~92..359 of the upload
+    done = run_one(cropping, image, eps=16 / 255)
+    assert done.result["view"] == {"kind": "resize-crop", "resize": 36, "crop": 32, "input_size": [32, 32],
+                                   "description": "shorter side resized to 36, centre 32x32 crop"}
+    assert done.result["verification"]["view"] == "shorter side resized to 36, centre 32x32 crop"
+    changed = np.abs(np.asarray(decoded(done.png), dtype=np.int16) - np.asarray(image, dtype=np.int16)).max(axis=(0, 2))
+    assert changed[150:300].max() > 0  # the model reads the middle: the search moved it
+    assert changed[:80].max() == 0 and changed[372:].max() == 0  # it never reads the sides: untouched
+
+
+def test_checkpoints_without_a_view_state_the_whole_image_resize(processor, cifar_mini) -> None:
+    processor.add("v", filter_request("v"), cifar_png(cifar_mini, 2))
+    view = processor.drain()[0].result["view"]
+    assert view == {"kind": "resize", "input_size": [32, 32], "description": "whole image resized to 32x32"}
