@@ -60,6 +60,8 @@ def register(sub: Any) -> None:
     p.add_argument("--data", default="cifar10")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--seconds", type=float, default=20.0, help="time budget per batch size (search)")
+    p.add_argument("--precisions", default="fp32",
+                   help="search section: fp32 and/or bf16 (autocast), e.g. fp32,bf16")
     p.add_argument("--service-images", type=int, default=128, help="uploads for the service section")
     p.add_argument("--service-clients", type=int, default=8)
     p.add_argument("--train-recipes", default="adv-fast,s-fgsm-adv-pgd5", help="train section's recipes")
@@ -91,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             raise UsageError(f"unknown --train-recipes {bad}; choose from {sorted(TRAIN_RECIPES)}")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    precisions = tuple(p.strip() for p in args.precisions.split(",") if p.strip())
+    if not precisions or set(precisions) - {"fp32", "bf16"}:
+        raise UsageError("--precisions takes fp32 and/or bf16")
     device = open_device(args)
     model, model_meta, input_size = open_bench_model(args, device)
     out: dict[str, Any] = {"device": describe_device(device), "model": model_meta,
@@ -102,10 +107,13 @@ def run(args: argparse.Namespace) -> int:
     if "limit" in sections or "search" in sections:
         out["limit"] = measure_limit(model, input_size, device, [b for b in batch_sizes if b >= 8] or batch_sizes)
         out["limit_passes_per_s"] = out["limit"]["best_passes_per_s"]
+        if "bf16" in precisions:
+            out["limit_bf16"] = measure_limit(model, input_size, device,
+                                              [b for b in batch_sizes if b >= 8] or batch_sizes, precision="bf16")
         save()
     if "search" in sections:
         out["search"] = measure_search(model, input_size, device, batch_sizes, out["limit_passes_per_s"],
-                                       args.seconds, args.norm, args.data, args.data_dir)
+                                       args.seconds, args.norm, args.data, args.data_dir, precisions)
         save()
     if "memory" in sections:
         out["memory"] = measure_memory(model, input_size, device, batch_sizes, args.norm)
@@ -174,8 +182,9 @@ def summary(out: dict[str, Any]) -> str:
     if "limit_passes_per_s" in out:
         lines.append(f"limit: {out['limit_passes_per_s']:.0f} passes/s")
     for row in out.get("search", []):
-        lines.append(f"search batch {row['batch']:>4}: {row['images_per_s']:8.2f} images/s, "
-                     f"efficiency {row['efficiency']:.3f}")
+        lines.append(f"search batch {row['batch']:>4} {row.get('precision', 'fp32')}: "
+                     f"{row['images_per_s']:8.2f} images/s, efficiency {row['efficiency']:.3f}"
+                     + (f", x{row['vs_fp32']:.2f} of fp32" if "vs_fp32" in row else ""))
     for name, p in out.get("presets", {}).items():
         if not isinstance(p, dict):
             lines.append(f"presets: {p}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,14 +52,20 @@ def calls_per_s(call: Callable[[], object], device: torch.device, seconds: float
 
 
 def measure_limit(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
-                  batch_sizes: list[int], seconds: float = 4.0) -> dict[str, Any]:
-    """Forward+backward passes per second (input gradient only), per batch size."""
+                  batch_sizes: list[int], seconds: float = 4.0, precision: str = "fp32") -> dict[str, Any]:
+    """Forward+backward passes per second (input gradient only), per batch size, in the
+    search's float32 or under its bf16 autocast."""
     rows = []
     for b in batch_sizes:
         x = torch.rand(b, *input_size, device=device)
         y = torch.randint(0, 10, (b,), device=device)
-        evaluate(model, x, y)  # warm-up (allocator, kernels)
-        rate = calls_per_s(functools.partial(evaluate, model, x, y), device, seconds, at_least=3)
+
+        def one_pass(x: torch.Tensor = x, y: torch.Tensor = y) -> object:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                return evaluate(model, x, y)
+
+        one_pass()  # warm-up (allocator, kernels)
+        rate = calls_per_s(one_pass, device, seconds, at_least=3)
         rows.append({"batch": b, "passes_per_s": round(rate * b, 1)})
     best = max(rows, key=lambda r: r["passes_per_s"])
     return {"per_batch": rows, "best_batch": best["batch"], "best_passes_per_s": best["passes_per_s"]}
@@ -86,16 +91,19 @@ def fixed_test_images(n: int, data: str, data_dir: str | None, device: torch.dev
 
 def measure_search(model: nn.Module, input_size: tuple[int, ...], device: torch.device,
                    batch_sizes: list[int], limit: float, seconds: float, norm: str, data: str,
-                   data_dir: str | None) -> list[dict[str, Any]]:
+                   data_dir: str | None, precisions: tuple[str, ...] = ("fp32",)) -> list[dict[str, Any]]:
     """Steady-state throughput of the continuous-batching engine (standard preset).
 
     The engine gets a stream of test images much longer than the batch, so
     finished images are replaced at once; we time a window after warm-up.
+    Precisions are measured one after the other at each batch size (interleaved,
+    so a noisy neighbour hits both alike); efficiency is against the float32 limit.
     """
     pool_x, _ = fixed_test_images(1000, data, data_dir, device, input_size)
     rows = []
-    for b in batch_sizes:
-        cfg = SearchConfig.preset("standard", norm=norm, batch_size=b)  # type: ignore[arg-type]
+    for b, precision in ((b, p) for b in batch_sizes for p in precisions):
+        cfg = SearchConfig.preset("standard", norm=norm, batch_size=b,  # type: ignore[arg-type]
+                                  precision=precision)
         engine = SafeSpotSearch(model, cfg)
         fed = _feed(engine, pool_x, 0, 3 * b)
         warm_until = time.perf_counter() + min(2.0, seconds / 4)
@@ -114,13 +122,17 @@ def measure_search(model: nn.Module, input_size: tuple[int, ...], device: torch.
             fed = _feed(engine, pool_x, fed, 3 * b)
         sync_device(device)
         wall = time.perf_counter() - start
-        rows.append({"batch": b, "images_per_s": round(images / wall, 3),
+        rows.append({"batch": b, "precision": precision, "images_per_s": round(images / wall, 3),
                      "passes_per_s": round(passes / wall, 1),
                      "efficiency": round(passes / wall / limit, 4), "steps": steps,
                      "images": images})
-    if rows and rows[0]["batch"] == 1 and rows[0]["images_per_s"]:
-        for r in rows:
-            r["speedup_vs_batch_1"] = round(r["images_per_s"] / rows[0]["images_per_s"], 2)
+    for r in rows:
+        first = next(q for q in rows if q["precision"] == r["precision"])
+        if first["batch"] == 1 and first["images_per_s"]:
+            r["speedup_vs_batch_1"] = round(r["images_per_s"] / first["images_per_s"], 2)
+        fp32 = next((q for q in rows if q["batch"] == r["batch"] and q["precision"] == "fp32"), None)
+        if fp32 and fp32["images_per_s"] and r["precision"] != "fp32":
+            r["vs_fp32"] = round(r["images_per_s"] / fp32["images_per_s"], 2)
     return rows
 
 
