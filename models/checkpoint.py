@@ -57,6 +57,7 @@ class ModelInfo:
     training: dict[str, Any] = field(default_factory=dict)  # command, seconds, epochs, host
     ood: dict[str, Any] = field(default_factory=dict)  # OOD score parameters and threshold
     name: str = ""
+    domain: str = ""  # what the images are ("cifar10"): picks the vetting set; "" when unknown
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
