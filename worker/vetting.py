@@ -188,15 +188,14 @@ def strong_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm
     seconds.  Needs the optional torchattacks (the `eval` extra); without it, says so."""
     if n <= 0:
         return {"apgd_acc": None, "n_apgd": 0, "apgd_skipped": "SAFESPOT_VETTING_APGD_N is 0"}
-    try:
-        import torchattacks  # noqa: F401  (only to know whether the yardstick can run)
-    except ImportError:
-        return {"apgd_acc": None, "n_apgd": 0, "apgd_skipped": APGD_MISSING}
     from safespot.yardstick import judge
     from training.data import strided_indices
 
     idx = torch.from_numpy(strided_indices(len(x), n)).to(x.device)
-    verdict = judge(model, x[idx], y[idx], "apgd", norm=norm, eps=eps, targets=APGD_TARGETS)
+    try:
+        verdict = judge(model, x[idx], y[idx], "apgd", norm=norm, eps=eps, targets=APGD_TARGETS)
+    except ImportError:  # the yardstick imports torchattacks only when a suite needs it
+        return {"apgd_acc": None, "n_apgd": 0, "apgd_skipped": APGD_MISSING}
     return {"apgd_acc": float(verdict.robust.float().mean()), "n_apgd": len(idx),
             "apgd_attack": f"apgd-ce, then apgd-t toward {APGD_TARGETS} classes (100 steps each)",
             "apgd_seconds": round(verdict.seconds, 2)}

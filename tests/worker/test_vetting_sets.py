@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,12 +29,13 @@ CIFAR_SIZE = (3, 32, 32)
 TOY_NAMES = [f"shape {i}" for i in range(5)]
 
 
-def write_set(path: Path, n: int = 10, classes: int = 5, size: int = 32, **extra: object) -> Path:
+def write_set(path: Path, n: int = 10, classes: int = 5, size: int = 32, **extra: np.ndarray) -> Path:
     """A small vetting set: random images, labels cycling over `classes`."""
     rng = np.random.default_rng(0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, x=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-             y=np.arange(n) % classes, **extra)
+    arrays: dict[str, Any] = {"x": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+                              "y": np.arange(n) % classes, **extra}
+    np.savez(path, **arrays)
     return path
 
 
