@@ -230,9 +230,15 @@ def _skipped(record: Mapping[str, Any]) -> str:
 
 
 def _stored_status(record: Mapping[str, Any]) -> str:
-    """Records written before the active status was derived may say "active": they are ready."""
+    """Records written before the active status was derived may say "active": they are ready.
+    Records vetted before the unvetted status existed say "ready" even when their vetting was
+    skipped: they are unvetted."""
     status = str(record.get("status") or "validating")
-    return "ready" if status == "active" else status
+    status = "ready" if status == "active" else status
+    vetting = record.get("vetting")
+    if status == "ready" and isinstance(vetting, dict) and vetting.get("skipped"):
+        return "unvetted"
+    return status
 
 
 def _view(record: Mapping[str, Any], active_id: str) -> CheckpointRecord:

@@ -102,6 +102,14 @@ def test_an_unvetted_checkpoint_activates_only_with_the_override_which_it_keeps(
     assert again["override"]["reason"] == "a trial on our own photos"
 
 
+def test_a_record_left_ready_by_a_skipped_vetting_is_unvetted(registry) -> None:
+    """What versions before the unvetted status stored (the vetting skipped, the record ready)."""
+    registry.put(record("ckpt_0000000000000008", vetting={"skipped": "no vetting data at data/x.npz"}))
+    assert statuses(registry)["ckpt_0000000000000008"] == "unvetted"
+    with pytest.raises(CheckpointUnvettedError):
+        registry.activate("ckpt_0000000000000008")
+
+
 def test_the_override_opens_no_other_door(registry) -> None:
     registry.add(record("ckpt_0000000000000004"))
     registry.put(record("ckpt_0000000000000005", status="rejected"))
