@@ -7,8 +7,8 @@ size equal its own, if exactly one does.
 
 The set of a domain, first found wins:
 
-1. ``SAFESPOT_VETTING_DATA``, an ``.npz`` file (used for its declared ``domain``, or for any
-   domain when it declares none) or a folder of ``<domain>.npz`` files;
+1. ``SAFESPOT_VETTING_DATA``, an ``.npz`` file (used for its declared ``domain``, or for
+   every model it fits when it declares none) or a folder of ``<domain>.npz`` files;
 2. the set shipped in the package, ``models/vetting/<domain>.npz``.
 
 A set holds ``x`` (uint8 N,H,W,C) and ``y`` (or ``x_test``/``y_test``), and optionally
@@ -155,6 +155,9 @@ def for_model(declared_domain: str, num_classes: int, class_names: Sequence[str]
     if isinstance(domain, str):
         return {"skipped": domain, "domain": declared_domain or None, "domain_from": None}
     chosen = vetting_set(domain.name, configured)
+    if (isinstance(chosen, VettingSet) and not chosen.domain and domain.name in shipped_sets()
+            and misfit(chosen, num_classes, class_names, input_size)):
+        chosen = shipped_sets()[domain.name]  # a file declaring no domain serves only the models it fits
     reason = chosen if isinstance(chosen, str) else misfit(chosen, num_classes, class_names, input_size)
     if reason is not None:
         return {"skipped": reason, "domain": domain.name, "domain_from": domain.source}

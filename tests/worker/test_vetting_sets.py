@@ -143,3 +143,14 @@ def test_for_model_returns_the_set_or_the_skipped_entry(tmp_path: Path) -> None:
     assert isinstance(nameless, dict) and nameless["domain"] is None and "no domain" in str(nameless["skipped"])
     too_big = for_model("cifar10", 10, CIFAR10_CLASSES, (3, 64, 64), None)
     assert isinstance(too_big, dict) and too_big["domain"] == "cifar10" and "64" in str(too_big["skipped"])
+
+
+def test_an_operator_file_without_a_domain_leaves_the_models_it_does_not_fit_their_shipped_set(
+        tmp_path: Path) -> None:
+    bigger = write_set(tmp_path / "bigger.npz", classes=10, size=64)  # declares no domain
+    chosen = for_model("cifar10", 10, CIFAR10_CLASSES, CIFAR_SIZE, bigger)
+    assert not isinstance(chosen, dict) and chosen[0] is shipped_sets()["cifar10"]
+    fitting = for_model("", 10, [], (3, 64, 64), bigger)  # no domain: not vetted on anything
+    assert isinstance(fitting, dict) and "no domain" in str(fitting["skipped"])
+    odd = for_model("odd", 10, [], (3, 64, 64), bigger)
+    assert not isinstance(odd, dict) and odd[0].path == bigger
