@@ -97,6 +97,8 @@ def vet_checkpoint(record: Mapping[str, Any], settings: WorkerSettings,
         return _rejected(out, JobError(f"{type(e).__name__}: {e}", code=ErrorCode.VETTING_FAILED))
     # No vetting set for its domain: servable, but only by an admin's explicit override.
     out["status"] = "unvetted" if "skipped" in out["vetting"] else "ready"
+    if out["status"] == "unvetted":
+        log.warning("checkpoint %s unvetted: %s", out.get("id"), out["vetting"]["skipped"])
     return cast(CheckpointRecord, out)
 
 
