@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from models.checkpoint import LoadedCheckpoint
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+VETTING_DIR = Path(__file__).resolve().parent / "vetting"  # <domain>.npz: the shipped vetting sets
 SHIPPED = ("default", "adv", "natural", "gaussian", "ood")
 
 
@@ -49,4 +50,4 @@ def load_model(name_or_path: str | Path, device: Any = "cpu") -> nn.Module:
     return load_checkpoint(name_or_path, device).model
 
 
-__all__ = ["SHIPPED", "ZOO_DIR", "load_checkpoint", "load_model", "resolve"]
+__all__ = ["SHIPPED", "VETTING_DIR", "ZOO_DIR", "load_checkpoint", "load_model", "resolve"]

@@ -60,6 +60,7 @@ class ModelInfo:
     ood: dict[str, Any] = field(default_factory=dict)  # OOD score parameters and threshold
     view: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_VIEW))  # safespot.canvas.make_view
     name: str = ""
+    domain: str = ""  # what the images are ("cifar10"): picks the vetting set; "" when unknown
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:

@@ -11,9 +11,10 @@ from safespot_cli.common import add_command
 from safespot_cli.errors import UsageError
 
 NAMES = ("cifar10", "tinyimagenet")
-HELP = """Provide the data sets that training and vetting read, in SAFESPOT_DATA_DIR
-(or --data-dir): the standard public archives, sha256-checked, resumable (run it
-again after an interruption), converted to .npz files (uint8 NHWC x, int64 y).
+HELP = """Provide the data sets that training reads, in SAFESPOT_DATA_DIR (or --data-dir;
+a test set can also be a larger vetting set: SAFESPOT_VETTING_DATA): the standard
+public archives, sha256-checked, resumable (run it again after an interruption),
+converted to .npz files (uint8 NHWC x, int64 y).
 Nothing is done for a set already present (--force redoes it).
 
 examples:
@@ -41,7 +42,7 @@ def mirror_settings() -> Any:
 
 
 def register(sub: Any) -> None:
-    p = add_command(sub, "data", "download, import or list the training and vetting data sets", HELP, run)
+    p = add_command(sub, "data", "download, import or list the training data sets", HELP, run)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", default=None, help="default: $SAFESPOT_DATA_DIR or ./data")

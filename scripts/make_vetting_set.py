@@ -17,6 +17,10 @@ Arrays written: ``x`` uint8 (N, 32, 32, 3), ``y`` int64 (N,), ``class_names``
 (unicode), ``source_index`` int64 (each image's index in the source file),
 ``domain`` and ``note`` (unicode scalars). No pickled objects: the file loads
 with ``numpy.load(..., allow_pickle=False)``.
+
+The worker (worker/vetting_sets.py) picks a checkpoint's set by ``domain`` and infers
+the domain of a checkpoint without one from ``class_names`` and the image size: another
+domain's set needs both (tests/worker/test_vetting_sets.py checks this script's names).
 """
 
 from __future__ import annotations

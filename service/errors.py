@@ -30,7 +30,8 @@ logger = logging.getLogger("safespot.service")
 HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_REQUEST: 400, ErrorCode.BAD_IMAGE: 400, ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403, ErrorCode.NOT_FOUND: 404, ErrorCode.METHOD_NOT_ALLOWED: 405,
-    ErrorCode.CONFLICT: 409, ErrorCode.DATA_MISSING: 409, ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.CONFLICT: 409, ErrorCode.DATA_MISSING: 409, ErrorCode.CHECKPOINT_UNVETTED: 409,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorCode.VALIDATION_ERROR: 422, ErrorCode.TOO_MANY_REQUESTS: 429, ErrorCode.QUEUE_FULL: 429,
     ErrorCode.INTERNAL_ERROR: 500, ErrorCode.NOT_READY: 503, ErrorCode.QUEUE_UNAVAILABLE: 503,
@@ -135,6 +136,8 @@ def from_backend(exc: Exception) -> SafeSpotError:
         return NotReady(message, code=ErrorCode(code))
     if code == ErrorCode.NOT_FOUND or isinstance(exc, LookupError):
         return NotFound(message)
+    if code == ErrorCode.CHECKPOINT_UNVETTED:
+        return Conflict(message, code=ErrorCode.CHECKPOINT_UNVETTED)
     if code == ErrorCode.CONFLICT or isinstance(exc, ValueError):
         return Conflict(message)
     if isinstance(exc, ConnectionError | TimeoutError):

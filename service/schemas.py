@@ -85,15 +85,18 @@ class JobResponse(BaseModel):
 
 
 class CheckpointResponse(BaseModel):
-    """A registered checkpoint.  `status`: validating -> ready | rejected; ready -> active."""
+    """A registered checkpoint.  `status`: validating -> ready | unvetted | rejected; ready ->
+    active; unvetted (no vetting set for its domain) -> active only with the admin's override,
+    then recorded in `override`."""
 
     model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
         "id": "ckpt_3f9a1c2b7d4e", "name": "s-fgsm-adv cifar10", "status": "ready",
         "sha256": "9f2c4e…", "path": "ckpt_3f9a1c2b7d4e.safetensors", "size_bytes": 4_713_512,
         "uploaded_at": 1767225600.0, "source": "upload",
         "info": {"arch": "cifar_cnn", "num_classes": 10, "input_size": [3, 32, 32]},
-        "vetting": {"clean_acc": 0.79, "pgd_acc": 0.45, "safe_spot_rate": 0.97, "n": 200,
-                    "seconds": 41.0},
+        "vetting": {"clean_acc": 0.79, "pgd_acc": 0.45, "apgd_acc": 0.41, "n_apgd": 32,
+                    "safe_spot_rate": 0.97, "n": 100, "domain": "cifar10",
+                    "domain_from": "metadata", "seconds": 41.0},
         "error": None,
     }]})
 
@@ -108,6 +111,8 @@ class CheckpointResponse(BaseModel):
     info: dict[str, Any] = Field(default_factory=dict)
     vetting: dict[str, Any] | None = None
     error: dict[str, str] | None = None
+    override: dict[str, Any] | None = Field(None, description=(
+        "set when an unvetted checkpoint was activated anyway: {at: epoch seconds, reason}"))
 
 
 class CheckpointList(BaseModel):

@@ -25,6 +25,9 @@ import numpy as np
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
+# The data sets known by name (not a path): a model trained on one is of that domain, which
+# picks its vetting set (a path says nothing reliable about what its images are).
+NAMED_DATA_SETS = ("cifar10", "tinyimagenet")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 

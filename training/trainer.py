@@ -39,7 +39,7 @@ from models.checkpoint import ModelInfo, build_model, save_checkpoint
 from models.normalize import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from safespot.attacks import pgd
 from safespot.training import Recipe, training_inputs
-from training.data import ImageSet, load_dataset, to_tensor
+from training.data import NAMED_DATA_SETS, ImageSet, load_dataset, to_tensor
 from training.progress import Report, RunProgress
 
 PRECISIONS = ("fp32", "bf16")
@@ -250,7 +250,7 @@ def _model_info(cfg: TrainConfig, data: ImageSet) -> ModelInfo:
                      recipe=r.to_dict() | ({"warmup": cfg.warmup.to_dict(), "warmup_epochs": cfg.warmup_epochs}
                                           if cfg.warmup is not None else {}), data=dict(data.provenance) | {"holdout": cfg.holdout,
                                                                        "limit": cfg.limit},
-                     name=cfg.name)
+                     name=cfg.name, domain=cfg.data if cfg.data in NAMED_DATA_SETS else "")
 
 
 def use_layout(model: Classifier, channels_last: bool) -> Classifier:

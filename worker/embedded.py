@@ -154,8 +154,9 @@ class EmbeddedBackend:
         self.registry.add(record)
         self._vetting.submit(self._vet, str(record["id"]))
 
-    def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
-        record = self.registry.activate(checkpoint_id)
+    def activate_checkpoint(self, checkpoint_id: str, override: bool = False,
+                            reason: str | None = None) -> CheckpointRecord:
+        record = self.registry.activate(checkpoint_id, override, reason)
         with self._wake:
             self._wake.notify_all()  # the driver reloads between batches
         return record

@@ -66,3 +66,9 @@ class ConflictError(WorkerError, ValueError):
 
 class CheckpointStateError(ConflictError):
     """The checkpoint exists but cannot take this action (not ready, or active)."""
+
+
+class CheckpointUnvettedError(CheckpointStateError):
+    """An unvetted checkpoint activates only with the admin's explicit override."""
+
+    code = ErrorCode.CHECKPOINT_UNVETTED

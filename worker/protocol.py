@@ -226,12 +226,21 @@ ErrorCode = StrEnum("ErrorCode", (
     "TRAINING_FAILED "
     # a rejected checkpoint (vetting; models.errors' codes included)
     "CHECKPOINT_NOT_FOUND CHECKPOINT_MISSING CHECKPOINT_TOO_LARGE INVALID_PATH MISSING_METADATA "
-    "UNSAFE_CHECKPOINT VETTING_FAILED MODEL_ERROR INVALID_CHECKPOINT UNKNOWN_MODEL"
+    "UNSAFE_CHECKPOINT VETTING_FAILED MODEL_ERROR INVALID_CHECKPOINT UNKNOWN_MODEL "
+    # activating a checkpoint that no vetting set measured, without the admin's override
+    "CHECKPOINT_UNVETTED"
 ))
 
 
 # ---------------------------------------------------------------- checkpoints
-CheckpointStatus = Literal["validating", "ready", "rejected", "active"]
+# validating -> ready | unvetted (no vetting set for its domain) | rejected; ready -> active;
+# unvetted -> active only with an admin's override (recorded on the record).
+CheckpointStatus = Literal["validating", "ready", "unvetted", "rejected", "active"]
+
+
+class Override(TypedDict):
+    at: float  # epoch seconds
+    reason: str  # the admin's, or "activated without vetting"
 
 
 class CheckpointRecord(TypedDict, total=False):
@@ -243,7 +252,10 @@ class CheckpointRecord(TypedDict, total=False):
     size_bytes: int
     uploaded_at: float
     info: dict[str, Any]  # the checkpoint's own metadata (models.checkpoint.ModelInfo)
-    vetting: dict[str, Any]  # {"clean_acc", "pgd_acc", "safe_spot_rate", "n", "seconds"}
+    # {"clean_acc", "pgd_acc", "apgd_acc", "safe_spot_rate", "n", "domain", "seconds", ...}
+    # or {"skipped": reason, "domain": ...} when unvetted
+    vetting: dict[str, Any]
+    override: Override  # set when an unvetted checkpoint was activated anyway
     error: dict[str, str] | None  # {"code", "message"} when rejected
     source: str  # "upload", "training:<job id>", "shipped"
 
@@ -313,7 +325,8 @@ class JobBackend(Protocol):
     def ready(self) -> tuple[bool, str]: ...  # (ready, reason)
     def list_checkpoints(self) -> list[CheckpointRecord]: ...
     def add_checkpoint(self, record: CheckpointRecord) -> None: ...  # then vetted by a worker
-    def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord: ...
+    def activate_checkpoint(self, checkpoint_id: str, override: bool = False,
+                            reason: str | None = None) -> CheckpointRecord: ...  # override: unvetted too
     def delete_checkpoint(self, checkpoint_id: str) -> None: ...
     def submit_training(self, request: TrainRequest) -> None: ...
     def get_training(self, job_id: str) -> JobView | None: ...

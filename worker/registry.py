@@ -1,7 +1,9 @@
 """The checkpoint registry's rules, written once (standard library only: the API imports it).
 
-- A record is ``validating`` (not vetted yet), ``ready`` or ``rejected``; only
-  a ``ready`` one can be activated.  Ids are chosen by the server.
+- A record is ``validating`` (not vetted yet), ``ready``, ``unvetted`` (no vetting
+  set for its domain) or ``rejected``; a ``ready`` one can be activated, an
+  ``unvetted`` one only with an admin's explicit override, which the record keeps
+  (``override: {at, reason}``) and the log shows.  Ids are chosen by the server.
 - Exactly one record is active, derived from one stored key (the shipped model
   while nothing was ever activated); records never store ``active`` themselves.
 - The active record and the shipped one cannot be deleted.
@@ -13,18 +15,28 @@ file), so concurrent admins and workers cannot break these rules.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from worker.errors import CheckpointNotFoundError, CheckpointStateError, ConflictError
+from worker.errors import (
+    CheckpointNotFoundError,
+    CheckpointStateError,
+    CheckpointUnvettedError,
+    ConflictError,
+)
 from worker.protocol import CheckpointRecord
 
+log = logging.getLogger("safespot.registry")
+
 SHIPPED_ID = "default"  # record id of the shipped model
+OVERRIDE_REASON = "activated without vetting"  # an override's reason when the admin gave none
 # Ids the registry accepts on read: new ones are ckpt_<16 hex>; records written before the
 # ids were unified (ckpt-<16 hex>, test fixtures, "default") keep working.
 CHECKPOINT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
@@ -140,19 +152,36 @@ class CheckpointRegistry:
         if record is not None:
             self.put({**record, "id": SHIPPED_ID, "source": "shipped"})
 
-    def activate(self, checkpoint_id: str) -> CheckpointRecord:
-        """Make a ready record the active one; activating the active one changes nothing."""
+    def activate(self, checkpoint_id: str, override: bool = False,
+                 reason: str | None = None) -> CheckpointRecord:
+        """Make a ready record the active one; activating the active one changes nothing.
+        An unvetted record (no vetting set for its domain) needs ``override``, which is
+        stored on it (``override: {at, reason}``) and logged as a warning."""
         def decide(snap: Snapshot) -> Change:
             record = _existing(snap, checkpoint_id)
             if checkpoint_id == snap.active_id:
                 return Change(result=_view(record, snap.active_id))
-            if _stored_status(record) != "ready":
+            status = _stored_status(record)
+            if status == "unvetted" and override:
+                overridden = {**record, "override": {"at": round(time.time(), 3),
+                                                     "reason": reason or OVERRIDE_REASON}}
+                return Change(put=[overridden], activate=checkpoint_id,
+                              result=_view(overridden, checkpoint_id))
+            if status == "unvetted":
+                raise CheckpointUnvettedError(
+                    f"checkpoint {checkpoint_id} is unvetted ({_skipped(record)}); activating it "
+                    "needs the admin's explicit override (POST .../activate?override=true)")
+            if status != "ready":
                 raise CheckpointStateError(
                     f"checkpoint {checkpoint_id} is {record.get('status')}; "
                     "only a ready (validated and vetted) checkpoint can be activated")
             return Change(activate=checkpoint_id, result=_view(record, checkpoint_id))
 
-        return cast(CheckpointRecord, self.store.change(decide).result)
+        activated = cast(CheckpointRecord, self.store.change(decide).result)
+        if override and "override" in activated:
+            log.warning("checkpoint %s activated WITHOUT VETTING by an admin's override: %s",
+                        checkpoint_id, activated["override"]["reason"])
+        return activated
 
     def delete(self, checkpoint_id: str) -> CheckpointRecord:
         """Remove a record (never the active one, never the shipped one), then its file."""
@@ -195,10 +224,21 @@ def _existing(snap: Snapshot, checkpoint_id: str) -> dict[str, Any]:
     return record
 
 
+def _skipped(record: Mapping[str, Any]) -> str:
+    vetting = record.get("vetting")
+    return str(vetting.get("skipped") or "not vetted") if isinstance(vetting, dict) else "not vetted"
+
+
 def _stored_status(record: Mapping[str, Any]) -> str:
-    """Records written before the active status was derived may say "active": they are ready."""
+    """Records written before the active status was derived may say "active": they are ready.
+    Records vetted before the unvetted status existed say "ready" even when their vetting was
+    skipped: they are unvetted."""
     status = str(record.get("status") or "validating")
-    return "ready" if status == "active" else status
+    status = "ready" if status == "active" else status
+    vetting = record.get("vetting")
+    if status == "ready" and isinstance(vetting, dict) and vetting.get("skipped"):
+        return "unvetted"
+    return status
 
 
 def _view(record: Mapping[str, Any], active_id: str) -> CheckpointRecord:

@@ -129,8 +129,10 @@ class WorkerSettings(SharedSettings):
     log_json: bool = True
 
     # Checkpoint vetting and training.
-    vetting_data: Path | None = None  # .npz (x, y or x_test, y_test); default DATA_DIR/cifar10_test.npz
+    # An .npz vetting set, or a folder of <domain>.npz; unset: the sets shipped in models/vetting.
+    vetting_data: Path | None = None
     vetting_n: int = Field(default=100, ge=1)  # images in the fixed vetting slice
+    vetting_apgd_n: int = Field(default=32, ge=0)  # of them, attacked by APGD-CE + APGD-T (0: none)
     train_holdout: int = Field(default=1000, ge=1)
     train_eval_pgd: int = Field(default=500, ge=0)
     train_batch_size: int = Field(default=128, ge=1)

@@ -112,7 +112,8 @@ def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str
                           "eta_s": 0.0, "checkpoint_id": checkpoint_id,
                           "train_seconds": round(time.time() - started, 1)})
     record = vet_and_record(registry, checkpoint_id, settings) or record
-    outcome = "finished" if record.get("status") == "ready" else "rejected"
+    # An unvetted checkpoint (no vetting set for its domain) is a result, not a rejection.
+    outcome = "rejected" if record.get("status") == "rejected" else "finished"
     metrics.TRAINING_JOBS.labels(outcome=outcome).inc()
     progress(last_step | {"phase": "done", "fraction": 1.0, "epoch": cfg.epochs, "epochs": cfg.epochs,
                           "eta_s": 0.0, "checkpoint_id": checkpoint_id})

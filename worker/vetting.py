@@ -4,8 +4,9 @@
 backend's thread) and the training path call: it vets the record the
 registry holds and stores the verdict.  :func:`vet_checkpoint` takes a CheckpointRecord whose file lies in the
 checkpoint directory and returns the updated record: ``status: "ready"``
-with a short vetting evaluation, or ``status: "rejected"`` with an error
-code and message.  It never activates anything and never executes code
+with a short vetting evaluation, ``status: "unvetted"`` when no vetting set
+fits it (activation then needs an admin's override), or ``status:
+"rejected"`` with an error code and message.  It never activates anything and never executes code
 from the file:
 
 - ``.safetensors`` files load through :func:`models.checkpoint.load_checkpoint`
@@ -17,10 +18,12 @@ from the file:
   format next to it.
 
 The vetting evaluation is the paper's protocol (docs/results.md) on a fixed
-strided slice of CIFAR-10 test images: clean and PGD-20 accuracy of the
-originals and the S-Full safe-spot rate with the ``fast`` preset.  It is
-skipped, with the reason recorded, when no data fits the model's input size
-and classes.
+strided slice of the vetting set of the checkpoint's domain
+(:mod:`worker.vetting_sets`: the operator's SAFESPOT_VETTING_DATA, else the set
+shipped in the package): clean and PGD-20 accuracy of the originals, their
+accuracy under APGD-CE + APGD-T on a few of them, and the S-Full safe-spot rate
+with the ``fast`` preset.  Without a set that fits, it is skipped with the
+reason recorded.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 
 from models.checkpoint import (
@@ -51,10 +53,13 @@ from worker.errors import JobError
 from worker.protocol import CheckpointRecord, ErrorCode
 from worker.registry import CHECKPOINT_ID, CheckpointRegistry, json_safe, looks_like_safetensors
 from worker.settings import WorkerSettings
+from worker.vetting_sets import for_model
 
 log = logging.getLogger("safespot.worker.vetting")
 
 VETTING_PRESET = "fast"
+APGD_TARGETS = 3  # the targeted attack's classes: the most likely other ones (the yardstick's 9 cost 3x)
+APGD_MISSING = "torchattacks not installed (pip install 'safespot[eval]')"
 
 
 def vet_and_record(registry: CheckpointRegistry, checkpoint_id: str, settings: WorkerSettings,
@@ -90,7 +95,10 @@ def vet_checkpoint(record: Mapping[str, Any], settings: WorkerSettings,
     except Exception as e:  # a bug, or a model that loads but cannot be attacked: not servable either
         log.exception("vetting %s failed", out.get("id"))
         return _rejected(out, JobError(f"{type(e).__name__}: {e}", code=ErrorCode.VETTING_FAILED))
-    out["status"] = "ready"
+    # No vetting set for its domain: servable, but only by an admin's explicit override.
+    out["status"] = "unvetted" if "skipped" in out["vetting"] else "ready"
+    if out["status"] == "unvetted":
+        log.warning("checkpoint %s unvetted: %s", out.get("id"), out["vetting"]["skipped"])
     return cast(CheckpointRecord, out)
 
 
@@ -139,53 +147,57 @@ def _convert_state_dict(record: Mapping[str, Any], path: Path, checkpoint_dir: P
 
 # ------------------------------------------------------------------ evaluation
 def vetting_evaluation(loaded: LoadedCheckpoint, settings: WorkerSettings) -> dict[str, Any]:
-    """Clean / PGD-20 accuracy and S-Full safe-spot rate on the fixed slice, or why it was skipped."""
+    """Clean / PGD-20 / APGD accuracy and the S-Full safe-spot rate on the checkpoint's
+    domain's vetting set, or (``skipped``) why it has none."""
     from safespot import SearchConfig
     from safespot.config import DEFAULT_EPS
     from safespot.evaluation import evaluate_methods
     from training.data import strided_indices, to_tensor
 
-    data = vetting_slice(settings, loaded.info)
-    if isinstance(data, str):
-        return {"skipped": data}
-    x_all, y_all, source = data
-    idx = strided_indices(len(x_all), settings.vetting_n)
+    info = loaded.info
+    chosen = for_model(info.domain, info.num_classes, info.class_names, info.input_size,
+                       settings.vetting_data)
+    if isinstance(chosen, dict):
+        return chosen
+    vset, domain = chosen
+    idx = strided_indices(len(vset.x), settings.vetting_n)
     device = next(loaded.model.parameters()).device
-    x = to_tensor(x_all[idx], device)
-    y = torch.from_numpy(y_all[idx]).to(device)
-    threat = loaded.info.threat or {}
+    x = to_tensor(vset.x[idx], device)
+    y = torch.from_numpy(vset.y[idx]).to(device)
+    threat = info.threat or {}
     norm: Norm = "l2" if threat.get("norm") == "l2" else "linf"
     eps = float(threat.get("eps") or DEFAULT_EPS[norm])
     cfg = SearchConfig.preset(VETTING_PRESET, norm=norm, eps=eps)
     started = time.time()
     reports = evaluate_methods(loaded.model, x, y, cfg, methods=("none", "s-full"))
     none, full = reports["none"], reports["s-full"]
+    strong = strong_attack(loaded.model, x, y, norm, eps, settings.vetting_apgd_n)
     return json_safe({
-        "clean_acc": none.clean_acc, "pgd_acc": none.adv_acc, "safe_spot_rate": full.safe_spot_rate,
-        "s_full_adv_acc": full.adv_acc, "grad_evals_per_image": full.grad_evals_per_image,
+        "clean_acc": none.clean_acc, "pgd_acc": none.adv_acc, **strong,
+        "safe_spot_rate": full.safe_spot_rate, "s_full_adv_acc": full.adv_acc,
+        "grad_evals_per_image": full.grad_evals_per_image,
         "n": len(idx), "seconds": round(time.time() - started, 2), "preset": VETTING_PRESET,
         "threat": {"norm": norm, "eps": eps}, "attack": "pgd-20, step eps/4, random start",
-        "data": source, "indices": f"stride {len(x_all) / len(idx):g} from 0",
+        "data": vset.label, "indices": f"stride {len(vset.x) / len(idx):g} from 0",
+        "domain": domain.name, "domain_from": domain.source,
     })
 
 
-def vetting_slice(settings: WorkerSettings, info: ModelInfo) -> tuple[np.ndarray, np.ndarray, str] | str:
-    """Test images (uint8 NHWC) and labels that fit the model, or the reason there are none."""
-    path = settings.vetting_data or settings.data_dir / "cifar10_test.npz"
-    if not Path(path).is_file():
-        return f"no vetting data at {path}"
-    with np.load(path, allow_pickle=False) as f:
-        keys = ("x_test", "y_test") if "x_test" in f.files else ("x", "y")
-        if not all(k in f.files for k in keys):
-            return f"{Path(path).name} has no {keys[0]}/{keys[1]} arrays"
-        x, y = f[keys[0]], f[keys[1]].astype(np.int64)
-    channels, height, width = info.input_size
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-        return f"{Path(path).name}: images must be uint8 (N, H, W, C)"
-    if tuple(x.shape[1:3]) != (height, width) or channels != 3:
-        return (f"no vetting data for input size {tuple(info.input_size)} "
-                f"({Path(path).name} holds {x.shape[3]}x{x.shape[1]}x{x.shape[2]} images)")
-    classes = int(y.max()) + 1 if len(y) else 0
-    if classes != info.num_classes:
-        return f"no vetting data for {info.num_classes} classes ({Path(path).name} has {classes})"
-    return x, y, f"{Path(path).name} ({len(x)} images)"
+def strong_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Norm, eps: float,
+                  n: int) -> dict[str, Any]:
+    """Robust accuracy of the originals under APGD-CE then APGD-T (3 targets) on `n` of the
+    images: the yardstick's strong attack, on few images so that an upload is vetted in
+    seconds.  Needs the optional torchattacks (the `eval` extra); without it, says so."""
+    if n <= 0:
+        return {"apgd_acc": None, "n_apgd": 0, "apgd_skipped": "SAFESPOT_VETTING_APGD_N is 0"}
+    from safespot.yardstick import judge
+    from training.data import strided_indices
+
+    idx = torch.from_numpy(strided_indices(len(x), n)).to(x.device)
+    try:
+        verdict = judge(model, x[idx], y[idx], "apgd", norm=norm, eps=eps, targets=APGD_TARGETS)
+    except ImportError:  # the yardstick imports torchattacks only when a suite needs it
+        return {"apgd_acc": None, "n_apgd": 0, "apgd_skipped": APGD_MISSING}
+    return {"apgd_acc": float(verdict.robust.float().mean()), "n_apgd": len(idx),
+            "apgd_attack": f"apgd-ce, then apgd-t toward {APGD_TARGETS} classes (100 steps each)",
+            "apgd_seconds": round(verdict.seconds, 2)}

@@ -213,8 +213,9 @@ class RedisJobBackend:
                                 f"vet checkpoint {record['id']}")
 
     @_redis_errors_as_503
-    def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
-        return self.registry.activate(checkpoint_id)
+    def activate_checkpoint(self, checkpoint_id: str, override: bool = False,
+                            reason: str | None = None) -> CheckpointRecord:
+        return self.registry.activate(checkpoint_id, override, reason)
 
     @_redis_errors_as_503
     def delete_checkpoint(self, checkpoint_id: str) -> None:

@@ -1,7 +1,7 @@
 """Checkpoint admin: list, upload, activate, delete (admin key only).
 
-The rules (only a ready checkpoint activates; the active and the shipped ones
-cannot be deleted) are the registry's (worker.registry), whichever backend
+The rules (only a ready checkpoint activates, an unvetted one only with
+`?override=true`; the active and the shipped ones cannot be deleted) are the registry's (worker.registry), whichever backend
 holds it; its refusals arrive here as 404/409 through `call_backend`.
 
 An upload is stored safely before a worker vets it.  The API never loads a
@@ -20,9 +20,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
@@ -181,14 +181,26 @@ async def upload_checkpoint(request: Request, _role: AdminRole, settings: Settin
 
 
 @router.post("/{checkpoint_id}/activate", response_model=CheckpointResponse,
-             summary="Make a ready checkpoint the active model",
-             responses=error_responses(401, 403, 404, 409, 503))
-async def activate_checkpoint(checkpoint_id: str, _role: AdminRole,
-                              backend: BackendDep) -> CheckpointResponse:
+             summary="Make a ready checkpoint the active model (an unvetted one: with override=true)",
+             responses=error_responses(401, 403, 404, 409, 422, 503))
+async def activate_checkpoint(
+        checkpoint_id: str, _role: AdminRole, backend: BackendDep,
+        override: Annotated[bool, Query(description=(
+            "activate an `unvetted` checkpoint (no vetting set for its domain: its accuracy and "
+            "robustness are unknown); stored on the record as `override: {at, reason}` and "
+            "logged.  Without it, an unvetted one is refused with 409 `checkpoint_unvetted`."))] = False,
+        reason: Annotated[str | None, Query(max_length=200, description=(
+            "why the override (stored with it); default \"activated without vetting\""))] = None,
+) -> CheckpointResponse:
     """Workers switch to it between batches, without restarting or losing jobs.
     Activating the active checkpoint changes nothing."""
-    activated = await call_backend(backend.activate_checkpoint, checkpoint_id)
-    logger.info("checkpoint activated", extra={"checkpoint_id": checkpoint_id})
+    reason = clean_name(reason, "") or None
+    activated = await call_backend(backend.activate_checkpoint, checkpoint_id, override, reason)
+    if activated.get("override") and override:
+        logger.warning("checkpoint activated WITHOUT VETTING (admin override)",
+                       extra={"checkpoint_id": checkpoint_id, "override": activated["override"]})
+    else:
+        logger.info("checkpoint activated", extra={"checkpoint_id": checkpoint_id})
     return CheckpointResponse.model_validate(activated)
 
 

@@ -165,6 +165,7 @@ def test_admin_uploads_sees_vetting_activates_and_deletes(stack: Stack, driver: 
     with api_client(stack) as client:
         record = wait_until_vetted(client, picked_id)
     vetting = record["vetting"]
+    assert vetting["data"] == "cifar10.npz (shipped, 300 images)" and vetting["domain"] == "cifar10", vetting
     shown = row(driver, picked_id)
     for field in VETTING_FIELDS:
         assert shown.find_element("css selector", f'[data-field="{field}"]').text == f"{100 * vetting[field]:.1f}%"

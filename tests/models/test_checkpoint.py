@@ -30,11 +30,13 @@ def _info(**kw) -> ModelInfo:
 
 
 def test_round_trip_keeps_weights_metadata_and_identity(tmp_path: Path) -> None:
-    info = _info(recipe={"name": "natural"}, metrics={"clean_acc": 0.5})
+    info = _info(recipe={"name": "natural"}, metrics={"clean_acc": 0.5}, domain="cifar10")
     model = build_model(info).eval()
     digest = save_checkpoint(model, info, tmp_path / "m.safetensors")
     loaded = load_checkpoint(tmp_path / "m.safetensors")
     assert loaded.sha256 == digest and loaded.info.metrics == {"clean_acc": 0.5}
+    assert loaded.info.domain == "cifar10"
+    assert read_info(TINY_MODEL).domain == ""  # written before the field: no domain, still loads
     assert not loaded.model.training
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():

@@ -128,8 +128,9 @@ class FakeJobBackend:
     def add_checkpoint(self, record: CheckpointRecord) -> None:
         self.registry.add(record)
 
-    def activate_checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
-        return self.registry.activate(checkpoint_id)
+    def activate_checkpoint(self, checkpoint_id: str, override: bool = False,
+                            reason: str | None = None) -> CheckpointRecord:
+        return self.registry.activate(checkpoint_id, override, reason)
 
     def delete_checkpoint(self, checkpoint_id: str) -> None:
         self.registry.delete(checkpoint_id)

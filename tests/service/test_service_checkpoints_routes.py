@@ -1,5 +1,5 @@
 """Checkpoint admin routes: upload (stored safely, never loaded here), list,
-activate (ready only), delete (never the active one)."""
+activate (ready only; unvetted with ?override=true), delete (never the active one)."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def test_backend_refusals_map_to_http(client, backend):
     a = upload(client, TINY.read_bytes()).json()["id"]
     backend.set_status(a, "ready")
 
-    def lost(checkpoint_id: str) -> None:
+    def lost(checkpoint_id: str, override: bool = False, reason: str | None = None) -> None:
         raise KeyError(checkpoint_id)
 
     backend.activate_checkpoint = lost
@@ -154,3 +154,50 @@ def test_fake_backend_is_a_job_backend():
 
     backend: JobBackend = FakeJobBackend()
     assert backend.list_checkpoints() == []
+
+
+def test_an_unvetted_checkpoint_is_409_until_the_override_which_the_record_then_shows(client, backend, caplog):
+    a = upload(client, TINY.read_bytes()).json()["id"]
+    backend.registry.put({**backend.checkpoints[a], "status": "unvetted",
+                          "vetting": {"skipped": "no vetting set for domain 'toy-shapes'", "domain": "toy-shapes"}})
+    refused = client.post(f"/v1/checkpoints/{a}/activate", headers=admin_auth())
+    error = refused.json()["error"]
+    assert refused.status_code == 409 and error["code"] == "checkpoint_unvetted"
+    assert "no vetting set for domain 'toy-shapes'" in error["message"] and "override=true" in error["message"]
+    assert client.post(f"/v1/checkpoints/{a}/activate", params={"override": "nonsense"},
+                       headers=admin_auth()).status_code == 422
+    assert client.get("/v1/checkpoints", headers=admin_auth()).json()["active"] is None
+
+    with caplog.at_level("WARNING"):
+        activated = client.post(f"/v1/checkpoints/{a}/activate", params={"override": "true"},
+                                headers=admin_auth())
+    assert activated.status_code == 200, activated.text
+    body = activated.json()
+    assert body["status"] == "active" and body["override"]["reason"] == "activated without vetting"
+    assert body["override"]["at"] > 0
+    assert any("WITHOUT VETTING" in r.getMessage() for r in caplog.records if r.name == "safespot.service")
+    listing = client.get("/v1/checkpoints", headers=admin_auth()).json()
+    assert listing["active"] == a and listing["checkpoints"][0]["override"] == body["override"]
+
+
+def test_the_override_keeps_the_admin_s_reason_and_opens_no_other_door(client, backend):
+    a = upload(client, TINY.read_bytes()).json()["id"]
+    b = upload(client, TINY.read_bytes() + b" ").json()["id"]
+    backend.set_status(a, "rejected")
+    rejected = client.post(f"/v1/checkpoints/{a}/activate", params={"override": "true"}, headers=admin_auth())
+    assert rejected.status_code == 409 and rejected.json()["error"]["code"] == "conflict"
+    backend.set_status(b, "unvetted")
+    reasoned = client.post(f"/v1/checkpoints/{b}/activate", headers=admin_auth(),
+                           params={"override": "true", "reason": "trial on\x00 our photos"})
+    assert reasoned.status_code == 200 and reasoned.json()["override"]["reason"] == "trial on our photos"
+    too_long = client.post(f"/v1/checkpoints/{b}/activate", headers=admin_auth(),
+                           params={"override": "true", "reason": "x" * 201})
+    assert too_long.status_code == 422
+
+
+def test_the_override_is_documented_in_openapi(client):
+    operation = client.get("/openapi.json").json()["paths"]["/v1/checkpoints/{checkpoint_id}/activate"]["post"]
+    params = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
+    assert params["override"]["schema"]["type"] == "boolean" and params["override"]["schema"]["default"] is False
+    assert "unvetted" in params["override"]["description"] and "checkpoint_unvetted" in params["override"]["description"]
+    assert "reason" in params and "409" in operation["responses"]

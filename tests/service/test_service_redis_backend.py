@@ -21,10 +21,10 @@ from rq.serializers import JSONSerializer
 from service_testkit import install_stand_in_jobs, run_worker
 
 from service.backends.redis_backend import RedisJobBackend
-from service.errors import QueueFull
+from service.errors import QueueFull, from_backend
 from service.settings import Settings
 from worker import protocol
-from worker.errors import CheckpointStateError
+from worker.errors import CheckpointStateError, CheckpointUnvettedError
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +183,16 @@ def test_checkpoints_go_through_the_registry_and_uploads_are_vetted(backend, red
     assert {r["id"]: r["status"] for r in backend.list_checkpoints()} == {"ck1": "ready", "ck2": "active"}
     backend.delete_checkpoint("ck1")
     assert not (settings.checkpoint_path / "ck1.safetensors").exists()
+
+
+def test_an_unvetted_checkpoint_activates_through_redis_only_with_the_override(backend, redis_conn):
+    redis_conn.hset(protocol.CHECKPOINTS_KEY, "ck3", json.dumps(record(
+        "ck3", status="unvetted", vetting={"skipped": "no vetting set for domain 'toy'", "domain": "toy"})))
+    with pytest.raises(CheckpointUnvettedError) as refused:
+        backend.activate_checkpoint("ck3")
+    assert from_backend(refused.value).status == 409 and from_backend(refused.value).code == "checkpoint_unvetted"
+    assert redis_conn.get(protocol.ACTIVE_CHECKPOINT_KEY) is None
+    activated = backend.activate_checkpoint("ck3", True, "trial")
+    assert activated["status"] == "active" and activated["override"]["reason"] == "trial"
+    assert redis_conn.get(protocol.ACTIVE_CHECKPOINT_KEY) == b"ck3"
+    assert json.loads(redis_conn.hget(protocol.CHECKPOINTS_KEY, "ck3"))["override"] == activated["override"]

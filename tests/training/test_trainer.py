@@ -17,7 +17,8 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from tests.conftest import REPO
-from training.trainer import TrainConfig, _one_cycle, use_layout
+from training.data import CIFAR10_CLASSES, ImageSet
+from training.trainer import TrainConfig, _model_info, _one_cycle, use_layout
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,16 @@ def test_a_fresh_one_epoch_run_writes_a_self_describing_checkpoint(train_npz: Pa
     assert info.threat == {"norm": "linf", "eps": 8 / 255}
     assert info.training["epochs"] == 1 and "safespot train" in info.training["command"]
     assert info.data["holdout"] == 64 and info.class_names
+    assert info.domain == ""  # trained on a path: what its images are is not known
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert {"holdout_clean_acc", "holdout_pgd_acc", "train_loss", "images_per_s"} <= set(log[0])
+
+
+def test_the_domain_is_the_named_data_set_never_a_path() -> None:
+    data = ImageSet(np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int64), list(CIFAR10_CLASSES))
+    assert _model_info(TrainConfig(data="cifar10"), data).domain == "cifar10"
+    assert _model_info(TrainConfig(data="tinyimagenet"), data).domain == "tinyimagenet"
+    assert _model_info(TrainConfig(data="data/cifar10_train.npz"), data).domain == ""
 
 
 def test_a_bf16_curriculum_saves_float32_weights(train_npz: Path, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -13,10 +14,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import FIXTURES, TINY_MODEL
 from tests.worker.conftest import cifar_png, filter_request, photo, png_bytes, wait_for
+from training.data import CIFAR10_CLASSES
 from worker.embedded import EmbeddedBackend
-from worker.errors import CheckpointNotFoundError, CheckpointStateError, QueueFullError
+from worker.errors import (
+    CheckpointNotFoundError,
+    CheckpointStateError,
+    CheckpointUnvettedError,
+    QueueFullError,
+)
 from worker.registry_stores import REGISTRY_FILE
 from worker.settings import WorkerSettings
 
@@ -121,6 +129,31 @@ def test_checkpoints_are_vetted_activated_and_deleted(backend, tmp_path, cifar_m
     assert [r["id"] for r in backend.list_checkpoints()] == ["default"]
 
 
+def test_an_unvetted_checkpoint_is_served_only_after_the_override(tmp_path, cifar_mini) -> None:
+    backend = EmbeddedBackend(service_settings(tmp_path, vetting_data=None)).start()  # the shipped sets
+    try:
+        unvetted_then_overridden(backend, tmp_path, cifar_mini)
+    finally:
+        backend.stop()
+
+
+def unvetted_then_overridden(backend: EmbeddedBackend, tmp_path: Path, cifar_mini: Any) -> None:
+    directory = tmp_path / "checkpoints"
+    directory.mkdir(exist_ok=True)
+    loaded = load_checkpoint(TINY_MODEL)  # the tiny weights under a domain nothing ships a set for
+    save_checkpoint(loaded.model, dataclasses.replace(loaded.info, domain="sketches"), directory / "odd.safetensors")
+    backend.add_checkpoint({"id": "odd", "name": "odd", "status": "validating", "path": "odd.safetensors",
+                            "uploaded_at": time.time(), "source": "upload", "info": {}})
+    record = wait_for(lambda: (r := {r["id"]: r for r in backend.list_checkpoints()}["odd"])
+                      and r["status"] != "validating" and r, 60, "vetting")
+    assert record["status"] == "unvetted" and record["vetting"]["domain"] == "sketches", record
+    with pytest.raises(CheckpointUnvettedError):
+        backend.activate_checkpoint("odd")
+    assert backend.activate_checkpoint("odd", override=True)["override"]["reason"] == "activated without vetting"
+    backend.submit_filter(filter_request("overridden"), cifar_png(cifar_mini))
+    assert finished(backend, "overridden")["result"]["model"]["checkpoint_id"] == "odd"
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_hostile_upload_is_rejected_and_changes_nothing(backend, tmp_path) -> None:
     directory = tmp_path / "checkpoints"
@@ -158,7 +191,8 @@ def test_webhooks_are_sent_to_allowed_hosts_only(backend, cifar_mini, hooks) -> 
 def test_training_runs_in_the_background(tmp_path, cifar_mini) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    np.savez(data / "small.npz", x=cifar_mini["x_train"][:200], y=cifar_mini["y_train"][:200])
+    np.savez(data / "small.npz", x=cifar_mini["x_train"][:200], y=cifar_mini["y_train"][:200],
+             class_names=CIFAR10_CLASSES)  # its classes name the domain: vetted on CIFAR-10
     backend = EmbeddedBackend(service_settings(tmp_path, data_dir=data, train_holdout=40, train_eval_pgd=16,
                                                train_batch_size=40)).start()
     try:

@@ -18,6 +18,7 @@ from rq.serializers import JSONSerializer
 
 from tests.conftest import FIXTURES, TINY_MODEL
 from tests.worker.conftest import cifar_png, filter_request, photo, png_bytes
+from training.data import CIFAR10_CLASSES
 from worker import jobs
 from worker.errors import JobError
 from worker.protocol import (
@@ -104,7 +105,8 @@ def test_vet_job_writes_the_verdict_into_the_registry(redis_conn, settings, tiny
 
 def test_train_job_registers_a_vetted_checkpoint_without_activating_it(
         redis_conn, settings, cifar_mini) -> None:
-    np.savez(settings.data_dir / "small.npz", x=cifar_mini["x_train"][:200], y=cifar_mini["y_train"][:200])
+    np.savez(settings.data_dir / "small.npz", x=cifar_mini["x_train"][:200], y=cifar_mini["y_train"][:200],
+             class_names=CIFAR10_CLASSES)  # its classes name the domain: vetted on CIFAR-10
     request = {"job_id": "t1", "recipe": "adv-fast", "norm": "linf", "eps": 8 / 255, "epochs": 1,
                "data": "small.npz", "limit": None, "name": "trained-here", "arch": "cifar_cnn"}
     job = run(redis_conn, TRAIN_FUNC, request, "t1")

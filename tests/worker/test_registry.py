@@ -1,6 +1,7 @@
 """The checkpoint registry's rules, against both stores: a JSON file and a real Redis.
 
-Only a ready checkpoint activates; exactly one is active, derived from one key;
+Only a ready checkpoint activates (an unvetted one with the admin's override, kept on the
+record); exactly one is active, derived from one key;
 the active and the shipped ones cannot be deleted; concurrent admins cannot
 break any of this.
 """
@@ -8,6 +9,7 @@ break any of this.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -17,7 +19,12 @@ from typing import Any
 
 import pytest
 
-from worker.errors import CheckpointNotFoundError, CheckpointStateError, ConflictError
+from worker.errors import (
+    CheckpointNotFoundError,
+    CheckpointStateError,
+    CheckpointUnvettedError,
+    ConflictError,
+)
 from worker.protocol import ACTIVE_CHECKPOINT_KEY, CHECKPOINTS_KEY
 from worker.registry import SHIPPED_ID, CheckpointRegistry, Snapshot, new_checkpoint_id
 from worker.registry_stores import REGISTRY_FILE, file_registry, redis_registry
@@ -68,6 +75,51 @@ def test_an_upload_is_validating_until_vetted_and_only_a_ready_one_activates(reg
     assert registry.active_state() == (1, "ckpt_0000000000000001")
     assert registry.activate("ckpt_0000000000000001")["status"] == "active"
     assert registry.active_state()[0] == 1, "activating the active checkpoint changes nothing"
+
+
+def test_an_unvetted_checkpoint_activates_only_with_the_override_which_it_keeps(registry, caplog) -> None:
+    unvetted = record("ckpt_0000000000000003", status="unvetted",
+                      vetting={"skipped": "no vetting set for domain 'toy-shapes'", "domain": "toy-shapes"})
+    registry.put(unvetted)
+    with pytest.raises(CheckpointUnvettedError, match="no vetting set for domain 'toy-shapes'") as refused:
+        registry.activate("ckpt_0000000000000003")
+    assert refused.value.code == "checkpoint_unvetted" and "override" in str(refused.value)
+    assert registry.active_state() == (0, SHIPPED_ID) and "override" not in registry.get("ckpt_0000000000000003")
+
+    before = time.time()
+    with caplog.at_level(logging.WARNING, logger="safespot.registry"):
+        activated = registry.activate("ckpt_0000000000000003", override=True)
+    assert activated["status"] == "active" and registry.active_state() == (1, "ckpt_0000000000000003")
+    stored = registry.get("ckpt_0000000000000003")
+    assert stored is not None and stored["override"] == activated["override"]
+    assert stored["override"]["reason"] == "activated without vetting" and stored["override"]["at"] >= before - 1
+    assert any("WITHOUT VETTING" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+    registry.put(record("ckpt_0000000000000007"))
+    registry.activate("ckpt_0000000000000007")  # once another is active, it shows its stored status again
+    assert statuses(registry)["ckpt_0000000000000003"] == "unvetted"
+    again = registry.activate("ckpt_0000000000000003", override=True, reason="a trial on our own photos")
+    assert again["override"]["reason"] == "a trial on our own photos"
+
+
+def test_a_record_left_ready_by_a_skipped_vetting_is_unvetted(registry) -> None:
+    """What versions before the unvetted status stored (the vetting skipped, the record ready)."""
+    registry.put(record("ckpt_0000000000000008", vetting={"skipped": "no vetting data at data/x.npz"}))
+    assert statuses(registry)["ckpt_0000000000000008"] == "unvetted"
+    with pytest.raises(CheckpointUnvettedError):
+        registry.activate("ckpt_0000000000000008")
+
+
+def test_the_override_opens_no_other_door(registry) -> None:
+    registry.add(record("ckpt_0000000000000004"))
+    registry.put(record("ckpt_0000000000000005", status="rejected"))
+    for checkpoint_id in ("ckpt_0000000000000004", "ckpt_0000000000000005"):
+        with pytest.raises(CheckpointStateError, match="only a ready"):
+            registry.activate(checkpoint_id, override=True)
+    registry.put(record("ckpt_0000000000000006"))
+    ready = registry.activate("ckpt_0000000000000006", override=True)  # nothing to override
+    assert ready["status"] == "active" and "override" not in ready
+    assert registry.active_state() == (1, "ckpt_0000000000000006")
 
 
 def test_exactly_one_is_active_and_it_comes_from_the_active_key(registry, redis_conn_or_none) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from tests.conftest import FIXTURES, TINY_MODEL
+from training.data import CIFAR10_CLASSES
 from worker.registry_stores import file_registry
 from worker.settings import WorkerSettings
 from worker.training_runs import run_training
@@ -21,7 +22,8 @@ def test_each_step_and_epoch_is_reported_then_the_vetted_record(
                               default_model=str(TINY_MODEL), train_holdout=40, train_eval_pgd=8,
                               train_batch_size=20, threads=1, progress_interval_s=0)
     settings.data_dir.mkdir(parents=True)
-    np.savez(settings.data_dir / "small.npz", x=cifar_mini["x_train"][:160], y=cifar_mini["y_train"][:160])
+    np.savez(settings.data_dir / "small.npz", x=cifar_mini["x_train"][:160], y=cifar_mini["y_train"][:160],
+             class_names=CIFAR10_CLASSES)  # its classes name the domain: vetted on CIFAR-10
     reports: list[dict[str, Any]] = []
     registry = file_registry(settings.checkpoint_path)
     request = {"job_id": "t", "recipe": "natural", "norm": "linf", "eps": 8 / 255, "epochs": 2,

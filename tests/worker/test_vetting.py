@@ -1,5 +1,6 @@
 """Checkpoint validation and vetting: hostile files are refused with a reason (and run
-nothing); good ones are converted, vetted on a fixed slice, and never activated."""
+nothing); good ones are converted, vetted on a fixed slice of their domain's vetting set
+(or left unvetted when there is none), and never activated."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import builtins
 import dataclasses
 import pickle
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,12 +135,72 @@ def test_a_model_that_cannot_run_at_its_input_size_is_refused(settings, tiny_che
     assert out["status"] == "rejected" and "does not run" in out["error"]["message"]
 
 
-def test_an_input_size_without_data_is_ready_but_not_vetted(settings, tiny_checkpoint) -> None:
+def test_an_input_size_without_a_vetting_set_stays_unvetted(settings, tiny_checkpoint) -> None:
     settings.checkpoint_dir.mkdir(parents=True)
     torch.save(state_of(tiny_checkpoint), settings.checkpoint_dir / "big.pt")
     out = vet_checkpoint(record(settings, "big.pt", info_dict(tiny_checkpoint, input_size=(3, 64, 64))),
                          settings)
-    assert out["status"] == "ready" and "64" in out["vetting"]["skipped"]
+    assert out["status"] == "unvetted" and out["error"] is None
+    assert "no domain" in out["vetting"]["skipped"] and "(3, 64, 64)" in out["vetting"]["skipped"]
+
+
+def test_without_vetting_data_the_shipped_set_of_the_inferred_domain_is_used(settings) -> None:
+    """The tiny fixture's metadata predates domains: CIFAR-10's class names and 32x32 say it."""
+    plain = settings.model_copy(update={"vetting_data": None, "data_dir": settings.checkpoint_dir / "none",
+                                        "vetting_apgd_n": 4})
+    settings.checkpoint_dir.mkdir(parents=True)
+    shutil.copy(TINY_MODEL, settings.checkpoint_dir / "tiny.safetensors")
+    out = vet_checkpoint(record(plain, "tiny.safetensors"), plain)
+    assert out["status"] == "ready", out
+    vetting = out["vetting"]
+    assert vetting["domain"] == "cifar10" and vetting["domain_from"] == "classes"
+    assert vetting["data"] == "cifar10.npz (shipped, 300 images)" and vetting["n"] == 8
+    assert 0 <= vetting["clean_acc"] <= 1 and 0 <= vetting["pgd_acc"] <= vetting["clean_acc"]
+    assert vetting["n_apgd"] == 4 and 0 <= vetting["apgd_acc"] <= 1 and "apgd-t toward 3" in vetting["apgd_attack"]
+    assert vetting["grad_evals_per_image"] > 0 and vetting["preset"] == "fast" and vetting["seconds"] > 0
+    assert vetting["threat"]["norm"] == "linf" and "pgd-20" in vetting["attack"]
+
+
+def test_without_torchattacks_the_strong_attack_is_skipped_with_the_way_to_get_it(
+        settings, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchattacks", None)  # import torchattacks now raises ImportError
+    settings.checkpoint_dir.mkdir(parents=True)
+    shutil.copy(TINY_MODEL, settings.checkpoint_dir / "tiny.safetensors")
+    out = vet_checkpoint(record(settings, "tiny.safetensors"), settings)
+    assert out["status"] == "ready" and out["vetting"]["apgd_acc"] is None
+    assert out["vetting"]["apgd_skipped"] == "torchattacks not installed (pip install 'safespot[eval]')"
+    assert out["vetting"]["clean_acc"] is not None and out["vetting"]["n_apgd"] == 0
+
+
+def toy_checkpoint(tiny_checkpoint: Any, path: Path) -> Path:
+    """A 5-class model whose metadata names a domain nothing ships a set for."""
+    info = dataclasses.replace(tiny_checkpoint.info, num_classes=5, domain="toy-shapes", ood={},
+                               class_names=[f"shape {i}" for i in range(5)], metrics={})
+    torch.manual_seed(0)
+    save_checkpoint(build_model(info).eval(), info, path)
+    return path
+
+
+def test_an_unknown_domain_stays_unvetted_until_an_operator_adds_its_set(settings, tiny_checkpoint,
+                                                                        tmp_path) -> None:
+    settings.checkpoint_dir.mkdir(parents=True)
+    toy_checkpoint(tiny_checkpoint, settings.checkpoint_dir / "toy.safetensors")
+    out = vet_checkpoint(record(settings, "toy.safetensors"), settings)
+    assert out["status"] == "unvetted" and out["error"] is None
+    assert out["vetting"]["domain"] == "toy-shapes" and out["vetting"]["domain_from"] == "metadata"
+    assert out["vetting"]["skipped"] == "cifar10_mini.npz has labels up to 9, the model 5 classes"
+    folder = tmp_path / "vetting"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    np.savez(folder / "toy-shapes.npz", x=rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8),
+             y=np.arange(12) % 5, class_names=np.array([f"shape {i}" for i in range(5)]))
+    with_folder = settings.model_copy(update={"vetting_data": folder, "vetting_apgd_n": 2})
+    vetted = vet_checkpoint(record(with_folder, "toy.safetensors"), with_folder)
+    assert vetted["status"] == "ready", vetted
+    assert vetted["vetting"]["data"] == "toy-shapes.npz (SAFESPOT_VETTING_DATA, 12 images)"
+    assert vetted["vetting"]["n"] == 8 and vetted["vetting"]["n_apgd"] == 2
+    assert vet_checkpoint(record(settings, "toy.safetensors"), with_folder.model_copy(
+        update={"vetting_data": None}))["status"] == "unvetted"  # nothing shipped for it
 
 
 def test_oversize_missing_and_escaping_files_are_refused(settings, tiny_checkpoint) -> None:
