@@ -39,14 +39,14 @@ from typing import Any, cast
 import torch
 
 from models.checkpoint import (
+    METADATA_KEY,
     LoadedCheckpoint,
     ModelInfo,
     load_checkpoint,
-    load_state_dict_file,
-    model_from_state,
     save_checkpoint,
 )
 from models.errors import ModelError
+from models.importers import model_from_file
 from safespot.threat import Norm
 from worker.checkpoints import checkpoint_file, relative_path
 from worker.errors import JobError
@@ -117,9 +117,21 @@ def _validated(record: Mapping[str, Any], settings: WorkerSettings) -> LoadedChe
         raise JobError(f"{size} bytes is over the {settings.max_checkpoint_bytes}-byte limit",
                        code=ErrorCode.CHECKPOINT_TOO_LARGE)
     with open(path, "rb") as f:
-        if looks_like_safetensors(f.read(9)):  # the content decides, not the name
+        if looks_like_safetensors(f.read(9)) and _has_our_metadata(path):  # the content decides, not the name
             return load_checkpoint(path)
+    # Someone else's layout (torchvision, timm, robustness library, RobustBench; safetensors
+    # without our metadata or a weights-only pickle): converted with the uploader's metadata.
     return _convert_state_dict(record, path, settings.checkpoint_path)
+
+
+def _has_our_metadata(path: Path) -> bool:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return METADATA_KEY in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return True  # a damaged file: load_checkpoint says what is wrong with it
 
 
 def _convert_state_dict(record: Mapping[str, Any], path: Path, checkpoint_dir: Path) -> LoadedCheckpoint:
@@ -128,12 +140,11 @@ def _convert_state_dict(record: Mapping[str, Any], path: Path, checkpoint_dir: P
         raise JobError("a state dict needs its metadata (architecture, classes, input size, normalisation)", code=ErrorCode.MISSING_METADATA)
     info = ModelInfo.from_dict(dict(raw_info))
     try:
-        state = load_state_dict_file(path)
+        model, _ = model_from_file(path, info)
     except ModelError as e:
         if isinstance(e.__cause__, pickle.UnpicklingError):
             raise JobError(f"refused to unpickle: {e}", code=ErrorCode.UNSAFE_CHECKPOINT) from e
         raise
-    model = model_from_state(info, state)
     record_id = str(record.get("id") or "")
     if not CHECKPOINT_ID.match(record_id):  # the registry never stores such an id; a direct caller might
         raise JobError(f"invalid checkpoint id {record_id[:80]!r}", code=ErrorCode.INVALID_PATH)
@@ -198,6 +209,10 @@ def strong_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm
         verdict = judge(model, x[idx], y[idx], "apgd", norm=norm, eps=eps, targets=APGD_TARGETS)
     except ImportError:  # the yardstick imports torchattacks only when a suite needs it
         return {"apgd_acc": None, "n_apgd": 0, "apgd_skipped": APGD_MISSING}
+    # PGD-20 on the same few images, so that the two figures compare (the full slice's
+    # pgd_acc is on more images and can differ by more than the attacks do).
+    pgd_same = judge(model, x[idx], y[idx], "pgd20", norm=norm, eps=eps)
     return {"apgd_acc": float(verdict.robust.float().mean()), "n_apgd": len(idx),
+            "pgd_acc_apgd_images": float(pgd_same.robust.float().mean()),
             "apgd_attack": f"apgd-ce, then apgd-t toward {APGD_TARGETS} classes (100 steps each)",
             "apgd_seconds": round(verdict.seconds, 2)}

@@ -130,7 +130,9 @@ async def list_checkpoints(_role: AdminRole, backend: BackendDep) -> CheckpointL
 _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
         "file": {"type": "string", "format": "binary",
-                 "description": "a .safetensors file, or a .pt/.pth state dict"},
+                 "description": "a SafeSpot .safetensors file; or another layout with `metadata`: "
+                                "a .pt/.pth or .safetensors state dict (torchvision, timm), a robustness-library "
+                                "or RobustBench checkpoint (converted as `safespot import` does)"},
         "metadata": {"type": "string", "description": (
             "JSON object describing the model (required for .pt/.pth): arch, num_classes, "
             "input_size, class_names, mean, std, ...")},

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import build_model, file_sha256, save_checkpoint
+from models.checkpoint import build_model, file_sha256, load_checkpoint, save_checkpoint
 from tests.conftest import FIXTURES, TINY_MODEL
 from worker.registry import looks_like_safetensors
 from worker.settings import WorkerSettings
@@ -68,6 +68,30 @@ def test_a_good_state_dict_is_converted_vetted_and_not_activated(settings, tiny_
     assert vetting["n"] == 8 and 0 <= vetting["clean_acc"] <= 1 and 0 <= vetting["pgd_acc"] <= 1
     assert vetting["safe_spot_rate"] is None or 0 <= vetting["safe_spot_rate"] <= 1
     assert out["info"]["num_classes"] == 10
+
+
+@pytest.mark.parametrize("layout", ["robustness-library", "foreign-safetensors"])
+def test_other_peoples_layouts_are_converted_like_safespot_import_does(settings, tiny_checkpoint, layout) -> None:
+    from safetensors.torch import save_file
+
+    settings.checkpoint_dir.mkdir(parents=True)
+    state, info = state_of(tiny_checkpoint), tiny_checkpoint.info
+    if layout == "robustness-library":  # weights under module.model., a second copy for the attacker
+        upload = settings.checkpoint_dir / "madry.pt"
+        torch.save({"model": {**{f"module.model.{k}": v for k, v in state.items()},
+                              **{f"module.attacker.model.{k}": v for k, v in state.items()},
+                              "module.normalizer.new_mean": torch.tensor(info.mean)[:, None, None],
+                              "module.normalizer.new_std": torch.tensor(info.std)[:, None, None]},
+                    "epoch": 3}, upload)
+    else:  # plain safetensors without our metadata
+        upload = settings.checkpoint_dir / "plain.safetensors"
+        save_file(state, str(upload))
+    out = vet_checkpoint(record(settings, upload.name, info_dict(tiny_checkpoint)), settings)
+    assert out["status"] == "ready" and out["error"] is None, out.get("error")
+    assert out["path"] == "ckpt-test.safetensors" and not upload.exists()
+    served = load_checkpoint(settings.checkpoint_dir / out["path"]).model.network.state_dict()
+    assert all(torch.equal(served[k].contiguous(), v) for k, v in state.items())
+    assert 0 <= out["vetting"]["clean_acc"] <= 1
 
 
 def test_a_safetensors_upload_is_vetted_in_place(settings) -> None:
