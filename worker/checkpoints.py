@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from worker.errors import CheckpointNotFoundError, JobError
 from worker.logs import fields
 from worker.protocol import CheckpointRecord, ErrorCode
@@ -23,6 +25,11 @@ from worker.registry import SHIPPED_ID, CheckpointRegistry, json_safe
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("safespot.worker.model")
+
+
+def select_device(name: str | None = None) -> torch.device:
+    """The device named, else CUDA when available, else CPU."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def checkpoint_file(record: Mapping[str, Any], checkpoint_dir: Path, default_model: str) -> Path:
@@ -69,12 +76,13 @@ def shipped_record(default_model: str) -> CheckpointRecord | None:
 
 class ActiveModel:
     """The model a worker should serve: the registry's active checkpoint (the shipped
-    default while nothing else was activated), reloaded when the activation version moves."""
+    default while nothing else was activated), reloaded when the activation version moves.
+    ``device`` (SAFESPOT_DEVICE, else CUDA when available) is chosen here, once per worker."""
 
-    def __init__(self, registry: CheckpointRegistry, settings: WorkerSettings, device: Any) -> None:
+    def __init__(self, registry: CheckpointRegistry, settings: WorkerSettings) -> None:
         self.registry = registry
         self.settings = settings
-        self.device = device
+        self.device = select_device(settings.device)
         self.version: int | None = None  # activation version of the loaded model
         self.name = ""  # the loaded record's name, as the admin gave it ("" for the shipped one)
         self._failed_version: int | None = None  # a version whose checkpoint would not load

@@ -202,8 +202,7 @@ class BatchLoop:
         except Exception as e:
             if not isinstance(e, JobError):
                 log.exception("could not start job %s", job.job_id)
-            error = e if isinstance(e, JobError) else JobError(f"{type(e).__name__}: {e}", code=ErrorCode.INTERNAL_ERROR)
-            self._end(job, FinishedJob(job.job_id, error=error))
+            self._end(job, FinishedJob(job.job_id, error=JobError.of(e)))
             return
         metrics.QUEUE_WAIT.observe(max(0.0, time.time() - float(job.request.get("submitted_at") or time.time())))
         job.progress = {"phase": "searching", "fraction": 0.0, "grad_evals": 0, "outer_steps": 0,
@@ -227,12 +226,16 @@ class BatchLoop:
                record=lambda d, progress: self.source.record(entry, d, progress),
                notify=self.notify, last_progress=entry.progress)
 
+    def _fail(self, entry: Taken, error: JobError) -> None:
+        """End a job in flight with ``error``; the processor drops it (nobody wants its answer)."""
+        if self.processor is not None:
+            self.processor.abandon(entry.job_id)
+        self._end(entry, FinishedJob(entry.job_id, error=error))
+
     def _fail_all(self, error: JobError) -> None:
         for entry in list(self._inflight.values()):
-            if self.processor is not None:
-                self.processor.abandon(entry.job_id)
             try:
-                self._end(entry, FinishedJob(entry.job_id, error=error))
+                self._fail(entry, error)
             except Exception:  # keep going: the others must not stay "started" either
                 log.exception("could not fail job %s", entry.job_id)
 
@@ -254,9 +257,7 @@ class BatchLoop:
         for entry in list(self._inflight.values()):
             timeout = entry.timeout_s
             if timeout and clock - entry.started > timeout:
-                self._processor.abandon(entry.job_id)
-                self._end(entry, FinishedJob(entry.job_id, error=JobError(
-                    f"the search took longer than {timeout:g} s", code=ErrorCode.TIMEOUT)))
+                self._fail(entry, JobError(f"the search took longer than {timeout:g} s", code=ErrorCode.TIMEOUT))
 
     def _check_activation(self) -> None:
         clock = time.monotonic()

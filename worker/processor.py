@@ -72,11 +72,6 @@ class _Job:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
-def select_device(name: str | None = None) -> torch.device:
-    """The device named, else CUDA when available, else CPU (decided once per process)."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def search_config(request: FilterRequest, batch_size: int) -> tuple[tuple[str, float, float, str], SearchConfig]:
     """The threat key and SearchConfig of a request; JobError("invalid_request") when out of range."""
     preset = str(request.get("preset") or "standard")
@@ -237,8 +232,7 @@ class FilterProcessor:
             if members and (len(candidate) > self.max_batch
                             or len(candidate) * height * width > self.max_batch_pixels):
                 break  # first come, first served: later jobs wait behind this one
-            x = job.image.pixels.to(self.device, self.dtype)
-            engine.submit([x], keys=[job.job_id])
+            engine.submit([job.image.pixels(self.device, self.dtype)], keys=[job.job_id])
             job.submitted = True
             members.append(job)
 
@@ -247,19 +241,17 @@ class FilterProcessor:
         if job is None or job.abandoned:
             return None
         try:
-            output = found.x_safe.detach().to("cpu", torch.float32)
+            output = job.image.answer_levels(found.x_safe)
             png = encode_png(output, job.image.alpha, job.image.mode)
             result = results.build_result(
                 request=job.request, image=job.image, found=found, output=output, cfg=job.cfg,
                 preset=job.key[3], info=self.checkpoint.info, model=self.model_ref,
                 started_at=job.added_at, finished_at=self.clock(),
                 reencode=self._reencode_report(job, found) if job.key[5] else None)
-        except JobError as e:
-            return FinishedJob(job.job_id, error=e, batch_size=job.batch_size)
         except Exception as e:
-            log.exception("could not build the result of job %s", job.job_id)
-            return FinishedJob(job.job_id, error=JobError(f"{type(e).__name__}: {e}", code=ErrorCode.INTERNAL_ERROR),
-                               batch_size=job.batch_size)
+            if not isinstance(e, JobError):
+                log.exception("could not build the result of job %s", job.job_id)
+            return FinishedJob(job.job_id, error=JobError.of(e), batch_size=job.batch_size)
         return FinishedJob(job.job_id, result=result, png=png, batch_size=job.batch_size)
 
     def _reencode_report(self, job: _Job, found: Any) -> dict[str, Any]:

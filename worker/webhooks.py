@@ -19,6 +19,7 @@ from typing import Any
 
 from worker.logs import fields
 from worker.protocol import webhook_refusal
+from worker.settings import SharedSettings
 
 log = logging.getLogger("safespot.worker.webhooks")
 
@@ -45,6 +46,10 @@ class WebhookSender:
         self.backoff_s = backoff_s
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(MAX_PENDING)
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: SharedSettings) -> WebhookSender:
+        return cls(settings.webhook_allowed_hosts, settings.webhook_timeout_s, settings.webhook_retries)
 
     def start(self) -> WebhookSender:
         if self._thread is None:
