@@ -18,7 +18,6 @@ come from the environment on first use.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,20 +62,11 @@ def current_settings() -> WorkerSettings:
 # ---------------------------------------------------------------- filtering
 def filter_job(request: FilterRequest) -> FilterResult:
     """Filter one uploaded image (FilterRequest) -> FilterResult; the PNG goes to Redis."""
-    from worker.lifecycle import finish
-    from worker.processor import FinishedJob
     from worker.rq_worker import PerformedJob
 
     job = _job()
     source = PerformedJob(job)
-    loop = _loop(job.connection, source)
-    try:
-        loop.run()
-    except Exception as e:  # no model could be loaded: the job ends without a search
-        error = JobError(f"no model could be loaded: {e}", code=ErrorCode.MODEL_UNAVAILABLE, retryable=True)
-        finish(FinishedJob(job.id, error=error), request, started=time.time(), model="none",
-               record=lambda done, progress: source.record(None, done, progress),  # type: ignore[arg-type]
-               notify=loop.notify)
+    _loop(job.connection, source).run()
     done = source.done
     assert done is not None
     if done.error is not None:
