@@ -77,12 +77,15 @@ def shipped_record(default_model: str) -> CheckpointRecord | None:
 class ActiveModel:
     """The model a worker should serve: the registry's active checkpoint (the shipped
     default while nothing else was activated), reloaded when the activation version moves.
-    ``device`` (SAFESPOT_DEVICE, else CUDA when available) is chosen here, once per worker."""
+    ``device`` (SAFESPOT_DEVICE, else CUDA when available) and torch's CPU threads
+    (SAFESPOT_THREADS) are chosen here, once per worker."""
 
     def __init__(self, registry: CheckpointRegistry, settings: WorkerSettings) -> None:
         self.registry = registry
         self.settings = settings
         self.device = select_device(settings.device)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
         self.version: int | None = None  # activation version of the loaded model
         self.name = ""  # the loaded record's name, as the admin gave it ("" for the shipped one)
         self._failed_version: int | None = None  # a version whose checkpoint would not load

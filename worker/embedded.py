@@ -90,10 +90,6 @@ class EmbeddedBackend:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> EmbeddedBackend:
         """Load the registry and the active model (raises when it cannot), start the threads."""
-        if self.settings.threads:
-            import torch
-
-            torch.set_num_threads(self.settings.threads)
         self.registry.register_shipped(shipped_record(self.settings.default_model))
         self.loop.load()
         self._driver = threading.Thread(target=self._drive, name="safespot-embedded-worker", daemon=True)

@@ -64,7 +64,6 @@ class _Job:
     key: EngineKey
     cfg: SearchConfig
     added_at: float
-    seq: int
     submitted: bool = False  # handed to its engine (else held back by the pixel budget)
     abandoned: bool = False  # its caller gave up on it (timeout); its result is dropped
     passes: int = 0
@@ -130,7 +129,6 @@ class FilterProcessor:
         self.view = ResizeView(tuple(checkpoint.info.input_size[1:]))  # type: ignore[arg-type]
         self._engines: dict[EngineKey, SafeSpotSearch] = {}
         self._jobs: dict[str, _Job] = {}
-        self._seq = 0
         self.passes = 0  # forward+backward passes run, all engines
         self.last_batch = 0  # images in the most recent pass
 
@@ -158,8 +156,7 @@ class FilterProcessor:
         threat, cfg = search_config(request, self.max_batch)
         image = decode_png(png, self.max_image_pixels)
         key = (*threat, max(image.height, image.width).bit_length(), quality)
-        self._seq += 1
-        self._jobs[job_id] = _Job(job_id, request, image, key, cfg, self.clock(), self._seq)
+        self._jobs[job_id] = _Job(job_id, request, image, key, cfg, self.clock())
 
     def abandon(self, job_id: str) -> None:
         """Stop reporting a job (its caller failed it, e.g. on a timeout).  Its image stays in
@@ -169,7 +166,7 @@ class FilterProcessor:
         if job is None:
             return
         job.abandoned = True
-        searched = [j for j in self._jobs.values() if j.key == job.key and j.submitted]
+        searched = self._engine_jobs(job.key)
         if not job.submitted:
             del self._jobs[job_id]
         elif all(j.abandoned for j in searched):
@@ -181,10 +178,10 @@ class FilterProcessor:
         """One pass of the engine holding the oldest job; returns the jobs that finished."""
         if not self._jobs:
             return []
-        key = min(self._jobs.values(), key=lambda j: j.seq).key
+        key = next(iter(self._jobs.values())).key  # the oldest: _jobs keeps the order jobs were added in
         self._submit_held(key)
         engine = self._engines[key]
-        members = [j for j in self._jobs.values() if j.key == key and j.submitted]
+        members = self._engine_jobs(key)
         self.last_batch = len(members)
         try:
             finished = engine.step()
@@ -212,6 +209,10 @@ class FilterProcessor:
         return out
 
     # ------------------------------------------------------------- internals
+    def _engine_jobs(self, key: EngineKey, submitted: bool = True) -> list[_Job]:
+        """The jobs of one engine in its batch (or, ``submitted=False``, held back), oldest first."""
+        return [j for j in self._jobs.values() if j.key == key and j.submitted == submitted]
+
     def _submit_held(self, key: EngineKey) -> None:
         """Hand this engine's held-back jobs to it, oldest first, while the batch and the
         canvas pixel budget allow (an empty engine always takes one)."""
@@ -222,10 +223,8 @@ class FilterProcessor:
             reencode = Reencode(quality, exact=jpeg_roundtrip(quality)) if quality else None
             engine = self._engines[key] = SafeSpotSearch(self.checkpoint.model, cfg, view=self.view,
                                                          reencode=reencode)
-        members = [j for j in self._jobs.values() if j.key == key and j.submitted]
-        held = sorted((j for j in self._jobs.values() if j.key == key and not j.submitted),
-                      key=lambda j: j.seq)
-        for job in held:
+        members = self._engine_jobs(key)
+        for job in self._engine_jobs(key, submitted=False):
             candidate = [*members, job]
             height = max(j.image.height for j in candidate)
             width = max(j.image.width for j in candidate)

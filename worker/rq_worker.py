@@ -203,13 +203,9 @@ class PerformedJob:
 
 def run_worker(settings: WorkerSettings, burst: bool = False) -> int:
     """Run a worker until stopped (or, with ``burst``, until the queues are empty)."""
-    import torch
-
     if not settings.redis_url:
         raise ValueError("a worker needs SAFESPOT_REDIS_URL")
     setup_logging(settings.log_level, settings.log_json)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     worker = BatchingWorker(settings, settings.redis_client())
     worker.work(burst=burst)
     return 0

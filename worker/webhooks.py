@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Collection
-from typing import Any
+from typing import Any, TypeGuard
 
 from worker.logs import fields
 from worker.protocol import webhook_refusal
@@ -68,35 +68,31 @@ class WebhookSender:
 
     def submit(self, url: str | None, body: dict[str, Any]) -> bool:
         """Queue a webhook; False (logged) when the host is not allowed or the queue is full."""
-        if not url:
-            return False
-        job_id = body.get("job_id")
-        if not self._allowed(url, job_id):
+        if not self._allowed(url, body):
             return False
         try:
             self._queue.put_nowait((url, body))
         except queue.Full:
-            log.error("webhook queue full; dropped", extra=fields(job_id=job_id))
+            log.error("webhook queue full; dropped", extra=fields(job_id=body.get("job_id")))
             return False
         self.start()
         return True
 
     def send_now(self, url: str | None, body: dict[str, Any]) -> None:
         """Send in the calling thread (for a process that may end right after the job)."""
-        if not url:
-            return
-        if not self._allowed(url, body.get("job_id")):
+        if not self._allowed(url, body):
             return
         import httpx
 
         with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
             self._send(client, url, body)
 
-    def _allowed(self, url: str, job_id: Any) -> bool:
-        refusal = webhook_refusal(url, self.allowed_hosts)
+    def _allowed(self, url: str | None, body: dict[str, Any]) -> TypeGuard[str]:
+        """A webhook is wanted (``url``) and its host allowed (else logged)."""
+        refusal = webhook_refusal(url, self.allowed_hosts) if url else None
         if refusal is not None:
-            log.warning("webhook not sent: %s", refusal, extra=fields(job_id=job_id))
-        return refusal is None
+            log.warning("webhook not sent: %s", refusal, extra=fields(job_id=body.get("job_id")))
+        return bool(url) and refusal is None
 
     def _run(self) -> None:
         import httpx
