@@ -91,15 +91,17 @@ def to_levels(pixels: Tensor) -> np.ndarray:
 
 def encode_png(levels: np.ndarray, alpha: np.ndarray | None, mode: str) -> bytes:
     """A lossless PNG of (H, W, C) uint8 levels in the upload's mode, alpha re-attached."""
-    hwc = levels if alpha is None else np.concatenate([levels, alpha[:, :, None]], axis=2)
-    if hwc.shape[2] == 1:
-        hwc = hwc[:, :, 0]
-    image = Image.fromarray(np.ascontiguousarray(hwc))
+    image = _pillow(levels if alpha is None else np.concatenate([levels, alpha[:, :, None]], axis=2))
     if image.mode != mode:
         raise JobError(f"encoded {image.mode}, expected {mode}", code=ErrorCode.INTERNAL_ERROR)
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=6)
     return out.getvalue()
+
+
+def _pillow(hwc: np.ndarray) -> Image.Image:
+    """(H, W, C) uint8 levels as a Pillow image: C = 1, 2, 3, 4 give L, LA, RGB, RGBA."""
+    return Image.fromarray(np.ascontiguousarray(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc))
 
 
 def distortion(output: np.ndarray, original: np.ndarray) -> dict[str, float | None]:
@@ -120,15 +122,8 @@ def jpeg_roundtrip(quality: int) -> Callable[[Tensor], Tensor]:
     (4:2:0 chroma, Pillow's default) and its decoder, on one (C, H, W) image."""
 
     def roundtrip(image: Tensor) -> Tensor:
-        levels = to_levels(image.detach().cpu())  # (C, H, W)
-        mode = "L" if levels.shape[0] == 1 else "RGB"
-        hwc = levels[0] if mode == "L" else np.ascontiguousarray(np.moveaxis(levels, 0, -1))
-        buf = io.BytesIO()
-        Image.fromarray(hwc, mode=mode).save(buf, format="JPEG", quality=quality)
-        decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(mode), dtype=np.uint8)
-        if decoded.ndim == 2:
-            decoded = decoded[..., None]
-        back = torch.from_numpy(decoded.copy()).permute(2, 0, 1)
-        return back.to(device=image.device, dtype=image.dtype) / 255
+        out = io.BytesIO()
+        _pillow(np.moveaxis(to_levels(image), 0, -1)).save(out, format="JPEG", quality=quality)
+        return decode_png(out.getvalue()).pixels(image.device, image.dtype)  # Pillow reads any format
 
     return roundtrip
