@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from models.checkpoint import LoadedCheckpoint, load_checkpoint
 from worker.errors import CheckpointNotFoundError, JobError
 from worker.logs import fields
 from worker.protocol import CheckpointRecord, ErrorCode
@@ -95,15 +96,13 @@ class ActiveModel:
         version, _ = self.registry.active_state()
         return version != self.version and version != self._failed_version
 
-    def load(self) -> tuple[Any, str]:
-        """(models.checkpoint.LoadedCheckpoint, checkpoint id) of the active checkpoint.
+    def load(self) -> tuple[LoadedCheckpoint, str]:
+        """(the loaded model, checkpoint id) of the active checkpoint.
 
         Raises when it cannot be loaded: a worker must not silently serve
         another model than the one admins activated.  The failed version is
         remembered so that it is not retried every pass.
         """
-        from models.checkpoint import load_checkpoint
-
         version, active = self.registry.active_state()
         try:
             record = self.registry.get(active) or ({"source": "shipped"} if active == SHIPPED_ID else None)

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from models.checkpoint import LoadedCheckpoint
 from worker import metrics
+from worker.checkpoints import ActiveModel
 from worker.errors import JobError
 from worker.logs import fields
 from worker.processor import FilterProcessor, FinishedJob, build_processor
@@ -60,19 +60,10 @@ class JobSource(Protocol):
     def record(self, taken: Taken, done: FinishedJob, progress: Progress) -> str: ...  # the outcome
 
 
-class ModelSource(Protocol):
-    """The checkpoint to serve: ``changed`` is cheap (checked between passes)."""
-
-    name: str  # after load(): what the admin named the checkpoint ("": the file's own name)
-
-    def changed(self) -> bool: ...
-    def load(self) -> tuple[LoadedCheckpoint, str]: ...  # (model, checkpoint id); raises when it cannot
-
-
 class BatchLoop:
     """Continuous batching over one :class:`JobSource`; one thread drives it."""
 
-    def __init__(self, settings: WorkerSettings, source: JobSource, models: ModelSource, notify: Notify) -> None:
+    def __init__(self, settings: WorkerSettings, source: JobSource, models: ActiveModel, notify: Notify) -> None:
         self.settings = settings
         self.source = source
         self.models = models
