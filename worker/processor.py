@@ -202,7 +202,7 @@ class FilterProcessor:
         return [f for f in out if f is not None]
 
     def drain(self) -> list[FinishedJob]:
-        """Step until every job has finished (``filter_job`` and tests)."""
+        """Step until every job has finished (benchmarks and tests)."""
         out: list[FinishedJob] = []
         while self._jobs:
             out.extend(self.step())
