@@ -27,12 +27,8 @@ MAX_PENDING = 1000  # webhooks waiting to be sent; beyond that new ones are drop
 
 
 def payload(job_id: str, status: str, result: Any = None, error: dict[str, str] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"job_id": job_id, "status": status}
-    if error is not None:
-        body["error"] = error
-    else:
-        body["result"] = result
-    return body
+    """A webhook's body: the job's error when it failed, else its result."""
+    return {"job_id": job_id, "status": status, **({"result": result} if error is None else {"error": error})}
 
 
 class WebhookSender:
