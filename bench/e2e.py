@@ -30,7 +30,8 @@ def _library_rate(model: str, uploads: list[bytes], preset: str, max_batch: int,
 
     from models import load_checkpoint
     from service.images import decode_upload
-    from worker.processor import build_processor, select_device
+    from worker.checkpoints import select_device
+    from worker.processor import build_processor
 
     torch.set_num_threads(threads)
     loaded = load_checkpoint(model, select_device())  # the device the worker picks (CUDA when present)

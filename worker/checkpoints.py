@@ -16,6 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from models.checkpoint import LoadedCheckpoint, load_checkpoint
 from worker.errors import CheckpointNotFoundError, JobError
 from worker.logs import fields
 from worker.protocol import CheckpointRecord, ErrorCode
@@ -23,6 +26,11 @@ from worker.registry import SHIPPED_ID, CheckpointRegistry, json_safe
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("safespot.worker.model")
+
+
+def select_device(name: str | None = None) -> torch.device:
+    """The device named, else CUDA when available, else CPU."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def checkpoint_file(record: Mapping[str, Any], checkpoint_dir: Path, default_model: str) -> Path:
@@ -69,12 +77,16 @@ def shipped_record(default_model: str) -> CheckpointRecord | None:
 
 class ActiveModel:
     """The model a worker should serve: the registry's active checkpoint (the shipped
-    default while nothing else was activated), reloaded when the activation version moves."""
+    default while nothing else was activated), reloaded when the activation version moves.
+    ``device`` (SAFESPOT_DEVICE, else CUDA when available) and torch's CPU threads
+    (SAFESPOT_THREADS) are chosen here, once per worker."""
 
-    def __init__(self, registry: CheckpointRegistry, settings: WorkerSettings, device: Any) -> None:
+    def __init__(self, registry: CheckpointRegistry, settings: WorkerSettings) -> None:
         self.registry = registry
         self.settings = settings
-        self.device = device
+        self.device = select_device(settings.device)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
         self.version: int | None = None  # activation version of the loaded model
         self.name = ""  # the loaded record's name, as the admin gave it ("" for the shipped one)
         self._failed_version: int | None = None  # a version whose checkpoint would not load
@@ -84,15 +96,13 @@ class ActiveModel:
         version, _ = self.registry.active_state()
         return version != self.version and version != self._failed_version
 
-    def load(self) -> tuple[Any, str]:
-        """(models.checkpoint.LoadedCheckpoint, checkpoint id) of the active checkpoint.
+    def load(self) -> tuple[LoadedCheckpoint, str]:
+        """(the loaded model, checkpoint id) of the active checkpoint.
 
         Raises when it cannot be loaded: a worker must not silently serve
         another model than the one admins activated.  The failed version is
         remembered so that it is not retried every pass.
         """
-        from models.checkpoint import load_checkpoint
-
         version, active = self.registry.active_state()
         try:
             record = self.registry.get(active) or ({"source": "shipped"} if active == SHIPPED_ID else None)

@@ -24,7 +24,7 @@ from worker import metrics
 from worker.checkpoints import ActiveModel, shipped_record
 from worker.errors import ConflictError, JobError, QueueFullError
 from worker.lifecycle import BatchLoop, Taken
-from worker.processor import FinishedJob, select_device
+from worker.processor import FinishedJob
 from worker.protocol import (
     CheckpointRecord,
     ErrorCode,
@@ -71,17 +71,15 @@ class EmbeddedBackend:
         self.settings = WorkerSettings.from_shared(settings)
         self.max_queue, self.job_ttl_s, self.result_ttl_s = settings.max_queue, settings.job_ttl_s, settings.result_ttl_s
         self.job_timeout_s = float(settings.job_timeout_s)
-        self.device = select_device(self.settings.device)
-        self.webhooks = WebhookSender(self.settings.webhook_allowed_hosts, self.settings.webhook_timeout_s,
-                                      self.settings.webhook_retries)
+        self.webhooks = WebhookSender.from_settings(self.settings)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._jobs: dict[str, _Job] = {}
         self._queue: deque[str] = deque()
         self._tombstones: OrderedDict[str, float] = OrderedDict()
         self.registry = file_registry(self.settings.checkpoint_path)
-        self.loop = BatchLoop(self.settings, self, ActiveModel(self.registry, self.settings, self.device),
-                              self.webhooks.submit)
+        self.models = ActiveModel(self.registry, self.settings)
+        self.loop = BatchLoop(self.settings, self, self.models, self.webhooks.submit)
         self._stopping = threading.Event()
         self._driver: threading.Thread | None = None
         self._vetting = ThreadPoolExecutor(1, thread_name_prefix="safespot-vet")
@@ -92,10 +90,6 @@ class EmbeddedBackend:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> EmbeddedBackend:
         """Load the registry and the active model (raises when it cannot), start the threads."""
-        if self.settings.threads:
-            import torch
-
-            torch.set_num_threads(self.settings.threads)
         self.registry.register_shipped(shipped_record(self.settings.default_model))
         self.loop.load()
         self._driver = threading.Thread(target=self._drive, name="safespot-embedded-worker", daemon=True)
@@ -260,7 +254,7 @@ class EmbeddedBackend:
     def _vet(self, checkpoint_id: str) -> None:
         from worker.vetting import vet_and_record
 
-        vet_and_record(self.registry, checkpoint_id, self.settings, self.device)
+        vet_and_record(self.registry, checkpoint_id, self.settings, self.models.device)
 
     def _train(self, job_id: str) -> None:
         from worker.training_runs import run_training
@@ -279,7 +273,7 @@ class EmbeddedBackend:
             record = run_training(job.request, self.settings, job_id=job_id,  # type: ignore[arg-type]
                                   progress=progress, registry=self.registry)
         except Exception as e:
-            error = e if isinstance(e, JobError) else JobError(f"{type(e).__name__}: {e}", code=ErrorCode.TRAINING_FAILED)
+            error = JobError.of(e, ErrorCode.TRAINING_FAILED)
             with self._lock:
                 job.status, job.error, job.ended_at = "failed", error.to_dict(), time.time()
             return

@@ -43,6 +43,14 @@ class JobError(WorkerError):
         super().__init__(message, code=code)
         self.retryable = retryable
 
+    @classmethod
+    def of(cls, error: BaseException, code: ErrorCode = ErrorCode.INTERNAL_ERROR) -> JobError:
+        """``error`` itself when it is a JobError (its reason is known), else one naming the
+        unexpected exception ("TypeName: message") under ``code``."""
+        if isinstance(error, JobError):
+            return error
+        return cls(f"{type(error).__name__}: {error}", code=code)
+
 
 class QueueFullError(WorkerError):
     """The bounded queue is full (embedded mode); the API answers 429."""

@@ -1,10 +1,14 @@
-"""PNG in, PNG out: the normalised upload as a tensor, the answer as a lossless file.
+"""PNG in, PNG out: the normalised upload's 8-bit levels, the answer as a lossless file.
 
 The API hands the worker a normalised PNG (mode ``L``, ``LA``, ``RGB`` or
-``RGBA``).  Colour channels become a (C, H, W) float tensor of exact 8-bit
-values k/255 (C = 1 for grey, which stays grey); an alpha channel is split
-off, never searched, and put back unchanged.  Distances between answer and
-upload are measured here, at full resolution, on the 8-bit values.
+``RGBA``).  Its colour channels are kept as decoded, (H, W, C) uint8 levels
+(C = 1 for grey, which stays grey); the search gets them as a (C, H, W) float
+tensor of exact values k/255.  An alpha channel is split off, never searched,
+and put back unchanged.  The answer becomes levels once, as the upload's own
+levels plus the search's change in whole levels: a pixel the search left
+alone keeps its decoded level whatever precision the model computes in, and
+nothing of the original is re-quantised from float.  Distances between answer
+and upload are measured here, at full resolution, on the levels.
 """
 
 from __future__ import annotations
@@ -28,21 +32,36 @@ _LEVELS = 255
 
 @dataclass
 class DecodedImage:
-    pixels: Tensor  # (C, H, W) float32, values k/255; C = 1 (grey) or 3
+    levels: np.ndarray  # (H, W, C) uint8 as decoded; C = 1 (grey) or 3
     alpha: np.ndarray | None  # (H, W) uint8, returned untouched
     mode: str
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[1])
+        return int(self.levels.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[2])
+        return int(self.levels.shape[1])
+
+    def pixels(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
+        """(C, H, W) values k/255 in [0,1] on ``device`` (what the search takes); the levels
+        travel as uint8 and become float32 there, then ``dtype``."""
+        chw = torch.from_numpy(self.levels).permute(2, 0, 1).to(device)
+        return chw.float().div_(_LEVELS).to(dtype)
+
+    def answer_levels(self, answer: Tensor) -> np.ndarray:
+        """The search's (C, H, W) answer, on the 8-bit grid, as (H, W, C) uint8 levels: these
+        levels plus the change in whole levels, measured from the very tensor the search was
+        given (``pixels`` in the answer's dtype), so an unchanged pixel keeps its exact level."""
+        start = self.pixels(answer.device, answer.dtype).float()
+        steps = (answer.detach().float() - start).mul_(_LEVELS).round_().to(torch.int16)
+        moved = self.levels.astype(np.int16) + steps.permute(1, 2, 0).cpu().numpy()
+        return np.clip(moved, 0, _LEVELS).astype(np.uint8)
 
 
 def decode_png(data: bytes | None, max_pixels: int | None = None) -> DecodedImage:
-    """The normalised upload as pixels (+ alpha); JobError("invalid_image") when it is not one."""
+    """The normalised upload as levels (+ alpha); JobError("invalid_image") when it is not one."""
     if not data:
         raise JobError("the uploaded image is gone (expired or never stored)", code=ErrorCode.UPLOAD_MISSING)
     try:
@@ -62,8 +81,7 @@ def decode_png(data: bytes | None, max_pixels: int | None = None) -> DecodedImag
         array = array[:, :, None]
     colour = 1 if mode in ("L", "LA") else 3
     alpha = array[:, :, colour].copy() if mode in ("LA", "RGBA") else None
-    pixels = torch.from_numpy(np.ascontiguousarray(array[:, :, :colour])).permute(2, 0, 1)
-    return DecodedImage(pixels.float().div_(_LEVELS), alpha, mode)
+    return DecodedImage(np.ascontiguousarray(array[:, :, :colour]), alpha, mode)
 
 
 def to_levels(pixels: Tensor) -> np.ndarray:
@@ -71,14 +89,9 @@ def to_levels(pixels: Tensor) -> np.ndarray:
     return pixels.detach().mul(_LEVELS).round_().clamp_(0, _LEVELS).to(torch.uint8).cpu().numpy()
 
 
-def encode_png(pixels: Tensor, alpha: np.ndarray | None, mode: str) -> bytes:
-    """A lossless PNG of (C, H, W) pixels in the upload's mode, alpha re-attached."""
-    hwc = np.moveaxis(to_levels(pixels), 0, -1)
-    if alpha is not None:
-        hwc = np.concatenate([hwc, alpha[:, :, None]], axis=2)
-    if hwc.shape[2] == 1:
-        hwc = hwc[:, :, 0]
-    image = Image.fromarray(np.ascontiguousarray(hwc))
+def encode_png(levels: np.ndarray, alpha: np.ndarray | None, mode: str) -> bytes:
+    """A lossless PNG of (H, W, C) uint8 levels in the upload's mode, alpha re-attached."""
+    image = _pillow(levels if alpha is None else np.concatenate([levels, alpha[:, :, None]], axis=2))
     if image.mode != mode:
         raise JobError(f"encoded {image.mode}, expected {mode}", code=ErrorCode.INTERNAL_ERROR)
     out = io.BytesIO()
@@ -86,10 +99,15 @@ def encode_png(pixels: Tensor, alpha: np.ndarray | None, mode: str) -> bytes:
     return out.getvalue()
 
 
-def distortion(output: Tensor, original: Tensor) -> dict[str, float | None]:
-    """L-inf, L2 (over all pixels and channels) and PSNR of output vs original, in [0,1] units,
-    measured on their 8-bit values; PSNR is None for identical images (JSON has no inf)."""
-    diff = to_levels(output).astype(np.int32) - to_levels(original).astype(np.int32)
+def _pillow(hwc: np.ndarray) -> Image.Image:
+    """(H, W, C) uint8 levels as a Pillow image: C = 1, 2, 3, 4 give L, LA, RGB, RGBA."""
+    return Image.fromarray(np.ascontiguousarray(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc))
+
+
+def distortion(output: np.ndarray, original: np.ndarray) -> dict[str, float | None]:
+    """L-inf, L2 (over all pixels and channels) and PSNR of output vs original uint8 levels,
+    in [0,1] units; PSNR is None for identical images (JSON has no inf)."""
+    diff = output.astype(np.int32) - original.astype(np.int32)
     squares = float(np.square(diff, dtype=np.float64).sum())
     mse = squares / (diff.size * _LEVELS**2)
     return {
@@ -104,15 +122,8 @@ def jpeg_roundtrip(quality: int) -> Callable[[Tensor], Tensor]:
     (4:2:0 chroma, Pillow's default) and its decoder, on one (C, H, W) image."""
 
     def roundtrip(image: Tensor) -> Tensor:
-        levels = to_levels(image.detach().cpu())  # (C, H, W)
-        mode = "L" if levels.shape[0] == 1 else "RGB"
-        hwc = levels[0] if mode == "L" else np.ascontiguousarray(np.moveaxis(levels, 0, -1))
-        buf = io.BytesIO()
-        Image.fromarray(hwc, mode=mode).save(buf, format="JPEG", quality=quality)
-        decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert(mode), dtype=np.uint8)
-        if decoded.ndim == 2:
-            decoded = decoded[..., None]
-        back = torch.from_numpy(decoded.copy()).permute(2, 0, 1)
-        return back.to(device=image.device, dtype=image.dtype) / 255
+        out = io.BytesIO()
+        _pillow(np.moveaxis(to_levels(image), 0, -1)).save(out, format="JPEG", quality=quality)
+        return decode_png(out.getvalue()).pixels(image.device, image.dtype)  # Pillow reads any format
 
     return roundtrip

@@ -18,7 +18,6 @@ come from the environment on first use.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,20 +62,11 @@ def current_settings() -> WorkerSettings:
 # ---------------------------------------------------------------- filtering
 def filter_job(request: FilterRequest) -> FilterResult:
     """Filter one uploaded image (FilterRequest) -> FilterResult; the PNG goes to Redis."""
-    from worker.lifecycle import finish
-    from worker.processor import FinishedJob
     from worker.rq_worker import PerformedJob
 
     job = _job()
     source = PerformedJob(job)
-    loop = _loop(job.connection, source)
-    try:
-        loop.run()
-    except Exception as e:  # no model could be loaded: the job ends without a search
-        error = JobError(f"no model could be loaded: {e}", code=ErrorCode.MODEL_UNAVAILABLE, retryable=True)
-        finish(FinishedJob(job.id, error=error), request, started=time.time(), model="none",
-               record=lambda done, progress: source.record(None, done, progress),  # type: ignore[arg-type]
-               notify=loop.notify)
+    _loop(job.connection, source).run()
     done = source.done
     assert done is not None
     if done.error is not None:
@@ -89,15 +79,14 @@ def _loop(conn: Any, source: Any) -> Any:
     """This process's BatchLoop (its model reloaded on activation), now fed by ``source``."""
     from worker.checkpoints import ActiveModel
     from worker.lifecycle import BatchLoop
-    from worker.processor import select_device
     from worker.webhooks import WebhookSender
 
     ctx = _context
     if ctx.loop is None or ctx.conn is not conn:
         s = current_settings()
-        sender = WebhookSender(s.webhook_allowed_hosts, s.webhook_timeout_s, s.webhook_retries)
         ctx.conn = conn
-        ctx.loop = BatchLoop(s, source, ActiveModel(redis_registry(conn, s.checkpoint_path), s, select_device(s.device)), sender.send_now)
+        ctx.loop = BatchLoop(s, source, ActiveModel(redis_registry(conn, s.checkpoint_path), s),
+                             WebhookSender.from_settings(s).send_now)
     ctx.loop.source = source
     return ctx.loop
 
@@ -105,24 +94,21 @@ def _loop(conn: Any, source: Any) -> Any:
 # -------------------------------------------------------------- checkpoints
 def vet_checkpoint_job(request: VetRequest) -> CheckpointRecord:
     """Validate + vet the checkpoint a record names; the verdict is written to CHECKPOINTS_KEY."""
-    from worker.processor import select_device
+    from worker.checkpoints import select_device
     from worker.vetting import vet_and_record
 
     job = _job()
     settings = current_settings()
-    job.meta["progress"] = {"phase": "vetting", "fraction": 0.0}
-    job.save_meta()
+    save_meta(job, progress={"phase": "vetting", "fraction": 0.0})
     checkpoint_id = str(request.get("checkpoint_id") or "")
     verdict = vet_and_record(redis_registry(job.connection, settings.checkpoint_path), checkpoint_id, settings,
                              select_device(settings.device))
     if verdict is None:
-        error = JobError(f"no checkpoint {checkpoint_id!r}", code=ErrorCode.CHECKPOINT_NOT_FOUND)
-        _record_error(job, error)
-        raise error
-    job.meta["progress"] = {"phase": "done", "fraction": 1.0}
-    if verdict.get("error"):
-        job.meta["error"] = verdict["error"]
-    job.save_meta()
+        missing = JobError(f"no checkpoint {checkpoint_id!r}", code=ErrorCode.CHECKPOINT_NOT_FOUND)
+        _record_error(job, missing)
+        raise missing
+    rejection = {"error": verdict["error"]} if verdict.get("error") else {}
+    save_meta(job, progress={"phase": "done", "fraction": 1.0}, **rejection)
     return verdict
 
 
@@ -134,8 +120,7 @@ def train_job(request: TrainRequest) -> CheckpointRecord:
     settings = current_settings()
 
     def progress(values: dict[str, Any]) -> None:
-        job.meta["progress"] = values
-        job.save_meta()
+        save_meta(job, progress=values)
 
     try:
         return run_training(request, settings, job_id=job.id, progress=progress,
@@ -153,8 +138,13 @@ def _job() -> Any:
     return job
 
 
-def _record_error(job: Any, error: JobError) -> None:
-    job.meta["error"] = error.to_dict()
+def save_meta(job: Any, **values: Any) -> None:
+    """Set these keys of ``job.meta`` (what the API reads: progress, error) and write it."""
+    job.meta.update(values)
     job.save_meta()
+
+
+def _record_error(job: Any, error: JobError) -> None:
+    save_meta(job, error=error.to_dict())
     if not error.retryable:
         job.retries_left = 0  # RQ retries the job it is performing only if retries are left

@@ -8,7 +8,7 @@ jobs in flight finish on the model they started with).  Where jobs come
 from and where their ends are written is a :class:`JobSource`: RQ
 (:mod:`worker.rq_worker`, also for one job performed by a stock RQ worker)
 or the in-memory queue of ``safespot serve`` (:mod:`worker.embedded`).
-:func:`finish` is the one way a job ends: its final progress, the record,
+:meth:`BatchLoop.finish` is the one way a job ends: its final progress, the record,
 metrics, the log line and the webhook.
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from models.checkpoint import LoadedCheckpoint
 from worker import metrics
+from worker.checkpoints import ActiveModel
 from worker.errors import JobError
 from worker.logs import fields
 from worker.processor import FilterProcessor, FinishedJob, build_processor
@@ -60,49 +60,10 @@ class JobSource(Protocol):
     def record(self, taken: Taken, done: FinishedJob, progress: Progress) -> str: ...  # the outcome
 
 
-class ModelSource(Protocol):
-    """The checkpoint to serve: ``changed`` is cheap (checked between passes)."""
-
-    name: str  # after load(): what the admin named the checkpoint ("": the file's own name)
-
-    def changed(self) -> bool: ...
-    def load(self) -> tuple[LoadedCheckpoint, str]: ...  # (model, checkpoint id); raises when it cannot
-
-
-def final_progress(done: FinishedJob, last: Progress | None) -> Progress:
-    if done.error is None and done.result is not None:
-        return {"phase": "done", "fraction": 1.0, "grad_evals": done.result["grad_evals"],
-                "batch_size": done.batch_size}
-    return {**(last or {}), "phase": "done"}
-
-
-def finish(done: FinishedJob, request: FilterRequest, *, started: float, model: str,
-           record: Callable[[FinishedJob, Progress], str], notify: Notify,
-           last_progress: Progress | None = None) -> str:
-    """End a job: record it where clients read it, count it, log it, send its webhook.
-
-    ``record`` returns the outcome: "finished", "failed", or "retried" (the queue
-    will run it again; the client hears about a job once, when it really ends)."""
-    if done.error is None and (done.result is None or done.png is None):
-        done = FinishedJob(done.job_id, error=JobError("the search returned no result", code=ErrorCode.INTERNAL_ERROR),
-                           batch_size=done.batch_size)
-    outcome = record(done, final_progress(done, last_progress))
-    preset = str(request.get("preset") or "unknown")
-    metrics.job_ended(outcome, preset, model, time.time() - started,
-                      dict(done.result) if outcome == "finished" and done.result else None)
-    log.info("job %s", outcome, extra=fields(job_id=done.job_id, outcome=outcome, preset=preset,
-                                             error=done.error.code if done.error else None))
-    if outcome != "retried":
-        body = (payload(done.job_id, "finished", result=done.result) if outcome == "finished"
-                else payload(done.job_id, "failed", error=done.error.to_dict() if done.error else None))
-        notify(request.get("webhook_url"), body)
-    return outcome
-
-
 class BatchLoop:
     """Continuous batching over one :class:`JobSource`; one thread drives it."""
 
-    def __init__(self, settings: WorkerSettings, source: JobSource, models: ModelSource, notify: Notify) -> None:
+    def __init__(self, settings: WorkerSettings, source: JobSource, models: ActiveModel, notify: Notify) -> None:
         self.settings = settings
         self.source = source
         self.models = models
@@ -139,7 +100,16 @@ class BatchLoop:
     def run(self, first: Taken | None = None) -> bool:
         """Admit ``first`` (else the next queued job) and search until no job is in flight,
         admitting more between passes.  False when there was nothing to run."""
-        self.reload_if_changed()
+        try:
+            self.reload_if_changed()
+        except Exception as e:  # no model at all (a plain RQ worker's first job): end it unsearched
+            first = first or self.source.take()
+            if first is None:
+                raise
+            first.started = time.time()
+            self.finish(first, FinishedJob(first.job_id, error=JobError(
+                f"no model could be loaded: {e}", code=ErrorCode.MODEL_UNAVAILABLE, retryable=True)))
+            return True
         first = first or self.source.take()
         if first is None:
             return False
@@ -202,8 +172,7 @@ class BatchLoop:
         except Exception as e:
             if not isinstance(e, JobError):
                 log.exception("could not start job %s", job.job_id)
-            error = e if isinstance(e, JobError) else JobError(f"{type(e).__name__}: {e}", code=ErrorCode.INTERNAL_ERROR)
-            self._end(job, FinishedJob(job.job_id, error=error))
+            self.finish(job, FinishedJob(job.job_id, error=JobError.of(e)))
             return
         metrics.QUEUE_WAIT.observe(max(0.0, time.time() - float(job.request.get("submitted_at") or time.time())))
         job.progress = {"phase": "searching", "fraction": 0.0, "grad_evals": 0, "outer_steps": 0,
@@ -219,20 +188,43 @@ class BatchLoop:
         for done in finished:
             entry = self._inflight.get(done.job_id)
             if entry is not None:
-                self._end(entry, done)
+                self.finish(entry, done)
 
-    def _end(self, entry: Taken, done: FinishedJob) -> None:
+    def finish(self, entry: Taken, done: FinishedJob) -> str:
+        """The one way a job ends: its final progress, recorded where clients read it, counted,
+        logged, its webhook sent.  The source's record returns the outcome: "finished",
+        "failed", or "retried" (the queue runs it again; the client hears about a job once,
+        when it really ends)."""
         self._inflight.pop(entry.job_id, None)
-        finish(done, entry.request, started=entry.started, model=self.model_name,
-               record=lambda d, progress: self.source.record(entry, d, progress),
-               notify=self.notify, last_progress=entry.progress)
+        if done.error is None and (done.result is None or done.png is None):
+            done = FinishedJob(done.job_id, error=JobError("the search returned no result", code=ErrorCode.INTERNAL_ERROR),
+                               batch_size=done.batch_size)
+        progress: Progress = {**(entry.progress or {}), "phase": "done"}
+        if done.error is None and done.result is not None:
+            progress = {"phase": "done", "fraction": 1.0, "grad_evals": done.result["grad_evals"],
+                        "batch_size": done.batch_size}
+        outcome = self.source.record(entry, done, progress)
+        preset = str(entry.request.get("preset") or "unknown")
+        metrics.job_ended(outcome, preset, self.model_name, time.time() - entry.started,
+                          dict(done.result) if outcome == "finished" and done.result else None)
+        log.info("job %s", outcome, extra=fields(job_id=done.job_id, outcome=outcome, preset=preset,
+                                                 error=done.error.code if done.error else None))
+        if outcome != "retried":
+            body = (payload(done.job_id, "finished", result=done.result) if outcome == "finished"
+                    else payload(done.job_id, "failed", error=done.error.to_dict() if done.error else None))
+            self.notify(entry.request.get("webhook_url"), body)
+        return outcome
+
+    def _fail(self, entry: Taken, error: JobError) -> None:
+        """End a job in flight with ``error``; the processor drops it (nobody wants its answer)."""
+        if self.processor is not None:
+            self.processor.abandon(entry.job_id)
+        self.finish(entry, FinishedJob(entry.job_id, error=error))
 
     def _fail_all(self, error: JobError) -> None:
         for entry in list(self._inflight.values()):
-            if self.processor is not None:
-                self.processor.abandon(entry.job_id)
             try:
-                self._end(entry, FinishedJob(entry.job_id, error=error))
+                self._fail(entry, error)
             except Exception:  # keep going: the others must not stay "started" either
                 log.exception("could not fail job %s", entry.job_id)
 
@@ -254,9 +246,7 @@ class BatchLoop:
         for entry in list(self._inflight.values()):
             timeout = entry.timeout_s
             if timeout and clock - entry.started > timeout:
-                self._processor.abandon(entry.job_id)
-                self._end(entry, FinishedJob(entry.job_id, error=JobError(
-                    f"the search took longer than {timeout:g} s", code=ErrorCode.TIMEOUT)))
+                self._fail(entry, JobError(f"the search took longer than {timeout:g} s", code=ErrorCode.TIMEOUT))
 
     def _check_activation(self) -> None:
         clock = time.monotonic()

@@ -13,6 +13,7 @@ Every ``period_s`` seconds:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -20,8 +21,13 @@ import threading
 import time
 from typing import Any
 
-from worker import store
-from worker.protocol import WORKER_HEARTBEAT_S, WorkerStatus
+from worker.protocol import (
+    WORKER_ALIVE_TTL_S,
+    WORKER_HEARTBEAT_S,
+    WORKERS_KEY,
+    WorkerStatus,
+    worker_alive_key,
+)
 
 log = logging.getLogger("safespot.worker.liveness")
 
@@ -45,8 +51,10 @@ class Liveness:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        name = self.worker.name
         try:
-            store.clear_worker_status(self.worker.connection, self.worker.name)
+            with self.worker.connection.pipeline(transaction=False) as pipe:
+                pipe.hdel(WORKERS_KEY, name).delete(worker_alive_key(name)).execute()
         except Exception:
             log.exception("could not clear the worker status")
 
@@ -55,13 +63,16 @@ class Liveness:
         processor = w.processor
         return {"name": w.name, "queues": w.queue_names(),
                 "model": None if processor is None else processor.model_ref,
-                "device": str(w.device), "pid": os.getpid(), "host": socket.gethostname(),
+                "device": str(w.models.device), "pid": os.getpid(), "host": socket.gethostname(),
                 "started_at": round(self.started_at, 3), "last_seen": round(time.time(), 3),
                 "busy": w.busy}
 
     def beat(self) -> None:
-        w = self.worker
-        store.write_worker_status(w.connection, self.status())
+        """The worker's row in WORKERS_KEY, its alive key, and RQ's execution heartbeats."""
+        w, status = self.worker, self.status()
+        with w.connection.pipeline(transaction=False) as pipe:
+            pipe.hset(WORKERS_KEY, w.name, json.dumps(status))
+            pipe.set(worker_alive_key(w.name), "1", ex=WORKER_ALIVE_TTL_S).execute()
         w.heartbeat_executions()
 
     def _run(self) -> None:

@@ -65,17 +65,11 @@ class _Job:
     key: EngineKey
     cfg: SearchConfig
     added_at: float
-    seq: int
     submitted: bool = False  # handed to its engine (else held back by the pixel budget)
     abandoned: bool = False  # its caller gave up on it (timeout); its result is dropped
     passes: int = 0
     batch_size: int = 0
     progress: dict[str, Any] = field(default_factory=dict)
-
-
-def select_device(name: str | None = None) -> torch.device:
-    """The device named, else CUDA when available, else CPU (decided once per process)."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def search_config(request: FilterRequest, batch_size: int) -> tuple[tuple[str, float, float, str], SearchConfig]:
@@ -136,7 +130,6 @@ class FilterProcessor:
         self.view = make_view(checkpoint.info.view, checkpoint.info.input_size)
         self._engines: dict[EngineKey, SafeSpotSearch] = {}
         self._jobs: dict[str, _Job] = {}
-        self._seq = 0
         self.passes = 0  # forward+backward passes run, all engines
         self.last_batch = 0  # images in the most recent pass
 
@@ -164,8 +157,7 @@ class FilterProcessor:
         threat, cfg = search_config(request, self.max_batch)
         image = decode_png(png, self.max_image_pixels)
         key = (*threat, max(image.height, image.width).bit_length(), quality)
-        self._seq += 1
-        self._jobs[job_id] = _Job(job_id, request, image, key, cfg, self.clock(), self._seq)
+        self._jobs[job_id] = _Job(job_id, request, image, key, cfg, self.clock())
 
     def abandon(self, job_id: str) -> None:
         """Stop reporting a job (its caller failed it, e.g. on a timeout).  Its image stays in
@@ -175,7 +167,7 @@ class FilterProcessor:
         if job is None:
             return
         job.abandoned = True
-        searched = [j for j in self._jobs.values() if j.key == job.key and j.submitted]
+        searched = self._engine_jobs(job.key)
         if not job.submitted:
             del self._jobs[job_id]
         elif all(j.abandoned for j in searched):
@@ -187,10 +179,10 @@ class FilterProcessor:
         """One pass of the engine holding the oldest job; returns the jobs that finished."""
         if not self._jobs:
             return []
-        key = min(self._jobs.values(), key=lambda j: j.seq).key
+        key = next(iter(self._jobs.values())).key  # the oldest: _jobs keeps the order jobs were added in
         self._submit_held(key)
         engine = self._engines[key]
-        members = [j for j in self._jobs.values() if j.key == key and j.submitted]
+        members = self._engine_jobs(key)
         self.last_batch = len(members)
         try:
             finished = engine.step()
@@ -211,13 +203,17 @@ class FilterProcessor:
         return [f for f in out if f is not None]
 
     def drain(self) -> list[FinishedJob]:
-        """Step until every job has finished (``filter_job`` and tests)."""
+        """Step until every job has finished (benchmarks and tests)."""
         out: list[FinishedJob] = []
         while self._jobs:
             out.extend(self.step())
         return out
 
     # ------------------------------------------------------------- internals
+    def _engine_jobs(self, key: EngineKey, submitted: bool = True) -> list[_Job]:
+        """The jobs of one engine in its batch (or, ``submitted=False``, held back), oldest first."""
+        return [j for j in self._jobs.values() if j.key == key and j.submitted == submitted]
+
     def _submit_held(self, key: EngineKey) -> None:
         """Hand this engine's held-back jobs to it, oldest first, while the batch and the
         canvas pixel budget allow (an empty engine always takes one)."""
@@ -228,18 +224,15 @@ class FilterProcessor:
             reencode = Reencode(quality, exact=jpeg_roundtrip(quality)) if quality else None
             engine = self._engines[key] = SafeSpotSearch(self.checkpoint.model, cfg, view=self.view,
                                                          reencode=reencode)
-        members = [j for j in self._jobs.values() if j.key == key and j.submitted]
-        held = sorted((j for j in self._jobs.values() if j.key == key and not j.submitted),
-                      key=lambda j: j.seq)
-        for job in held:
+        members = self._engine_jobs(key)
+        for job in self._engine_jobs(key, submitted=False):
             candidate = [*members, job]
             height = max(j.image.height for j in candidate)
             width = max(j.image.width for j in candidate)
             if members and (len(candidate) > self.max_batch
                             or len(candidate) * height * width > self.max_batch_pixels):
                 break  # first come, first served: later jobs wait behind this one
-            x = job.image.pixels.to(self.device, self.dtype)
-            engine.submit([x], keys=[job.job_id])
+            engine.submit([job.image.pixels(self.device, self.dtype)], keys=[job.job_id])
             job.submitted = True
             members.append(job)
 
@@ -248,19 +241,17 @@ class FilterProcessor:
         if job is None or job.abandoned:
             return None
         try:
-            output = found.x_safe.detach().to("cpu", torch.float32)
+            output = job.image.answer_levels(found.x_safe)
             png = encode_png(output, job.image.alpha, job.image.mode)
             result = results.build_result(
                 request=job.request, image=job.image, found=found, output=output, cfg=job.cfg,
                 preset=job.key[3], info=self.checkpoint.info, model=self.model_ref,
                 started_at=job.added_at, finished_at=self.clock(),
                 reencode=self._reencode_report(job, found) if job.key[5] else None)
-        except JobError as e:
-            return FinishedJob(job.job_id, error=e, batch_size=job.batch_size)
         except Exception as e:
-            log.exception("could not build the result of job %s", job.job_id)
-            return FinishedJob(job.job_id, error=JobError(f"{type(e).__name__}: {e}", code=ErrorCode.INTERNAL_ERROR),
-                               batch_size=job.batch_size)
+            if not isinstance(e, JobError):
+                log.exception("could not build the result of job %s", job.job_id)
+            return FinishedJob(job.job_id, error=JobError.of(e), batch_size=job.batch_size)
         return FinishedJob(job.job_id, result=result, png=png, batch_size=job.batch_size)
 
     def _reencode_report(self, job: _Job, found: Any) -> dict[str, Any]:

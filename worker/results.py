@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from torch import Tensor
+import numpy as np
 
 from models.checkpoint import ModelInfo
 from safespot import ImageResult, SearchConfig
@@ -45,7 +45,7 @@ def build_result(
     request: FilterRequest,
     image: DecodedImage,
     found: ImageResult,
-    output: Tensor,
+    output: np.ndarray,
     cfg: SearchConfig,
     preset: str,
     info: ModelInfo,
@@ -56,8 +56,8 @@ def build_result(
 ) -> FilterResult:
     """Everything the API reports for one filtered image.
 
-    ``output`` is the answer (C, H, W) at full resolution; distances are
-    measured against the upload's own pixels.  Timings are epoch seconds.
+    ``output`` is the answer's (H, W, C) uint8 levels at full resolution; distances are
+    measured against the upload's own levels.  Timings are epoch seconds.
     """
     label = int(found.label)
     names = info.class_names
@@ -74,7 +74,7 @@ def build_result(
         "prediction": {"label": label, "class_name": names[label] if label < len(names) else str(label),
                        "confidence": round(float(found.msp), 6)},
         "safe_spot_found": bool(found.found),
-        **distortion(output, image.pixels),  # type: ignore[typeddict-item]
+        **distortion(output, image.levels),  # type: ignore[typeddict-item]
         "robustness": robustness,
         "verification": verified,
         "view": view_report(info),

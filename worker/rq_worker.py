@@ -26,13 +26,20 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from worker import jobs, metrics, store
+from worker import jobs, metrics
 from worker.checkpoints import ActiveModel, shipped_record
 from worker.lifecycle import BatchLoop, Taken
 from worker.liveness import Liveness
 from worker.logs import setup_logging
-from worker.processor import FilterProcessor, FinishedJob, select_device
-from worker.protocol import FILTER_FUNC, FILTER_QUEUE, FilterRequest, Progress
+from worker.processor import FilterProcessor, FinishedJob
+from worker.protocol import (
+    FILTER_FUNC,
+    FILTER_QUEUE,
+    FilterRequest,
+    Progress,
+    result_image_key,
+    upload_key,
+)
 from worker.registry_stores import redis_registry
 from worker.rq_compat import IDLE_POLL_S, CompatWorker
 from worker.settings import WorkerSettings
@@ -42,13 +49,17 @@ log = logging.getLogger("safespot.worker")
 
 
 def write_end(job: Job, done: FinishedJob, progress: Progress, result_ttl: int | None) -> None:
-    """What a client reads of an ended job besides RQ's status: the PNG, the progress, the error."""
+    """What a client reads of an ended job besides RQ's status: the PNG (expiring with the
+    result; a TTL of None or below 0 is RQ's "never"), the progress, the error."""
     if done.error is None and done.png is not None and result_ttl != 0:
-        store.store_result_image(job.connection, job.id, done.png, result_ttl)
-    job.meta["progress"] = progress
-    if done.error is not None:
-        job.meta["error"] = done.error.to_dict()
-    job.save_meta()
+        expiry = int(result_ttl) if result_ttl is not None and result_ttl > 0 else None
+        job.connection.set(result_image_key(job.id), done.png, ex=expiry)
+    error = {} if done.error is None else {"error": done.error.to_dict()}
+    jobs.save_meta(job, progress=progress, **error)
+
+
+def load_upload(job: Job) -> bytes | None:
+    return cast(bytes | None, job.connection.get(upload_key(job.id)))
 
 
 def taken(job: Job, queue: Queue | None) -> Taken:
@@ -65,13 +76,12 @@ class BatchingWorker(CompatWorker):
                          maintenance_interval=settings.maintenance_interval_s,
                          worker_ttl=max(IDLE_POLL_S + 25, settings.job_heartbeat_ttl_s))
         self.settings = settings
-        self.device = select_device(settings.device)
-        self.webhooks = WebhookSender(settings.webhook_allowed_hosts, settings.webhook_timeout_s,
-                                      settings.webhook_retries)
+        self.webhooks = WebhookSender.from_settings(settings)
         self.liveness = Liveness(self, period_s=max(0.5, settings.job_heartbeat_ttl_s / 3))
         self.filter_queue = next((q for q in self.queues if q.name == FILTER_QUEUE), None)
         self.registry = redis_registry(connection, settings.checkpoint_path)
-        self.loop = BatchLoop(settings, self, ActiveModel(self.registry, settings, self.device), self.webhooks.submit)
+        self.models = ActiveModel(self.registry, settings)
+        self.loop = BatchLoop(settings, self, self.models, self.webhooks.submit)
         self.on_idle = self._reload_when_idle
 
     @property
@@ -137,11 +147,10 @@ class BatchingWorker(CompatWorker):
 
     def begin(self, item: Taken) -> bytes | None:
         item.handle[2] = self.mark_started(item.handle[0])
-        return store.load_upload(self.connection, item.job_id)
+        return load_upload(item.handle[0])
 
     def save_progress(self, item: Taken, progress: Progress) -> None:
-        item.handle[0].meta["progress"] = progress
-        item.handle[0].save_meta()
+        jobs.save_meta(item.handle[0], progress=progress)
 
     def record(self, item: Taken, done: FinishedJob, progress: Progress) -> str:
         job, queue, execution = item.handle
@@ -182,7 +191,7 @@ class PerformedJob:
         self.pending = item
 
     def begin(self, item: Taken) -> bytes | None:
-        return store.load_upload(self.job.connection, item.job_id)
+        return load_upload(self.job)
 
     def record(self, item: Taken, done: FinishedJob, progress: Progress) -> str:
         if done.error is not None and not done.error.retryable:
@@ -194,13 +203,9 @@ class PerformedJob:
 
 def run_worker(settings: WorkerSettings, burst: bool = False) -> int:
     """Run a worker until stopped (or, with ``burst``, until the queues are empty)."""
-    import torch
-
     if not settings.redis_url:
         raise ValueError("a worker needs SAFESPOT_REDIS_URL")
     setup_logging(settings.log_level, settings.log_json)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
     worker = BatchingWorker(settings, settings.redis_client())
     worker.work(burst=burst)
     return 0

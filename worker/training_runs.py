@@ -92,11 +92,10 @@ def run_training(request: TrainRequest, settings: WorkerSettings, *, job_id: str
     try:
         path = Path(train(cfg, quiet=True, on_epoch=epoch_done, on_step=step_done,
                           report_every_s=settings.progress_interval_s))
-    except JobError:
-        metrics.TRAINING_JOBS.labels(outcome="failed").inc()
-        raise
     except Exception as e:
         metrics.TRAINING_JOBS.labels(outcome="failed").inc()
+        if isinstance(e, JobError):
+            raise
         log.exception("training failed", extra=fields(job_id=job_id))
         raise JobError(f"{type(e).__name__}: {e}", code=ErrorCode.TRAINING_FAILED) from e
 

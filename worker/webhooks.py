@@ -15,10 +15,11 @@ import queue
 import threading
 import time
 from collections.abc import Collection
-from typing import Any
+from typing import Any, TypeGuard
 
 from worker.logs import fields
 from worker.protocol import webhook_refusal
+from worker.settings import SharedSettings
 
 log = logging.getLogger("safespot.worker.webhooks")
 
@@ -26,12 +27,8 @@ MAX_PENDING = 1000  # webhooks waiting to be sent; beyond that new ones are drop
 
 
 def payload(job_id: str, status: str, result: Any = None, error: dict[str, str] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"job_id": job_id, "status": status}
-    if error is not None:
-        body["error"] = error
-    else:
-        body["result"] = result
-    return body
+    """A webhook's body: the job's error when it failed, else its result."""
+    return {"job_id": job_id, "status": status, **({"result": result} if error is None else {"error": error})}
 
 
 class WebhookSender:
@@ -45,6 +42,10 @@ class WebhookSender:
         self.backoff_s = backoff_s
         self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(MAX_PENDING)
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: SharedSettings) -> WebhookSender:
+        return cls(settings.webhook_allowed_hosts, settings.webhook_timeout_s, settings.webhook_retries)
 
     def start(self) -> WebhookSender:
         if self._thread is None:
@@ -63,35 +64,31 @@ class WebhookSender:
 
     def submit(self, url: str | None, body: dict[str, Any]) -> bool:
         """Queue a webhook; False (logged) when the host is not allowed or the queue is full."""
-        if not url:
-            return False
-        job_id = body.get("job_id")
-        if not self._allowed(url, job_id):
+        if not self._allowed(url, body):
             return False
         try:
             self._queue.put_nowait((url, body))
         except queue.Full:
-            log.error("webhook queue full; dropped", extra=fields(job_id=job_id))
+            log.error("webhook queue full; dropped", extra=fields(job_id=body.get("job_id")))
             return False
         self.start()
         return True
 
     def send_now(self, url: str | None, body: dict[str, Any]) -> None:
         """Send in the calling thread (for a process that may end right after the job)."""
-        if not url:
-            return
-        if not self._allowed(url, body.get("job_id")):
+        if not self._allowed(url, body):
             return
         import httpx
 
         with httpx.Client(timeout=self.timeout_s, follow_redirects=False) as client:
             self._send(client, url, body)
 
-    def _allowed(self, url: str, job_id: Any) -> bool:
-        refusal = webhook_refusal(url, self.allowed_hosts)
+    def _allowed(self, url: str | None, body: dict[str, Any]) -> TypeGuard[str]:
+        """A webhook is wanted (``url``) and its host allowed (else logged)."""
+        refusal = webhook_refusal(url, self.allowed_hosts) if url else None
         if refusal is not None:
-            log.warning("webhook not sent: %s", refusal, extra=fields(job_id=job_id))
-        return refusal is None
+            log.warning("webhook not sent: %s", refusal, extra=fields(job_id=body.get("job_id")))
+        return bool(url) and refusal is None
 
     def _run(self) -> None:
         import httpx

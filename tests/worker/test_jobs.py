@@ -74,6 +74,16 @@ def test_filter_job_failure_records_the_reason(redis_conn, settings, cifar_mini)
     assert job.meta["error"]["code"] == "invalid_request"
 
 
+def test_filter_job_without_a_loadable_model_fails_as_unavailable(redis_conn, settings, cifar_mini,
+                                                                  tmp_path) -> None:
+    jobs.use_settings(settings.model_copy(update={"default_model": str(tmp_path / "gone.safetensors")}))
+    redis_conn.set(upload_key("f0"), cifar_png(cifar_mini))
+    job = run(redis_conn, FILTER_FUNC, filter_request("f0"), "f0")
+    assert job.get_status() == "failed"
+    assert job.meta["error"]["code"] == "model_unavailable"
+    assert job.meta["progress"]["phase"] == "done" and redis_conn.get(result_image_key("f0")) is None
+
+
 def test_filter_job_serves_the_active_checkpoint(redis_conn, settings, cifar_mini) -> None:
     shutil.copy(TINY_MODEL, settings.checkpoint_dir / "copy.safetensors")
     redis_conn.hset(CHECKPOINTS_KEY, "c1", json.dumps({"id": "c1", "status": "active", "sha256": "",

@@ -15,6 +15,7 @@ from safespot.attacks import pgd
 from safespot.canvas import ResizeView
 from tests.worker.conftest import cifar_png, filter_request, photo, png_bytes
 from worker.errors import JobError
+from worker.imaging import decode_png, distortion, encode_png, to_levels
 from worker.processor import FilterProcessor, build_processor
 
 EPS = 8 / 255
@@ -148,14 +149,43 @@ def _tiff_cmyk() -> bytes:
 
 
 def test_identical_output_has_no_psnr() -> None:
-    from worker.imaging import distortion
-
-    x = torch.rand(3, 5, 7).mul(255).round().div(255)
+    x = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     assert distortion(x, x) == {"linf": 0.0, "l2": 0.0, "psnr": None}
-    y = x.clone()
-    y[0, 0, 0] = (y[0, 0, 0] * 255 + (1 if y[0, 0, 0] < 1 else -1)) / 255
+    y = x.copy()
+    y[0, 0, 0] += 1 if y[0, 0, 0] < 255 else -1
     d = distortion(y, x)
     assert d["linf"] == pytest.approx(1 / 255) and d["psnr"] > 60
+
+
+def every_level_png(mode: str) -> bytes:
+    """A 16x16 image holding each 8-bit level once per channel (alpha reversed)."""
+    grid = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    channels = {"L": [grid], "LA": [grid, grid[::-1]], "RGB": [grid, grid.T, grid[::-1]],
+                "RGBA": [grid, grid.T, grid[::-1], grid[:, ::-1]]}[mode]
+    array = np.stack(channels, axis=2)
+    return png_bytes(Image.fromarray(array[:, :, 0] if mode == "L" else array))
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_an_unchanged_answer_keeps_the_decoded_levels_where_float_would_requantise(mode: str) -> None:
+    image = decode_png(every_level_png(mode))
+    coarse = image.pixels(dtype=torch.float8_e4m3fn)  # a model computing in 8-bit floats
+    requantised = np.moveaxis(to_levels(coarse.float()), 0, -1)
+    assert not np.array_equal(requantised, image.levels), "the float round trip must lose levels here"
+    assert np.array_equal(image.answer_levels(coarse), image.levels)
+    png = encode_png(image.answer_levels(coarse), image.alpha, image.mode)
+    assert np.array_equal(np.asarray(decoded(png)), np.asarray(decoded(every_level_png(mode))))
+
+
+def test_answer_levels_move_by_the_searched_change_only() -> None:
+    image = decode_png(every_level_png("RGB"))
+    answer = image.pixels()
+    answer[1, 3, 4] += 1 / 255  # one level up at (row 3, column 4), green
+    answer[0, 0, 0] -= 1 / 255  # below level 0: clipped, as the PNG cannot hold it
+    levels = image.answer_levels(answer)
+    change = levels.astype(np.int16) - image.levels.astype(np.int16)
+    assert change[3, 4, 1] == 1 and np.count_nonzero(change) == 1
+    assert distortion(levels, image.levels)["linf"] == pytest.approx(1 / 255)
 
 
 def test_reencode_plans_for_the_platforms_jpeg_and_reports_survival(processor, cifar_mini) -> None:
