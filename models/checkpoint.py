@@ -5,7 +5,8 @@
 - Metadata: a JSON document in the safetensors header under the key
   ``safespot`` (architecture and its arguments, input size, classes,
   normalisation, the view (how an upload becomes the network's input:
-  safespot/canvas.py), threat model, training recipe and arguments, measured
+  safespot/canvas.py), optional WordNet ids of the classes (``wnids``: how
+  ImageNet-style photo folders name them), threat model, training recipe and arguments, measured
   metrics, data provenance, timings, the command that produced it), plus
   ``weights_sha256``, a digest of the tensors that loading re-checks.
 - Identity: the sha256 of the whole file, reported by the service as the
@@ -59,6 +60,8 @@ class ModelInfo:
     training: dict[str, Any] = field(default_factory=dict)  # command, seconds, epochs, host
     ood: dict[str, Any] = field(default_factory=dict)  # OOD score parameters and threshold
     view: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_VIEW))  # safespot.canvas.make_view
+    # WordNet ids per class index (ImageNet/Tiny ImageNet folders are named by them); [] when unknown
+    wnids: list[str] = field(default_factory=list)
     name: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -85,6 +88,9 @@ class ModelInfo:
         if self.class_names and len(self.class_names) != self.num_classes:
             raise CheckpointError(
                 f"metadata names {len(self.class_names)} classes but declares {self.num_classes}")
+        if self.wnids and (len(self.wnids) != self.num_classes or len(set(self.wnids)) != len(self.wnids)
+                           or not all(isinstance(w, str) and w for w in self.wnids)):
+            raise CheckpointError(f"metadata 'wnids' must be {self.num_classes} distinct non-empty strings")
         if len(self.input_size) != 3 or not all(1 <= v <= 4096 for v in self.input_size):
             raise CheckpointError(f"implausible input size {self.input_size}")
         channels = self.input_size[0]

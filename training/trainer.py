@@ -250,7 +250,7 @@ def _model_info(cfg: TrainConfig, data: ImageSet) -> ModelInfo:
                      recipe=r.to_dict() | ({"warmup": cfg.warmup.to_dict(), "warmup_epochs": cfg.warmup_epochs}
                                           if cfg.warmup is not None else {}), data=dict(data.provenance) | {"holdout": cfg.holdout,
                                                                        "limit": cfg.limit},
-                     name=cfg.name)
+                     wnids=list(data.wnids), name=cfg.name)
 
 
 def use_layout(model: Classifier, channels_last: bool) -> Classifier:
