@@ -88,7 +88,7 @@ def load_photo_folder(root: Path, info: Any, n: int, *, skip_unknown_classes: bo
     name = (f"photo folder {root.name} ({listed.layout}, {len(files)} images in {len(mapping.index)} classes"
             + (f"; {skipped} images of unknown classes skipped" if skipped else "") + ")")
     extra = {
-        "dataset": {"path": str(root), "layout": listed.layout, "images": len(listed.files),
+        "dataset": {"path": str(listed.root), "layout": listed.layout, "images": len(listed.files),
                     "class_folders": len(counts), "evaluated_from": len(files)},
         "class_mapping": mapping.to_dict(counts),
         "view": dict(info.view) | {"input_size": list(info.input_size),
