@@ -58,7 +58,7 @@ def test_eval_on_an_image_folder_records_the_data_mapping_and_view(photos: Path,
                "none,s-full", "--preset", "fast", "--threads", "1", "--json", str(out)) == 0
     report = json.loads(out.read_text())
     assert report["n"] == 6 and report["indices"] == "stride 1.5 from 0"
-    assert "photo folder photos (imagefolder, 9 images in 3 classes)" == report["data"]
+    assert report["data"] == "photo folder photos (imagefolder, 9 images in 3 classes)"
     assert report["dataset"]["layout"] == "imagefolder" and report["dataset"]["path"] == str(photos)
     assert report["class_mapping"]["by"] == "class name"
     assert report["class_mapping"]["folders"] == {"coffee": 0, "cat": 1, "astronaut": 2}

@@ -42,7 +42,7 @@ def tiny_imagenet_val(root: Path, classes: list[str], per_class: int = 3) -> Pat
     (as in Tiny ImageNet, whose annotation order is not by class)."""
     images = root / "val" / "images"
     images.mkdir(parents=True)
-    lines = []
+    lines: list[str] = []
     for k in range(per_class):
         for cls in classes:
             name = f"val_{len(lines)}.JPEG"
