@@ -34,6 +34,7 @@ import numpy as np
 from safespot_cli.errors import UsageError, usage_errors
 
 MAX_PIXELS = 40_000_000  # the service's default SAFESPOT_MAX_PIXELS
+PACKED_NAMES = ("cifar10", "tinyimagenet")  # load_dataset's names for the packed sets of --data-dir
 VIEW_APPLIED = ("before the protocol: the search, the baselines and the yardstick run on the view's "
                 "8-bit output at the model's input size (eps in those pixels)")
 
@@ -56,7 +57,7 @@ def load_eval_data(data: str, split: str, data_dir: str | None, info: Any, n: in
     if n < 1:
         raise UsageError("--n must be at least 1")
     with usage_errors(DataError):
-        if is_photo_folder(Path(data)):
+        if data not in PACKED_NAMES and is_photo_folder(Path(data)):  # a ./cifar10/ folder is not the set
             return load_photo_folder(Path(data), info, n, skip_unknown_classes=skip_unknown_classes)
         loaded = load_dataset(data, split, data_dir)
     if skip_unknown_classes:

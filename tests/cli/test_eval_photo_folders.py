@@ -104,3 +104,12 @@ def test_model_card_on_tiny_imagenet_val_maps_wnids_and_runs_apgd(tmp_path: Path
     apgd = json.loads(out.read_text())["methods"]["none"]["attacks"]["apgd"]
     assert list(apgd["survivors"]) == ["apgd-ce", "apgd-t"]
     assert apgd["survivors"]["apgd-t"] <= apgd["survivors"]["apgd-ce"] <= 4
+
+
+def test_a_set_name_means_the_packed_set_even_beside_a_folder_of_that_name(
+        tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    image_folder(tmp_path / "work" / "cifar10", CLASSES, per_class=1)
+    monkeypatch.chdir(tmp_path / "work")
+    with pytest.raises(UsageError, match="CIFAR-10 not found in"):
+        load_eval_data("cifar10", "test", str(tmp_path / "empty"), read_info(checkpoint), 2)
+    assert load_eval_data("./cifar10", "test", None, read_info(checkpoint), 2).y.tolist() == [0, 1]
