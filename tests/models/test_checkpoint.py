@@ -150,7 +150,7 @@ def test_library_architectures_are_checked_before_anything_is_built() -> None:
 WNIDS = [f"n{i:08d}" for i in range(10)]
 
 
-@pytest.mark.parametrize("wnids", [WNIDS[:9], WNIDS[:9] + ["n00000000"], WNIDS[:9] + [""]],
+@pytest.mark.parametrize("wnids", [WNIDS[:9], [*WNIDS[:9], "n00000000"], [*WNIDS[:9], ""]],
                          ids=["too-few", "repeated", "empty"])
 def test_wnids_must_name_every_class_once(wnids: list[str], tmp_path: Path) -> None:
     _info(wnids=WNIDS).validate()
