@@ -85,11 +85,13 @@ class ModelInfo:
             raise CheckpointError(str(e.args[0] if e.args else e)) from e
         if not 2 <= int(self.num_classes) <= 100_000:
             raise CheckpointError(f"implausible class count {self.num_classes}")
+        if not isinstance(self.class_names, list) or not all(isinstance(n, str) for n in self.class_names):
+            raise CheckpointError("metadata 'class_names' must be a list of strings")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise CheckpointError(
                 f"metadata names {len(self.class_names)} classes but declares {self.num_classes}")
-        if self.wnids and (len(self.wnids) != self.num_classes or len(set(self.wnids)) != len(self.wnids)
-                           or not all(isinstance(w, str) and w for w in self.wnids)):
+        if self.wnids and not (isinstance(self.wnids, list) and all(isinstance(w, str) and w for w in self.wnids)
+                               and len(self.wnids) == self.num_classes == len(set(self.wnids))):
             raise CheckpointError(f"metadata 'wnids' must be {self.num_classes} distinct non-empty strings")
         if len(self.input_size) != 3 or not all(1 <= v <= 4096 for v in self.input_size):
             raise CheckpointError(f"implausible input size {self.input_size}")

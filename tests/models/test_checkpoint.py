@@ -150,8 +150,9 @@ def test_library_architectures_are_checked_before_anything_is_built() -> None:
 WNIDS = [f"n{i:08d}" for i in range(10)]
 
 
-@pytest.mark.parametrize("wnids", [WNIDS[:9], [*WNIDS[:9], "n00000000"], [*WNIDS[:9], ""]],
-                         ids=["too-few", "repeated", "empty"])
+@pytest.mark.parametrize("wnids", [WNIDS[:9], [*WNIDS[:9], "n00000000"], [*WNIDS[:9], ""], [*WNIDS[:9], ["n"]],
+                                   [*WNIDS[:9], 7], "n012345678"],
+                         ids=["too-few", "repeated", "empty", "a-list", "a-number", "a-string"])
 def test_wnids_must_name_every_class_once(wnids: list[str], tmp_path: Path) -> None:
     _info(wnids=WNIDS).validate()
     with pytest.raises(CheckpointError, match="'wnids' must be 10 distinct non-empty strings"):
@@ -159,3 +160,9 @@ def test_wnids_must_name_every_class_once(wnids: list[str], tmp_path: Path) -> N
     info = _info(wnids=WNIDS)
     save_checkpoint(build_model(info).eval(), info, tmp_path / "w.safetensors")
     assert read_info(tmp_path / "w.safetensors").wnids == WNIDS
+
+
+@pytest.mark.parametrize("names", [[*[f"c{i}" for i in range(9)], ["x"]], "c0c1c2c3c4"])
+def test_class_names_must_be_strings(names: object) -> None:
+    with pytest.raises(CheckpointError, match="'class_names' must be a list of strings"):
+        _info(class_names=names).validate()
