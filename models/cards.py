@@ -47,6 +47,15 @@ def render_card(info: ModelInfo, sha256: str, file_name: str) -> str:
                          f"{_pct(test['autoattack_acc'])} (PGD-20 on the same images: "
                          f"{_pct(test.get('pgd20_acc_same_images'))}) |")
             lines.append(f"| AutoAttack | {test.get('autoattack', '')} |")
+        if "view" in test:
+            lines.append(f"| view | {test['view'].get('description')}; {test['view'].get('applied', '')} |")
+        mapping = test.get("class_mapping")
+        if mapping:
+            skipped = {**mapping.get("skipped_unknown", {}),
+                       **{k: v.get("images") for k, v in mapping.get("skipped_ambiguous", {}).items()}}
+            lines.append(f"| class folders | {mapping.get('classes')} matched to the checkpoint's classes by "
+                         f"{mapping.get('by')}" + (f"; {len(skipped)} skipped ({sum(skipped.values())} images)"
+                                                   if skipped else "") + " |")
         for key, value in test.items():
             if key.startswith("certified"):
                 lines.append(f"| {key.replace('_', ' ')} | {_pct(value) if isinstance(value, float) else value} |")

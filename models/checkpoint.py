@@ -5,7 +5,8 @@
 - Metadata: a JSON document in the safetensors header under the key
   ``safespot`` (architecture and its arguments, input size, classes,
   normalisation, the view (how an upload becomes the network's input:
-  safespot/canvas.py), threat model, training recipe and arguments, measured
+  safespot/canvas.py), optional WordNet ids of the classes (``wnids``: how
+  ImageNet-style photo folders name them), threat model, training recipe and arguments, measured
   metrics, data provenance, timings, the command that produced it), plus
   ``weights_sha256``, a digest of the tensors that loading re-checks.
 - Identity: the sha256 of the whole file, reported by the service as the
@@ -59,6 +60,8 @@ class ModelInfo:
     training: dict[str, Any] = field(default_factory=dict)  # command, seconds, epochs, host
     ood: dict[str, Any] = field(default_factory=dict)  # OOD score parameters and threshold
     view: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_VIEW))  # safespot.canvas.make_view
+    # WordNet ids per class index (ImageNet/Tiny ImageNet folders are named by them); [] when unknown
+    wnids: list[str] = field(default_factory=list)
     name: str = ""
     domain: str = ""  # what the images are ("cifar10"): picks the vetting set; "" when unknown
     format_version: int = FORMAT_VERSION
@@ -83,9 +86,14 @@ class ModelInfo:
             raise CheckpointError(str(e.args[0] if e.args else e)) from e
         if not 2 <= int(self.num_classes) <= 100_000:
             raise CheckpointError(f"implausible class count {self.num_classes}")
+        if not isinstance(self.class_names, list) or not all(isinstance(n, str) for n in self.class_names):
+            raise CheckpointError("metadata 'class_names' must be a list of strings")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise CheckpointError(
                 f"metadata names {len(self.class_names)} classes but declares {self.num_classes}")
+        if self.wnids and not (isinstance(self.wnids, list) and all(isinstance(w, str) and w for w in self.wnids)
+                               and len(self.wnids) == self.num_classes == len(set(self.wnids))):
+            raise CheckpointError(f"metadata 'wnids' must be {self.num_classes} distinct non-empty strings")
         if len(self.input_size) != 3 or not all(1 <= v <= 4096 for v in self.input_size):
             raise CheckpointError(f"implausible input size {self.input_size}")
         channels = self.input_size[0]

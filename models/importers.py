@@ -242,6 +242,7 @@ class ImportRequest:
     arch_args: dict[str, Any] = field(default_factory=dict)
     mean: list[float] | None = None
     std: list[float] | None = None
+    wnids: list[str] = field(default_factory=list)  # per class index; how ImageNet photo folders name them
 
 
 @dataclass
@@ -260,7 +261,7 @@ def import_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
         arch=request.arch, arch_args=dict(request.arch_args), num_classes=request.num_classes,
         input_size=request.input_size, class_names=list(request.class_names),
         mean=list(request.mean or IMAGENET_MEAN), std=list(request.std or IMAGENET_STD),
-        view=dict(request.view), name=request.name)
+        view=dict(request.view), wnids=list(request.wnids), name=request.name)
     try:
         info.validate()
     except CheckpointError as e:

@@ -19,14 +19,18 @@ change) and write the markdown model card next to it (NAME.md).
 
 examples:
   safespot model-card models/zoo/default.safetensors --n 10000 --autoattack-n 1000
-  safespot model-card models/zoo/gaussian.safetensors --n 10000 --norm l2 --eps 0.5"""
+  safespot model-card models/zoo/gaussian.safetensors --n 10000 --norm l2 --eps 0.5
+  safespot model-card tiny200.safetensors --data tiny-imagenet-200/val --n 10000 --autoattack-n 1000
+
+--data takes the same sets as `safespot eval`, photo folders included (classes
+matched by name or wnid, photos seen through the checkpoint's view); the card
+then records the class mapping and the view."""
 
 
 def register(sub: Any) -> None:
     p = common.add_command(sub, "model-card", "measure a checkpoint and write its model card", HELP, run)
     p.add_argument("checkpoint", help="a .safetensors checkpoint")
-    p.add_argument("--data", default="cifar10")
-    common.add_option(p, "--data-dir")
+    common.add_eval_data_args(p)
     p.add_argument("--n", type=int, default=10000)
     common.add_option(p, "--norm", default=None, help="default: the checkpoint's threat model")
     common.add_option(p, "--eps", type=float, help="default: the checkpoint's threat model")
@@ -46,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from safespot.evaluation import evaluation_attack
     from safespot.losses import predict_logits
     from safespot.yardstick import judge
-    from training.data import load_dataset, strided_indices, to_tensor
+    from safespot_cli.eval_data import load_eval_data
+    from training.data import strided_indices, to_tensor
 
     path = Path(args.checkpoint)
     loaded = common.load_model(path)
@@ -58,21 +63,22 @@ def run(args: argparse.Namespace) -> int:
         eps = args.eps if args.eps is not None else float(info.threat.get("eps", DEFAULT_EPS[norm]))
         if "sigma" in info.threat and args.eps is None:
             eps = DEFAULT_EPS[norm]
-        data = load_dataset(args.data, "test", args.data_dir)
-        idx = strided_indices(len(data), args.n)
-        x, y = to_tensor(data.x[idx]), torch.from_numpy(data.y[idx])
+        data = load_eval_data(args.data, "test", args.data_dir, info, args.n,
+                              skip_unknown_classes=args.skip_unknown_classes)
+        x, y = to_tensor(data.x), torch.from_numpy(data.y)
+        n = len(data.y)
         correct = predict_logits(loaded.model, x).argmax(1) == y
         cfg = SearchConfig(norm=norm, eps=eps)
         robust = correct & ~evaluation_attack(loaded.model, x, y, cfg)
         info.metrics["test"] = {
-            "data": f"{data.provenance.get('source')} ({data.provenance.get('note', 'as given')})",
-            "n": len(idx), "clean_acc": round(float(correct.float().mean()), 4),
+            "data": data.name, **data.extra,
+            "n": n, "clean_acc": round(float(correct.float().mean()), 4),
             "pgd20_acc": round(float(robust.float().mean()), 4),
             "attack": f"PGD-20, {norm} eps={eps:.4g}, step eps/4, random start, true labels",
             "command": "safespot " + shlex.join(sys.argv[1:]),
         }
         if args.autoattack_n > 0:
-            sub = strided_indices(len(idx), min(args.autoattack_n, len(idx)))
+            sub = strided_indices(n, min(args.autoattack_n, n))
             verdict = judge(loaded.model, x[sub], y[sub], "autoattack", norm=norm, eps=eps)
             info.metrics["test"].update({
                 "autoattack_n": len(sub), "autoattack_acc": round(float(verdict.robust.float().mean()), 4),
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         save_checkpoint(loaded.model, info, path)
         loaded = common.load_model(path)
         test = info.metrics["test"]
-        print(f"{path.name}: clean {test['clean_acc']:.4f}, PGD-20 {test['pgd20_acc']:.4f} on {len(idx)} images"
+        print(f"{path.name}: clean {test['clean_acc']:.4f}, PGD-20 {test['pgd20_acc']:.4f} on {n} images"
               + (f"; AutoAttack {test['autoattack_acc']:.4f} vs PGD-20 {test['pgd20_acc_same_images']:.4f} "
                  f"on {test['autoattack_n']}" if "autoattack_acc" in test else ""))
     card = path.with_suffix(".md")

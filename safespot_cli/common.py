@@ -72,6 +72,18 @@ def add_threat_args(p: argparse.ArgumentParser) -> None:
                         "e.g. --set outer_steps=90 --set verify_targets=9")
 
 
+def add_eval_data_args(p: argparse.ArgumentParser) -> None:
+    """Where `eval` and `model-card` take their labelled images from (safespot_cli/eval_data.py)."""
+    p.add_argument("--data", default="cifar10",
+                   help="'cifar10' or 'tinyimagenet' (from --data-dir), an .npz with x, y, or a folder of "
+                        "photos: DIR/CLASS/*.JPEG or Tiny ImageNet's val/ (classes matched to the "
+                        "checkpoint's by name or wnid, seen through its view)")
+    add_option(p, "--data-dir")
+    p.add_argument("--skip-unknown-classes", action="store_true",
+                   help="photo folders: leave out (and count) class folders the checkpoint does not know, "
+                        "instead of refusing")
+
+
 def open_device(args: argparse.Namespace) -> Any:
     """--device (CUDA when there is one) with --threads CPU threads for torch."""
     import torch

@@ -21,18 +21,25 @@ Square) or 'apgd' (APGD-CE + APGD-T).  For S-Full the JSON records, per
 suite, the survivors after each attack and found_but_broken: images the
 search's own verification called safe that the suite broke.
 
+--data may be a folder of photos of any size (DIR/CLASS/*.JPEG, or Tiny
+ImageNet's val/): class folders are matched to the checkpoint's classes by
+name or wnid (unknown ones refused, or left out with --skip-unknown-classes),
+each photo is decoded as an upload and passed through the checkpoint's view
+to its input size, and the protocol runs on those 8-bit images; the JSON
+records the class mapping and the view.
+
 examples:
   safespot eval --model default --n 1000 --methods none,s-full --attack autoattack --json eval-linf.json
   safespot eval --model default --norm l2 --n 1000 --json eval-l2.json
-  safespot eval --model default --preset paper --methods s-full --n 1000 --json paper.json"""
+  safespot eval --model default --preset paper --methods s-full --n 1000 --json paper.json
+  safespot eval --model r50.safetensors --data imagenet/val --n 1000 --attack apgd --json r50.json"""
 
 
 def register(sub: Any) -> None:
     p = common.add_command(sub, "eval", "the paper's evaluation protocol (table)", HELP, run)
     common.add_model_args(p)
     common.add_threat_args(p)
-    p.add_argument("--data", default="cifar10", help="'cifar10' (test split from --data-dir) or an .npz with x, y")
-    common.add_option(p, "--data-dir")
+    common.add_eval_data_args(p)
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=1000, help="images, at a fixed stride over the set")
     p.add_argument("--methods", default="none,s-fgsm,s-pgd,s-full")
@@ -53,19 +60,19 @@ def run(args: argparse.Namespace) -> int:
 
     from safespot.evaluation import METHODS, evaluate_methods
     from safespot.yardstick import suites_from
-    from training.data import load_dataset, strided_indices, to_tensor
+    from safespot_cli.eval_data import load_eval_data
+    from training.data import to_tensor
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if set(methods) - set(METHODS):
         raise UsageError(f"--methods takes {','.join(METHODS)}")
     loaded, device = common.open_model(args)
     cfg = common.search_config(args)
-    data = load_dataset(args.data, args.split, args.data_dir)
-    if (data.y < 0).any():
-        raise UsageError("evaluation needs labelled images")
-    idx = strided_indices(len(data), args.n)
-    x = to_tensor(data.x[idx], device)
-    y = torch.from_numpy(data.y[idx]).to(device)
+    data = load_eval_data(args.data, args.split, args.data_dir, loaded.info, args.n,
+                          skip_unknown_classes=args.skip_unknown_classes)
+    x = to_tensor(data.x, device)
+    y = torch.from_numpy(data.y).to(device)
+    n = len(data.y)
     with usage_errors(ValueError):
         suites = suites_from([a.strip() for a in args.attack.split(",") if a.strip()])
 
@@ -81,20 +88,20 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(smoothing, indent=2))
         if args.json_out:
             common.write_json(args.json_out, {"model": {"name": args.model, "sha256": loaded.sha256},
-                                              "n": len(idx), "threat": {"norm": cfg.norm, "eps": cfg.eps},
+                                              "data": data.name, "n": n, "threat": {"norm": cfg.norm, "eps": cfg.eps},
                                               "preset": args.preset, "smoothing": smoothing,
                                               "seconds": round(time.time() - started, 1)})
         return 0
     with ExitStack() as bars, usage_errors(ImportError):  # ImportError: the optional yardstick extra
 
         def progress(method: str) -> Any:
-            return bars.enter_context(common.progress_bar(len(idx), method))
+            return bars.enter_context(common.progress_bar(n, method))
 
         reports = evaluate_methods(loaded.model, x, y, cfg, methods, suites, progress)
     out = {
         "model": common.model_ref(loaded, args.model),
-        "data": f"{data.provenance.get('source', args.data)} ({data.provenance.get('note', 'as given')})",
-        "n": len(idx), "indices": f"stride {len(data) / len(idx):g} from 0",
+        "data": data.name, **data.extra,
+        "n": n, "indices": f"stride {data.total / n:g} from 0",
         "threat": {"norm": cfg.norm, "eps": cfg.eps, "delta": cfg.budget},
         "preset": args.preset, "config": cfg.to_dict(), "device": str(device),
         "torch_threads": torch.get_num_threads(), "seconds": round(time.time() - started, 1),

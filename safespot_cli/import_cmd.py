@@ -54,6 +54,10 @@ def register(sub: Any) -> None:
     p.add_argument("--classes", default="imagenet",
                    help="'imagenet' (the 1000 ImageNet-1k names), a number of classes, or a file "
                         "(one name a line, or a JSON list)")
+    p.add_argument("--wnids", type=Path, default=None, metavar="FILE",
+                   help="the WordNet id of each class, in class-index order (the first word of each line: "
+                        "a plain list, or ImageNet's LOC_synset_mapping.txt): lets `safespot eval --data` "
+                        "match photo folders named by wnid (n01440764/)")
     p.add_argument("--input-size", type=_input_size, default=None, metavar="H|HxW|CxHxW",
                    help="the network's input (default: the architecture's own, 224 for ImageNet ones)")
     p.add_argument("--mean", type=_floats, default=None, help="comma-separated, [0,1] pixel units "
@@ -82,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     request = ImportRequest(
         arch=args.arch, arch_args=arch_args, class_names=names, num_classes=count,
         input_size=input_size, view=_view(args.view, args.arch, input_size),
-        name=args.name or args.source.stem, mean=args.mean, std=args.std)
+        name=args.name or args.source.stem, mean=args.mean, std=args.std,
+        wnids=_wnids(args.wnids) if args.wnids else [])
     with usage_errors(CheckpointError, OSError, prefix=f"{args.source.name}: "):
         report = import_checkpoint(args.source, args.out, request)
     summary = _summary(report, args.out)
@@ -110,7 +115,7 @@ def _summary(report: Any, out: Path) -> dict[str, Any]:
             "container": report.weights.container, "prefix_stripped": converted.prefix,
             "keys": len(converted.state), "keys_dropped": len(converted.dropped),
             "normaliser_from_file": converted.mean is not None,
-            "num_classes": info.num_classes, "input_size": list(info.input_size),
+            "num_classes": info.num_classes, "wnids": len(info.wnids), "input_size": list(info.input_size),
             "mean": info.mean, "std": info.std, "view": info.view,
             "view_description": describe_view(info.view, info.input_size), "name": info.name}
 
@@ -125,6 +130,15 @@ def _describe(s: dict[str, Any]) -> str:
             f"  {s['num_classes']} classes, input {'x'.join(map(str, s['input_size']))}, "
             f"mean {s['mean']} std {s['std']} ({source})\n"
             f"  view: {s['view_description']}")
+
+
+def _wnids(path: Path) -> list[str]:
+    """--wnids FILE: the first word of each non-empty line (ModelInfo.validate checks the count)."""
+    if not path.is_file():
+        raise UsageError(f"--wnids: no file {path}")
+    if path.stat().st_size > 10 * 2**20:
+        raise UsageError(f"--wnids: {path} is over 10 MiB")
+    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _classes(spec: str) -> tuple[list[str], int]:

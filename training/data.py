@@ -4,7 +4,8 @@ Sources, tried in this order for a name like ``cifar10``:
 - the packed ``.npz`` files of the data directory (``cifar10_train.npz``,
   ``cifar10_test.npz``: arrays ``x`` uint8 NHWC, ``y`` int64; optional
   ``class_names`` and ``source``), as ``safespot data download`` writes them
-  (``tinyimagenet`` too: ``tinyimagenet_train.npz``, ``tinyimagenet_val.npz``);
+  (``tinyimagenet`` too: ``tinyimagenet_train.npz``, ``tinyimagenet_val.npz``,
+  whose ``wnids`` the trainer records in the checkpoint);
 - torchvision's CIFAR-10 folder (``cifar-10-batches-py``), read with a
   restricted unpickler that only rebuilds NumPy arrays (the batches are
   pickles; a tampered one cannot run code);
@@ -41,6 +42,7 @@ class ImageSet:
     y: np.ndarray  # int64 (N,); -1 where unlabelled
     class_names: list[str]
     provenance: dict[str, Any] = field(default_factory=dict)
+    wnids: list[str] = field(default_factory=list)  # WordNet id per class when the source has them
 
     def __len__(self) -> int:
         return len(self.x)
@@ -101,12 +103,13 @@ def _from_npz(path: Path, classes: list[str] | None, note: str = "") -> ImageSet
         y = f["y"].astype(np.int64) if "y" in f else np.full(len(x), -1, dtype=np.int64)
         stored = [str(c) for c in f["class_names"]] if "class_names" in f else None
         note = str(f["source"]) if "source" in f else note
+        wnids = [str(w) for w in f["wnids"]] if "wnids" in f else []
     n_classes = int(y.max()) + 1 if (y >= 0).any() else 0
     names = classes or stored or [str(i) for i in range(n_classes)]
     prov = {"source": str(path.name), "images": len(x)}
     if note:
         prov["note"] = note
-    return ImageSet(x, y, names, prov)
+    return ImageSet(x, y, names, prov, wnids if len(wnids) == len(names) else [])
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):

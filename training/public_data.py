@@ -213,8 +213,7 @@ def tinyimagenet_arrays(members: Members, source: str) -> dict[str, Arrays]:
     train = [(n, label[n.split("/")[1]]) for n in members.names()
              if n.startswith("train/") and n.split("/")[1] in label and n.lower().endswith(".jpeg")]
     val = []
-    for line in _lines(members.read("val/val_annotations.txt")):
-        file, wnid = line.split("\t")[:2]
+    for file, wnid in parse_val_annotations(members.read("val/val_annotations.txt"), str(members.source)):
         if wnid not in label:
             raise DataError(f"{members.source}: val image {file} has the unknown class {wnid}")
         val.append((f"val/images/{file}", label[wnid]))
@@ -223,6 +222,22 @@ def tinyimagenet_arrays(members: Members, source: str) -> dict[str, Arrays]:
     extra = {"wnids": np.asarray(wnids)}
     return {"tinyimagenet_train.npz": _decode(members, train, names, source, extra),
             "tinyimagenet_val.npz": _decode(members, val, names, source, extra)}
+
+
+def parse_val_annotations(raw: bytes, where: str) -> list[tuple[str, str]]:
+    """Tiny ImageNet's ``val_annotations.txt``: (file name, wnid) per line, in file order
+    (tab-separated: file, wnid, then the bounding box, which is not used).  A file
+    is a plain name inside ``images/``: a hostile line cannot point elsewhere."""
+    pairs = []
+    for number, line in enumerate(_lines(raw), 1):
+        fields = line.split("\t")
+        if len(fields) < 2 or not fields[0].strip() or not fields[1].strip():
+            raise DataError(f"{where}: val_annotations.txt line {number} is not 'file<TAB>wnid...': {line[:80]!r}")
+        file = fields[0].strip()
+        if "/" in file or "\\" in file or file in (".", ".."):  # a name in images/, never a path out of it
+            raise DataError(f"{where}: val_annotations.txt line {number} names {file!r}, not a file in images/")
+        pairs.append((file, fields[1].strip()))
+    return pairs
 
 
 def _decode(members: Members, files: list[tuple[str, int]], names: list[str], source: str,

@@ -250,7 +250,8 @@ def _model_info(cfg: TrainConfig, data: ImageSet) -> ModelInfo:
                      recipe=r.to_dict() | ({"warmup": cfg.warmup.to_dict(), "warmup_epochs": cfg.warmup_epochs}
                                           if cfg.warmup is not None else {}), data=dict(data.provenance) | {"holdout": cfg.holdout,
                                                                        "limit": cfg.limit},
-                     name=cfg.name, domain=cfg.data if cfg.data in NAMED_DATA_SETS else "")
+                     wnids=list(data.wnids), name=cfg.name,
+                     domain=cfg.data if cfg.data in NAMED_DATA_SETS else "")
 
 
 def use_layout(model: Classifier, channels_last: bool) -> Classifier:

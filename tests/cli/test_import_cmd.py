@@ -107,3 +107,19 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path, capsys: pytest.
                     "--arch", "timm:test_resnet", "--classes", "3") == 2
     assert "not a plain tensor state dict" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "o.safetensors").exists()
+
+
+def test_wnids_are_recorded_in_class_order_and_must_fit_the_classes(
+        tmp_path: Path, tiny_resnet: torch.nn.Module, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save(tiny_resnet.state_dict(), tmp_path / "w.pt")
+    # ImageNet's LOC_synset_mapping.txt layout: the wnid, then the names
+    (tmp_path / "synsets.txt").write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish\n\nn01484850 great white shark\n")
+    out = tmp_path / "o.safetensors"
+    assert safespot("import", tmp_path / "w.pt", "-o", out, "--arch", "timm:test_resnet", "--classes", "3",
+                    "--input-size", "64", "--wnids", tmp_path / "synsets.txt") == 0
+    assert load_checkpoint(out).info.wnids == ["n01440764", "n01443537", "n01484850"]
+    (tmp_path / "two.txt").write_text("n01440764\nn01443537\n")
+    assert safespot("import", tmp_path / "w.pt", "-o", tmp_path / "bad.safetensors", "--arch", "timm:test_resnet",
+                    "--classes", "3", "--input-size", "64", "--wnids", tmp_path / "two.txt") == 2
+    assert "'wnids' must be 3 distinct non-empty strings" in capsys.readouterr().err
+    assert not (tmp_path / "bad.safetensors").exists()

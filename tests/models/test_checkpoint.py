@@ -146,3 +146,25 @@ def test_library_architectures_are_checked_before_anything_is_built() -> None:
         ModelInfo.from_dict({**raw, "arch": "timm:nope"})
     with pytest.raises(CheckpointError, match=r"\['checkpoint_path'\] are not allowed"):
         ModelInfo.from_dict({**raw, "arch": "timm:resnet18", "arch_args": {"checkpoint_path": "/x"}})
+
+
+
+WNIDS = [f"n{i:08d}" for i in range(10)]
+
+
+@pytest.mark.parametrize("wnids", [WNIDS[:9], [*WNIDS[:9], "n00000000"], [*WNIDS[:9], ""], [*WNIDS[:9], ["n"]],
+                                   [*WNIDS[:9], 7], "n012345678"],
+                         ids=["too-few", "repeated", "empty", "a-list", "a-number", "a-string"])
+def test_wnids_must_name_every_class_once(wnids: list[str], tmp_path: Path) -> None:
+    _info(wnids=WNIDS).validate()
+    with pytest.raises(CheckpointError, match="'wnids' must be 10 distinct non-empty strings"):
+        _info(wnids=wnids).validate()
+    info = _info(wnids=WNIDS)
+    save_checkpoint(build_model(info).eval(), info, tmp_path / "w.safetensors")
+    assert read_info(tmp_path / "w.safetensors").wnids == WNIDS
+
+
+@pytest.mark.parametrize("names", [[*[f"c{i}" for i in range(9)], ["x"]], "c0c1c2c3c4"])
+def test_class_names_must_be_strings(names: object) -> None:
+    with pytest.raises(CheckpointError, match="'class_names' must be a list of strings"):
+        _info(class_names=names).validate()

@@ -135,3 +135,18 @@ def test_one_cycle_schedule_rises_then_falls_to_zero() -> None:
     lrs = [_one_cycle(step, 100, 0.2, 0.4) for step in range(101)]
     assert lrs[0] == 0 and max(lrs) == pytest.approx(0.2) and lrs[100] == 0
     assert lrs.index(max(lrs)) == 40
+
+
+def test_a_set_with_wnids_gives_checkpoints_that_record_them(tmp_path: Path) -> None:
+    from training.data import load_dataset
+    from training.trainer import _model_info
+
+    path = tmp_path / "tiny_val.npz"  # as `safespot data download tinyimagenet` writes it
+    np.savez(path, x=np.zeros((4, 16, 16, 3), np.uint8), y=np.array([0, 1, 0, 1]),
+             class_names=np.asarray(["goldfish, Carassius auratus", "tabby, tabby cat"]),
+             wnids=np.asarray(["n01443537", "n02123045"]))
+    data = load_dataset(str(path))
+    assert data.wnids == ["n01443537", "n02123045"]
+    info = _model_info(TrainConfig(), data)
+    assert info.wnids == ["n01443537", "n02123045"] and info.class_names[1] == "tabby, tabby cat"
+    info.validate()
