@@ -6,8 +6,9 @@ Every score is "higher = in-distribution" (docs/ood.md):
 - ``safespot``: D(x) = mu*MSP(x) + (1-mu)*MSP(x_a*) from the safe-spot search;
 - ``msp``, ``energy``: the maximum softmax probability and the negative free
   energy of a baseline model's logits;
-- ``mahalanobis``: a fitted :class:`safespot.ood.MahalanobisDetector` on the
-  baseline's penultimate features;
+- ``mahalanobis``: a fitted :class:`safespot.ood.LayerwiseMahalanobis` on the
+  baseline's layers (or :class:`~safespot.ood.MahalanobisDetector` on its
+  penultimate features alone);
 - ``oe``: the MSP of an Outlier-Exposure-trained model.
 """
 
@@ -105,15 +106,19 @@ class OodScorer:
     mu: float
     baseline: nn.Module  # msp, energy, mahalanobis
     oe: nn.Module | None = None
-    maha: ood.MahalanobisDetector | None = None
+    maha: ood.MahalanobisDetector | ood.LayerwiseMahalanobis | None = None
 
     @torch.no_grad()
     def _logit_scores(self, x: Tensor, out: dict[str, Tensor]) -> None:
         if {"msp", "energy", "mahalanobis"} & set(self.methods):
-            logits, feats = ood.logits_and_features(self.baseline, x)
+            if isinstance(self.maha, ood.LayerwiseMahalanobis):
+                logits, layers = ood.layer_features(self.baseline, x)
+                out["mahalanobis"] = self.maha.score(layers)
+            else:
+                logits, feats = ood.logits_and_features(self.baseline, x)
+                if self.maha is not None:
+                    out["mahalanobis"] = self.maha.score(feats)
             out["msp"], out["energy"] = ood.msp_score(logits), ood.energy_score(logits)
-            if self.maha is not None:
-                out["mahalanobis"] = self.maha.score(feats)
         if "oe" in self.methods and self.oe is not None:
             out["oe"] = ood.msp_score(ood.logits_and_features(self.oe, x)[0])
 

@@ -24,8 +24,11 @@ methods:
                the filter runs (mu: the checkpoint's calibrated value, else 0.5)
   msp          maximum softmax probability of --model (or --baseline-model)
   energy       logsumexp of the logits (negative free energy), same model
-  mahalanobis  tied-covariance Gaussians on the last layer's input, fitted on
-               --fit-n training images (no input preprocessing), same model
+  mahalanobis  tied-covariance Gaussians (Ledoit-Wolf) on the channel means of the
+               ReLU activations at up to 7 depths plus the penultimate features,
+               standardised scores averaged (--mahalanobis-layers last: the
+               penultimate features only), fitted on --fit-n training images
+               (no input preprocessing), same model
   oe           MSP of an Outlier-Exposure-trained model (--oe-model); reported
                as missing without it
 
@@ -65,6 +68,8 @@ def register(sub: Any) -> None:
     p.add_argument("--methods", default="msp,oe,energy,mahalanobis,safespot")
     p.add_argument("--fit-data", default="cifar10", help="Mahalanobis fit images: 'cifar10' (train split) or .npz")
     p.add_argument("--fit-n", type=int, default=5000)
+    p.add_argument("--mahalanobis-layers", choices=("all", "last"), default="all",
+                   help="Mahalanobis features: a layer ensemble (default) or the penultimate layer")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="ROUNDS",
                    help="bootstrap rounds for 95%% intervals of every metric and of each baseline's "
                         "paired difference from safespot (0: none)")
@@ -83,10 +88,16 @@ def fit_mahalanobis(args: argparse.Namespace, model: Any, device: Any) -> tuple[
     if (data.y < 0).any():
         raise UsageError("the Mahalanobis fit needs labelled images (--fit-data)")
     idx = strided_indices(len(data), args.fit_n)
-    _, feats = ood.logits_and_features(model, to_tensor(data.x[idx], device))
+    x, y = to_tensor(data.x[idx], device), torch.from_numpy(data.y[idx])
+    det: Any
     with usage_errors(ValueError, prefix=f"Mahalanobis fit on {args.fit_data}: "):
-        det = ood.MahalanobisDetector.fit(feats, torch.from_numpy(data.y[idx]))
-    return det, f"{data.provenance.get('source', args.fit_data)} (train), {len(idx)} images, fixed stride"
+        if args.mahalanobis_layers == "all":
+            layers = ood.layer_features(model, x)[1]
+            det, what = ood.LayerwiseMahalanobis.fit(layers, y), f"{len(layers)} layers (ensemble)"
+        else:
+            det, what = ood.MahalanobisDetector.fit(ood.logits_and_features(model, x)[1], y), "penultimate layer"
+    return det, (f"{data.provenance.get('source', args.fit_data)} (train), {len(idx)} images, fixed stride; "
+                 f"{what}, Ledoit-Wolf covariance")
 
 
 def extra_sets(specs: list[str]) -> dict[str, Path]:

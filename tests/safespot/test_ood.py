@@ -186,3 +186,29 @@ def test_gaussian_noise_scores_lower_than_cifar_with_the_tiny_model(tiny_model, 
         d_in = ood.safespot_score(r_in.msp, r_in.msp_adv, mu)
         d_noise = ood.safespot_score(r_noise.msp, r_noise.msp_adv, mu)
         assert float(d_noise.mean()) < float(d_in.mean())
+
+
+def test_layer_features_are_channel_means_at_evenly_spaced_depths_then_the_penultimate(tiny_model, test_images) -> None:
+    x = test_images[0][:20]
+    logits, layers = ood.layer_features(tiny_model, x, batch_size=8)
+    assert torch.allclose(logits, tiny_model(x), atol=1e-5)
+    convs = [m for m in tiny_model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [f.shape[1] for f in layers[:-1]] == [c.out_channels for c in convs][: len(layers) - 1]
+    assert torch.allclose(layers[-1], ood.logits_and_features(tiny_model, x)[1])
+    assert all(len(f) == 20 for f in layers)
+    thinned = ood.layer_features(tiny_model, x, max_layers=3)[1]
+    assert len(thinned) == 3 and torch.allclose(thinned[0], layers[0]) and torch.allclose(thinned[-1], layers[-1])
+
+
+def test_layerwise_mahalanobis_standardises_each_layer_on_its_fit_images(tiny_model, test_images) -> None:
+    from training.data import to_tensor
+    from training.ood_sets import noise_images
+
+    x, y = test_images[0][:160], test_images[1][:160]
+    layers = ood.layer_features(tiny_model, x)[1]
+    det = ood.LayerwiseMahalanobis.fit(layers, y)
+    fitted = det.layer_scores(layers)
+    assert fitted.shape == (160, len(layers))
+    assert torch.allclose(fitted.mean(dim=0), torch.zeros(len(layers), dtype=fitted.dtype), atol=1e-6)
+    noise = ood.layer_features(tiny_model, to_tensor(noise_images("gaussian", 40, (32, 32))))[1]
+    assert float(det.score(noise).max()) < float(det.score(layers).median())  # noise is far from every class
