@@ -221,6 +221,16 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def has_safespot_metadata(path: str | os.PathLike[str]) -> bool:
+    """Whether a safetensors file carries our metadata (False for another project's file; a
+    damaged file counts as ours, so that loading it says what is wrong)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return METADATA_KEY in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return True
+
+
 def _read_header(path: Path) -> tuple[dict[str, Any], str | None]:
     """Our metadata from the safetensors header (the library checks the header's size,
     its JSON and that every tensor lies inside the file), and the recorded weights digest."""

@@ -18,6 +18,7 @@ def registry() -> list[Register]:
     from safespot_cli import (
         bench_cmd,
         card_cmd,
+        certify_cmd,
         data_cmd,
         eval_cmd,
         filter_cmd,
@@ -31,4 +32,4 @@ def registry() -> list[Register]:
 
     return [filter_cmd.register, serve_cmd.register, worker_cmd.register, eval_cmd.register,
             ood_eval_cmd.register, ood_calibrate_cmd.register, train_cmd.register,
-            bench_cmd.register, card_cmd.register, data_cmd.register, import_cmd.register]
+            bench_cmd.register, card_cmd.register, certify_cmd.register, data_cmd.register, import_cmd.register]

@@ -39,9 +39,9 @@ from typing import Any, cast
 import torch
 
 from models.checkpoint import (
-    METADATA_KEY,
     LoadedCheckpoint,
     ModelInfo,
+    has_safespot_metadata,
     load_checkpoint,
     save_checkpoint,
 )
@@ -117,21 +117,12 @@ def _validated(record: Mapping[str, Any], settings: WorkerSettings) -> LoadedChe
         raise JobError(f"{size} bytes is over the {settings.max_checkpoint_bytes}-byte limit",
                        code=ErrorCode.CHECKPOINT_TOO_LARGE)
     with open(path, "rb") as f:
-        if looks_like_safetensors(f.read(9)) and _has_our_metadata(path):  # the content decides, not the name
+        if looks_like_safetensors(f.read(9)) and has_safespot_metadata(path):  # the content decides, not the name
             return load_checkpoint(path)
     # Someone else's layout (torchvision, timm, robustness library, RobustBench; safetensors
     # without our metadata or a weights-only pickle): converted with the uploader's metadata.
     return _convert_state_dict(record, path, settings.checkpoint_path)
 
-
-def _has_our_metadata(path: Path) -> bool:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            return METADATA_KEY in (f.metadata() or {})
-    except (SafetensorError, OSError, ValueError):
-        return True  # a damaged file: load_checkpoint says what is wrong with it
 
 
 def _convert_state_dict(record: Mapping[str, Any], path: Path, checkpoint_dir: Path) -> LoadedCheckpoint:
