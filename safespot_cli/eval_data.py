@@ -110,7 +110,7 @@ def view_levels(path: Path, view: Any, max_pixels: int = MAX_PIXELS) -> np.ndarr
     from worker.imaging import decode_png
 
     try:
-        pixels = decode_png(decode_upload(path.read_bytes(), max_pixels=max_pixels).png).pixels
+        pixels = decode_png(decode_upload(path.read_bytes(), max_pixels=max_pixels).png).pixels()
     except (SafeSpotError, JobError) as e:
         raise UsageError(f"{path}: {e.message}") from None
     except OSError as e:

@@ -72,7 +72,8 @@ class _Job:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
-def search_config(request: FilterRequest, batch_size: int) -> tuple[tuple[str, float, float, str], SearchConfig]:
+def search_config(request: FilterRequest, batch_size: int,
+                  precision: str = "fp32") -> tuple[tuple[str, float, float, str], SearchConfig]:
     """The threat key and SearchConfig of a request; JobError("invalid_request") when out of range."""
     preset = str(request.get("preset") or "standard")
     norm = str(request.get("norm") or "linf")
@@ -80,10 +81,30 @@ def search_config(request: FilterRequest, batch_size: int) -> tuple[tuple[str, f
         eps = None if request.get("eps") is None else float(request["eps"])
         delta = None if request.get("delta") is None else float(request["delta"])
         cfg = SearchConfig.preset(preset, norm=norm, eps=eps, batch_size=batch_size,  # type: ignore[arg-type]
-                                  **({} if delta is None else {"delta": delta}))
+                                  precision=precision, **({} if delta is None else {"delta": delta}))
     except (TypeError, ValueError) as e:
         raise JobError(f"invalid search settings: {e}", code=ErrorCode.INVALID_REQUEST) from e
     return (cfg.norm, float(cfg.eps), float(cfg.budget), preset), cfg
+
+
+def search_precision(setting: str, device: torch.device) -> str:
+    """fp32 or bf16 for the search's passes.  ``auto`` takes bf16 where it is fast: a GPU
+    with bf16 support, or a CPU with bf16 instructions (AVX512-BF16 or AMX; elsewhere
+    autocast emulates bf16 and is slower).  docs/performance.md has the measurement."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and _cpu_has_bf16() else "fp32"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def reencode_quality(request: FilterRequest) -> int:
@@ -97,7 +118,8 @@ def build_processor(settings: Any, checkpoint: LoadedCheckpoint, checkpoint_id: 
     """The one way a FilterProcessor is made: batch limits from worker settings (``None``:
     the defaults), overridden by ``limits`` (the command line's own)."""
     if settings is not None:
-        limits = {"max_batch": settings.max_batch, "max_batch_pixels": settings.max_batch_pixels, **limits}
+        limits = {"max_batch": settings.max_batch, "max_batch_pixels": settings.max_batch_pixels,
+                  "precision": getattr(settings, "search_precision", "fp32"), **limits}
     return FilterProcessor(checkpoint, checkpoint_id, progress=progress, **limits)
 
 
@@ -115,6 +137,7 @@ class FilterProcessor:
         progress: ProgressCallback | None = None,
         clock: Callable[[], float] = time.time,
         name: str = "",
+        precision: str = "fp32",
     ) -> None:
         self.checkpoint = checkpoint
         self.checkpoint_id = checkpoint_id
@@ -128,6 +151,7 @@ class FilterProcessor:
         self.device = param.device if param is not None else torch.device("cpu")
         self.dtype = param.dtype if param is not None else torch.float32
         self.view = make_view(checkpoint.info.view, checkpoint.info.input_size)
+        self.precision = search_precision(precision, self.device)
         self._engines: dict[EngineKey, SafeSpotSearch] = {}
         self._jobs: dict[str, _Job] = {}
         self.passes = 0  # forward+backward passes run, all engines
@@ -154,7 +178,7 @@ class FilterProcessor:
         if job_id in self._jobs:
             raise JobError(f"job {job_id} is already in flight", code=ErrorCode.DUPLICATE_JOB)
         quality = reencode_quality(request)
-        threat, cfg = search_config(request, self.max_batch)
+        threat, cfg = search_config(request, self.max_batch, self.precision)
         image = decode_png(png, self.max_image_pixels)
         key = (*threat, max(image.height, image.width).bit_length(), quality)
         self._jobs[job_id] = _Job(job_id, request, image, key, cfg, self.clock())

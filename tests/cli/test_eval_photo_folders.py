@@ -44,7 +44,7 @@ def test_photos_are_labelled_by_the_checkpoints_classes_and_seen_through_its_vie
     source = sorted((photos / "coffee").iterdir())[0]
     from service.images import decode_upload
 
-    pixels = decode_png(decode_upload(source.read_bytes(), max_pixels=10**7).png).pixels
+    pixels = decode_png(decode_upload(source.read_bytes(), max_pixels=10**7).png).pixels()
     expected = tvf.center_crop(tvf.resize(pixels, [36], antialias=True), [32])
     got = torch.from_numpy(data.x[0]).permute(2, 0, 1).float() / 255
     assert pixels.shape[1:] != (32, 32) and float((got - expected).abs().max()) <= 1 / 255 + 1e-6

@@ -16,7 +16,7 @@ from safespot.canvas import ResizeView
 from tests.worker.conftest import cifar_png, filter_request, photo, png_bytes
 from worker.errors import JobError
 from worker.imaging import decode_png, distortion, encode_png, to_levels
-from worker.processor import FilterProcessor, build_processor
+from worker.processor import FilterProcessor, build_processor, search_config
 
 EPS = 8 / 255
 
@@ -241,3 +241,25 @@ def test_checkpoints_without_a_view_state_the_whole_image_resize(processor, cifa
     processor.add("v", filter_request("v"), cifar_png(cifar_mini, 2))
     view = processor.drain()[0].result["view"]
     assert view == {"kind": "resize", "input_size": [32, 32], "description": "whole image resized to 32x32"}
+
+
+def test_search_precision_auto_follows_the_hardware_and_explicit_settings_win(monkeypatch) -> None:
+    from worker import processor
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(processor, "_cpu_has_bf16", lambda: True)
+    assert processor.search_precision("auto", cpu) == "bf16"
+    assert processor.search_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(processor, "_cpu_has_bf16", lambda: False)
+    assert processor.search_precision("auto", cpu) == "fp32"
+    assert processor.search_precision("bf16", cpu) == "bf16"
+
+
+def test_the_worker_setting_reaches_the_search_config_and_the_result(tiny_checkpoint, tmp_path) -> None:
+    from worker.settings import WorkerSettings
+
+    settings = WorkerSettings(search_precision="bf16", checkpoint_dir=tmp_path)
+    proc = build_processor(settings, tiny_checkpoint, "tiny")
+    assert proc.precision == "bf16"
+    _, cfg = search_config({"preset": "fast"}, 8, proc.precision)
+    assert cfg.precision == "bf16"
