@@ -16,17 +16,22 @@ from safespot.losses import evaluate
 def open_bench_model(args: Any, device: torch.device) -> tuple[nn.Module, dict[str, Any], tuple[int, ...]]:
     """The model to measure: a checkpoint, or a random architecture (speed only)."""
     if args.arch:
+        from models.architectures import native_input
         from models.checkpoint import ModelInfo, build_model
-        from models.normalize import CIFAR10_MEAN, CIFAR10_STD
+        from models.normalize import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 
         arch, kwargs = {"wrn-34-10": ("wide_resnet", {"depth": 34, "widen_factor": 10}),
                         "preact-resnet-18": ("preact_resnet18", {}),
                         "cifar-cnn": ("cifar_cnn", {})}.get(args.arch, (args.arch, {}))
-        info = ModelInfo(arch=arch, arch_args=kwargs, num_classes=10, input_size=(3, 32, 32),
-                         class_names=[], mean=list(CIFAR10_MEAN), std=list(CIFAR10_STD))
+        size = native_input(arch)  # ResNet-50 and library architectures: ImageNet's 224
+        imagenet = size[-1] >= 128
+        info = ModelInfo(arch=arch, arch_args=kwargs, num_classes=1000 if imagenet else 10, input_size=size,
+                         class_names=[], mean=list(IMAGENET_MEAN if imagenet else CIFAR10_MEAN),
+                         std=list(IMAGENET_STD if imagenet else CIFAR10_STD))
         model = build_model(info).to(device).eval()
         params = sum(p.numel() for p in model.parameters())
-        return model, {"name": args.arch, "random_weights": True, "parameters": params}, info.input_size
+        return model, {"name": args.arch, "arch": arch, "random_weights": True, "parameters": params,
+                       "input_size": list(size), "num_classes": info.num_classes}, info.input_size
     from models import load_checkpoint
 
     loaded = load_checkpoint(args.model, device)
@@ -79,6 +84,9 @@ def fixed_test_images(n: int, data: str, data_dir: str | None, device: torch.dev
 
     try:
         ds = load_dataset(data, "test", data_dir)
+        if tuple(ds.x.shape[1:3]) != tuple(input_size[1:]):
+            raise DataError(f"{data} holds {ds.x.shape[1]}x{ds.x.shape[2]} images, the model takes "
+                            f"{input_size[1]}x{input_size[2]}")
         idx = strided_indices(len(ds), n)
         return to_tensor(ds.x[idx], device), torch.from_numpy(ds.y[idx]).to(device)
     except DataError:
@@ -100,7 +108,7 @@ def measure_search(model: nn.Module, input_size: tuple[int, ...], device: torch.
     so a noisy neighbour hits both alike); efficiency is against the float32 limit.
     """
     pool_x, _ = fixed_test_images(1000, data, data_dir, device, input_size)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for b, precision in ((b, p) for b in batch_sizes for p in precisions):
         cfg = SearchConfig.preset("standard", norm=norm, batch_size=b,  # type: ignore[arg-type]
                                   precision=precision)
