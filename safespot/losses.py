@@ -53,7 +53,9 @@ def evaluate(model: Classifier, x: Tensor, y: Tensor, target: Tensor | None = No
     """
     with torch.enable_grad():
         z = x.detach().requires_grad_(True)
-        logits = model(z).float()  # under autocast: losses and margins in float32
+        logits = model(z)
+        if logits.dtype in (torch.bfloat16, torch.float16):  # autocast: losses and margins in float32
+            logits = logits.float()
         loss = F.cross_entropy(logits, y, reduction="none")
         if target is not None:
             best_other = logits.detach().scatter(1, y[:, None], -torch.inf).argmax(dim=1)
