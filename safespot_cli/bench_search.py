@@ -106,12 +106,17 @@ def measure_search(model: nn.Module, input_size: tuple[int, ...], device: torch.
     finished images are replaced at once; we time a window after warm-up.
     Precisions are measured one after the other at each batch size (interleaved,
     so a noisy neighbour hits both alike); efficiency is against the float32 limit.
+    ``efficiency_adjacent`` divides by the limit measured at the same batch size and
+    precision just before the row: on a shared machine it is the honest ratio, since
+    both sides saw the same neighbours.
     """
     pool_x, _ = fixed_test_images(1000, data, data_dir, device, input_size)
     rows: list[dict[str, Any]] = []
     for b, precision in ((b, p) for b in batch_sizes for p in precisions):
         cfg = SearchConfig.preset("standard", norm=norm, batch_size=b,  # type: ignore[arg-type]
                                   precision=precision)
+        adjacent = measure_limit(model, input_size, device, [b], seconds=max(1.0, seconds / 4),
+                                 precision=precision)["best_passes_per_s"]
         engine = SafeSpotSearch(model, cfg)
         fed = _feed(engine, pool_x, 0, 3 * b)
         warm_until = time.perf_counter() + min(2.0, seconds / 4)
@@ -132,7 +137,9 @@ def measure_search(model: nn.Module, input_size: tuple[int, ...], device: torch.
         wall = time.perf_counter() - start
         rows.append({"batch": b, "precision": precision, "images_per_s": round(images / wall, 3),
                      "passes_per_s": round(passes / wall, 1),
-                     "efficiency": round(passes / wall / limit, 4), "steps": steps,
+                     "efficiency": round(passes / wall / limit, 4),
+                     "limit_adjacent": adjacent, "efficiency_adjacent": round(passes / wall / adjacent, 4),
+                     "steps": steps,
                      "images": images})
     for r in rows:
         first = next(q for q in rows if q["precision"] == r["precision"])
