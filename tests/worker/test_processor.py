@@ -255,11 +255,11 @@ def test_search_precision_auto_follows_the_hardware_and_explicit_settings_win(mo
     assert processor.search_precision("bf16", cpu) == "bf16"
 
 
-def test_the_worker_setting_reaches_the_search_config_and_the_result(tiny_checkpoint, tmp_path) -> None:
+def test_the_worker_setting_reaches_the_search_config(tiny_checkpoint, tmp_path) -> None:
     from worker.settings import WorkerSettings
 
     settings = WorkerSettings(search_precision="bf16", checkpoint_dir=tmp_path)
     proc = build_processor(settings, tiny_checkpoint, "tiny")
     assert proc.precision == "bf16"
-    _, cfg = search_config({"preset": "fast"}, 8, proc.precision)
+    _, cfg = search_config(filter_request("j1"), 8, proc.precision)
     assert cfg.precision == "bf16"
