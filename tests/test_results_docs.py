@@ -31,8 +31,9 @@ def number(cell: str) -> float:
 
 
 def interval(cell: str) -> list[float]:
-    low, high = re.search(r"\[([\d.]+), ([\d.]+)\]", cell).groups()  # type: ignore[union-attr]
-    return [float(low), float(high)]
+    found = re.search(r"\[([\d.]+), ([\d.]+)\]", cell)
+    assert found, f"no interval in {cell!r}"
+    return [float(found.group(1)), float(found.group(2))]
 
 
 def test_the_ood_baselines_table_is_its_json_and_the_json_measured_the_shipped_ood_model() -> None:
