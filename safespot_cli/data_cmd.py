@@ -21,6 +21,7 @@ examples:
   safespot data download cifar10                 # cifar10_train.npz, cifar10_test.npz
   safespot data download tinyimagenet            # tinyimagenet_train.npz, tinyimagenet_val.npz
   safespot data import ~/Downloads/cifar-10-python.tar.gz   # an offline copy (or its extracted folder)
+  safespot data import tiny-imagenet-200 --size 32 --data-dir data/tiny32   # the photo model's 32x32 set
   safespot data list
   SAFESPOT_CIFAR10_URL=https://mirror.example/cifar-10-python.tar.gz safespot data download cifar10"""
 
@@ -59,6 +60,10 @@ def register(sub: Any) -> None:
     i.add_argument("path", type=Path, help="cifar-10-python.tar.gz, tiny-imagenet-200.zip or their folders")
     i.add_argument("--sha256", default=None, help="accept an archive with this sha256 instead")
     i.add_argument("--force", action="store_true")
+    i.add_argument("--exclude-classes", default="", metavar="WNID[,WNID]",
+                   help="Tiny ImageNet: leave out classes a copy adds to the standard 200")
+    i.add_argument("--size", type=int, default=None,
+                   help="Tiny ImageNet: shrink the 64x64 images to SIZE x SIZE (32: a 2x2 box average)")
     for action in ("list", "status"):
         s = actions.add_parser(action, parents=[common], help="what is present")
         s.add_argument("--json", action="store_true")
@@ -93,7 +98,9 @@ def _download(args: argparse.Namespace, data_dir: Path) -> int:
 def _import(args: argparse.Namespace, data_dir: Path) -> int:
     from training.public_data import import_copy
 
-    name, outputs = import_copy(args.path, data_dir, sha256=args.sha256, force=args.force)
+    exclude = frozenset(w.strip() for w in args.exclude_classes.split(",") if w.strip())
+    name, outputs = import_copy(args.path, data_dir, sha256=args.sha256, force=args.force,
+                                exclude=exclude, size=args.size)
     _report(name, data_dir, outputs)
     return 0
 

@@ -99,14 +99,19 @@ def download_set(name: str, data_dir: Path, *, url: str | None = None, sha256: s
         return outputs
 
 
-def import_copy(source: Path, data_dir: Path, *, sha256: str | None = None,
-                force: bool = False) -> tuple[str, list[Path] | None]:
+def import_copy(source: Path, data_dir: Path, *, sha256: str | None = None, force: bool = False,
+                exclude: frozenset[str] = frozenset(), size: int | None = None) -> tuple[str, list[Path] | None]:
     """Convert an offline copy (the archive, checked against its sha256, or its extracted
-    folder) into `data_dir`; (set name, outputs or None when already there)."""
+    folder) into `data_dir`; (set name, outputs or None when already there).
+
+    Tiny ImageNet only: `exclude` drops classes (wnids) a copy adds to the standard
+    200, with their images; `size` shrinks the 64x64 images (a 2x2 box average for 32)."""
     if not source.exists():
         raise DataError(f"no {source}")
     name = detect(source)
     s = SETS[name]
+    if name != "tinyimagenet" and (exclude or size):
+        raise DataError(f"{source}: excluding classes and resizing apply to Tiny ImageNet only")
     if source.is_file():
         digest, md5 = file_digests(source)
         if digest != (sha256 or s.sha256).strip().lower():
@@ -118,7 +123,8 @@ def import_copy(source: Path, data_dir: Path, *, sha256: str | None = None,
     with data_dir_lock(data_dir):
         if present(name, data_dir) and not force:
             return name, None
-        return name, convert(name, source, data_dir, description)
+        options = {"exclude": exclude, "size": size} if name == "tinyimagenet" else {}
+        return name, convert(name, source, data_dir, description, **options)
 
 
 # ------------------------------------------------------------------ sources
@@ -205,8 +211,11 @@ def cifar10_arrays(members: Members, source: str) -> dict[str, Arrays]:
     return out
 
 
-def tinyimagenet_arrays(members: Members, source: str) -> dict[str, Arrays]:
-    wnids = sorted(_lines(members.read("wnids.txt")))
+def tinyimagenet_arrays(members: Members, source: str, exclude: frozenset[str] = frozenset(),
+                        size: int | None = None) -> dict[str, Arrays]:
+    wnids = sorted(set(_lines(members.read("wnids.txt"))) - exclude)
+    if unknown := exclude - set(_lines(members.read("wnids.txt"))):
+        raise DataError(f"{members.source}: cannot exclude {sorted(unknown)}: not classes of this copy")
     words = dict(line.split("\t", 1) for line in _lines(members.read("words.txt")) if "\t" in line)
     names = [words.get(w, w).strip() for w in wnids]
     label = {w: i for i, w in enumerate(wnids)}
@@ -214,14 +223,39 @@ def tinyimagenet_arrays(members: Members, source: str) -> dict[str, Arrays]:
              if n.startswith("train/") and n.split("/")[1] in label and n.lower().endswith(".jpeg")]
     val = []
     for file, wnid in parse_val_annotations(members.read("val/val_annotations.txt"), str(members.source)):
+        if wnid in exclude:
+            continue
         if wnid not in label:
             raise DataError(f"{members.source}: val image {file} has the unknown class {wnid}")
         val.append((f"val/images/{file}", label[wnid]))
     if not train or not val:
         raise DataError(f"{members.source}: no train/ or val/ images")
+    if exclude:
+        source += f"; classes left out: {', '.join(sorted(exclude))}"
+    if size and size != TINY_SIZE:
+        if not 8 <= size < TINY_SIZE:
+            raise DataError(f"size {size}: choose 8..{TINY_SIZE - 1} pixels (the images are {TINY_SIZE}x{TINY_SIZE})")
+        source += f"; shrunk to {size}x{size} ({'box average' if TINY_SIZE % size == 0 else 'bilinear, antialiased'})"
     extra = {"wnids": np.asarray(wnids)}
-    return {"tinyimagenet_train.npz": _decode(members, train, names, source, extra),
-            "tinyimagenet_val.npz": _decode(members, val, names, source, extra)}
+    return {f"tinyimagenet_{split}.npz": shrink(_decode(members, files, names, source, extra), size)
+            for split, files in (("train", train), ("val", val))}
+
+
+def shrink(arrays: Arrays, size: int | None) -> Arrays:
+    """The images at size x size: a box average when 64 is a multiple of it (each output pixel
+    the mean of whole input pixels, as downsampled-ImageNet sets are made), else antialiased."""
+    x = arrays["x"]
+    if not size or size == x.shape[1]:
+        return arrays
+    if x.shape[1] % size == 0:
+        f = x.shape[1] // size
+        small = x.reshape(len(x), size, f, size, f, 3).mean((2, 4), dtype=np.float32)
+        return arrays | {"x": np.rint(small).astype(np.uint8)}
+    from PIL import Image
+
+    resized = [np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None))
+               for im in x]
+    return arrays | {"x": np.stack(resized) if resized else x[:, :size, :size]}
 
 
 def parse_val_annotations(raw: bytes, where: str) -> list[tuple[str, str]]:
@@ -263,15 +297,15 @@ def _lines(raw: bytes) -> list[str]:
     return [line for line in raw.decode("utf-8").splitlines() if line.strip()]
 
 
-CONVERTERS: dict[str, Callable[[Members, str], dict[str, Arrays]]] = {
+CONVERTERS: dict[str, Callable[..., dict[str, Arrays]]] = {
     "cifar10": cifar10_arrays, "tinyimagenet": tinyimagenet_arrays}
 
 
-def convert(name: str, source: Path, data_dir: Path, description: str) -> list[Path]:
+def convert(name: str, source: Path, data_dir: Path, description: str, **options: Any) -> list[Path]:
     """Write set `name`'s outputs from an archive or folder `source`; return their paths."""
     members = Members(source, SETS[name].root)
     try:
-        outputs = CONVERTERS[name](members, description)
+        outputs = CONVERTERS[name](members, description, **options)
     finally:
         members.close()
     return [write_npz(data_dir / file, arrays) for file, arrays in outputs.items()]

@@ -209,3 +209,31 @@ def test_the_data_command_needs_no_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.returncode == 0, done.stderr
+
+
+def test_tiny_imagenet_import_leaves_out_added_classes_and_shrinks_by_box_average(tmp_path) -> None:
+    archive = tmp_path / "tiny-imagenet-200.zip"
+    counts = tiny_archive(archive)
+    full, small = tmp_path / "full", tmp_path / "small"
+    import_copy(archive, full, sha256=sha256(archive))
+    assert cli("data", "import", str(archive), "--sha256", sha256(archive), "--data-dir", str(small),
+               "--exclude-classes", "n02124075", "--size", "32") == 0
+    for split in ("train", "val"):
+        with np.load(full / f"tinyimagenet_{split}.npz") as a, np.load(small / f"tinyimagenet_{split}.npz") as b:
+            kept = a["wnids"][a["y"]] != "n02124075"
+            assert list(b["wnids"]) == ["n01443537", "n03000134"] and len(b["y"]) == counts[split] * 2 // 3
+            assert list(b["wnids"][b["y"]]) == list(a["wnids"][a["y"]][kept])  # the same images, relabelled
+            assert b["x"].shape[1:] == (32, 32, 3) and "n02124075" in str(b["source"])
+            box = a["x"][kept].reshape(-1, 32, 2, 32, 2, 3).astype(np.float64).mean((2, 4))
+            assert np.abs(b["x"].astype(np.float64) - box).max() <= 0.5
+
+
+def test_excluding_a_class_the_copy_lacks_or_from_cifar_is_refused(tmp_path) -> None:
+    archive = tmp_path / "tiny-imagenet-200.zip"
+    tiny_archive(archive)
+    with pytest.raises(DataError, match="not classes of this copy"):
+        import_copy(archive, tmp_path / "a", sha256=sha256(archive), exclude=frozenset({"n09999999"}))
+    cifar = tmp_path / "cifar-10-python.tar.gz"
+    cifar_archive(cifar)
+    with pytest.raises(DataError, match="Tiny ImageNet only"):
+        import_copy(cifar, tmp_path / "b", sha256=sha256(cifar), size=16)
