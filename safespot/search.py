@@ -50,6 +50,7 @@ class ImageResult:
     grad_evals: int  # forward+backward passes spent on this image
     outer_steps: int
     msp: float  # max softmax probability on x_o
+    top: list[tuple[int, float]]  # (class, softmax probability on x_o), most probable first (slots.TOP_K)
     msp_adv: float  # max softmax probability at the verification attack's worst point
     margin_adv: float  # min over verification iterates of logit[label] - best other logit
     safe_at_start: bool  # x_o itself passed verification (early-exit mode)
@@ -180,7 +181,7 @@ class SafeSpotSearch:
         rng_search = [_generator(self.cfg.seed, img, "search") for _, img, _ in batch]
         rng_verify = [_generator(self.cfg.seed, img, "verify") for _, img, _ in batch]
         new = Slots.start(self.cfg, [key for key, _, _ in batch], sizes, x_o, y,
-                          logits.softmax(dim=1).amax(dim=1), rng_search, rng_verify, self.reencode)
+                          logits.softmax(dim=1), rng_search, rng_verify, self.reencode)
         self._slots = new if self._slots is None else self._slots.extend(new)
 
     def _classifier(self, sizes: list[Size]) -> Classifier:
@@ -259,5 +260,6 @@ def _result(slots: Slots, i: int) -> ImageResult:
         key=slots.keys[i], x_safe=crop(slots.candidate[i], slots.sizes[i]).clone(), found=not bool(slots.broke[i]),
         label=int(slots.y[i]), grad_evals=int(slots.passes[i]), outer_steps=int(slots.k[i]),
         msp=float(slots.msp[i]), msp_adv=float(slots.msp_adv[i]),
+        top=list(zip(slots.top_classes[i].tolist(), slots.top_probs[i].tolist(), strict=True)),
         margin_adv=float(slots.margin_adv[i]), safe_at_start=bool(slots.safe_at_start[i]),
     )

@@ -60,6 +60,9 @@ class SlotState(enum.IntEnum):
     VERIFYING_ANSWER = 3  # the answer once the outer steps ran out; its verdict is final
 
 
+TOP_K = 5  # classes reported per image with their probabilities on x_o (ImageResult.top)
+
+
 @dataclass(frozen=True)
 class SlotProgress:
     """Where one image in flight stands."""
@@ -91,6 +94,8 @@ class Slots:
     # Per-row vectors.
     y: Tensor
     msp: Tensor  # MSP of x_o
+    top_classes: Tensor  # (rows, min(TOP_K, classes)) the most probable classes on x_o, best first
+    top_probs: Tensor  # their softmax probabilities on x_o
     state: Tensor  # SlotState
     t: Tensor  # attack step
     r: Tensor  # restart / start
@@ -106,8 +111,8 @@ class Slots:
     targets: Tensor  # (rows, verify_targets) classes of the targeted verification runs
 
     ROWS = ("x_o", "x_s", "best", "center", "x_a", "attached", "grad_acc", "candidate", "y",
-            "msp", "state", "t", "r", "k", "passes", "broke", "safe_at_start", "loss_acc", "best_loss",
-            "worst_loss", "msp_adv", "margin_adv", "targets")
+            "msp", "top_classes", "top_probs", "state", "t", "r", "k", "passes", "broke", "safe_at_start",
+            "loss_acc", "best_loss", "worst_loss", "msp_adv", "margin_adv", "targets")
 
     @property
     def size(self) -> int:
@@ -116,15 +121,18 @@ class Slots:
     # ------------------------------------------------------------ lifecycle
     @classmethod
     def start(cls, cfg: SearchConfig, keys: list[Any], sizes: list[tuple[int, ...]], x_o: Tensor,
-              y: Tensor, msp: Tensor, rng_search: list[torch.Generator],
+              y: Tensor, probs: Tensor, rng_search: list[torch.Generator],
               rng_verify: list[torch.Generator], reencode: Reencode | None = None) -> Slots:
-        """Rows for new images x_o with labels y: verify x_o first, or start searching.
+        """Rows for new images x_o with labels y and softmax probabilities ``probs`` (rows,
+        classes) on x_o: verify x_o first, or start searching.
 
         x_o is a canvas batch: image i fills ``x_o[i, :C, :H, :W]`` for its
         size (C, H, W) and the rest is zero padding that never changes.
         """
         x_s = _initial_point(cfg, x_o, sizes, rng_search)
         n, dev = x_o.shape[0], x_o.device
+        msp = probs.amax(dim=1)
+        top_probs, top_classes = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
 
         def vec(value: float | bool | int, dtype: torch.dtype) -> Tensor:
             return torch.full((n,), value, dtype=dtype, device=dev)
@@ -134,6 +142,7 @@ class Slots:
             x_o=x_o, x_s=x_s, best=x_s.clone(), center=x_o.clone(), x_a=x_o.clone(),
             attached=torch.ones_like(x_o, dtype=torch.bool), grad_acc=torch.zeros_like(x_o),
             candidate=x_o.clone(), y=y, msp=msp.to(x_o.dtype),
+            top_classes=top_classes, top_probs=top_probs,
             state=vec(SlotState.SEARCHING, torch.long), t=vec(0, torch.long), r=vec(0, torch.long),
             k=vec(0, torch.long), passes=vec(0, torch.long), broke=vec(False, torch.bool),
             safe_at_start=vec(False, torch.bool), loss_acc=vec(0.0, x_o.dtype),

@@ -30,14 +30,15 @@ structure inside it), or a .png file when there is exactly one input image.
 The report (--json) is one JSON object:
   {"model": {...}, "settings": {...},
    "files": [{"input", "output", "status": "ok", "result": {the scores of
-              GET /v1/jobs/{id}: prediction, safe_spot_found, linf, l2, psnr,
+              GET /v1/jobs/{id}: prediction (with top5), safe_spot_found, linf, l2, psnr,
               robustness, verification, view, ood_score, ood_flag, model, preset, grad_evals,
               timings}},
              {"input", "status": "error", "error": {"code", "message"}}, ...],
    "summary": {"images", "written", "failed", "safe_spot_found", "seconds"}}
   --json          print it on stdout, and nothing else there (progress and
                   messages go to stderr): safe to pipe into jq
-  --json FILE     write it to FILE; stdout keeps one line per image
+  --json FILE     write it to FILE; stdout keeps one line per image, then its
+                  five most probable classes
 
 Exit status: 0 every image written; 1 some inputs could not be read or filtered
 (each is named on stderr with what to do; the others are still written); 2 a usage
@@ -308,9 +309,12 @@ class Filtering:
         found = "yes" if result["safe_spot_found"] else "NO"
         psnr = "inf" if result["psnr"] is None else f"{result['psnr']:.1f}"
         p = result["prediction"]
-        self.bar.write(f"{item.source} -> {item.output}  {p['class_name']} ({100 * p['confidence']:.0f}%)  "
-                       f"safe spot: {found}  PSNR {psnr} dB  L-inf {round(255 * result['linf'])}/255",
-                       file=self.lines)
+        ranked = [f"    {rank}. {e['class_name']}  {100 * e['probability']:.1f}%"
+                  for rank, e in enumerate(p.get("top5", []), 1)]
+        self.bar.write("\n".join([
+            f"{item.source} -> {item.output}  {p['class_name']} ({100 * p['confidence']:.0f}%)  "
+            f"safe spot: {found}  PSNR {psnr} dB  L-inf {round(255 * result['linf'])}/255", *ranked]),
+            file=self.lines)
 
     def fail(self, item: Item, code: str, message: str) -> None:
         failure = Failure(str(item.source), code, message)

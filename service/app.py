@@ -24,7 +24,7 @@ from service.auth import EarlyClientAuth
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimit, RequestObserver
-from service.routes import checkpoints, health, jobs, training
+from service.routes import checkpoints, health, jobs, model, training
 from service.settings import Settings
 from worker.protocol import JobBackend
 
@@ -117,6 +117,7 @@ def create_app(settings: Settings, backend: JobBackend | None = None) -> FastAPI
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(model.router)
     app.include_router(checkpoints.router)
     app.include_router(training.router)
     if (STATIC_DIR / "index.html").is_file():  # the page at `/`, its files under /static

@@ -15,7 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker.protocol import CheckpointStatus, JobStatus, Norm, Recipe
 
 _RESULT_EXAMPLE: dict[str, Any] = {
-    "prediction": {"label": 3, "class_name": "cat", "confidence": 0.91},
+    "prediction": {"label": 3, "class_name": "cat", "confidence": 0.91,
+                   "top5": [{"label": 3, "class_name": "cat", "probability": 0.91},
+                            {"label": 5, "class_name": "dog", "probability": 0.06},
+                            {"label": 2, "class_name": "bird", "probability": 0.01},
+                            {"label": 4, "class_name": "deer", "probability": 0.008},
+                            {"label": 6, "class_name": "frog", "probability": 0.005}]},
     "safe_spot_found": True, "linf": 0.0314, "l2": 4.2, "psnr": 38.5,
     "robustness": {"attack": "pgd-20, 1 restart, eps/4 steps, random start", "held": True,
                    "margin": 1.7, "confidence_under_attack": 0.84},
@@ -118,6 +123,25 @@ class CheckpointResponse(BaseModel):
 class CheckpointList(BaseModel):
     checkpoints: list[CheckpointResponse]
     active: str | None = Field(None, description="id of the active checkpoint")
+
+
+class ModelResponse(BaseModel):
+    """The active checkpoint as clients see it: what it is and which classes it predicts."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "checkpoint_id": "default", "name": "default", "sha256": "9f2c4e…", "num_classes": 10,
+        "class_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                        "ship", "truck"],
+        "input_size": [3, 32, 32], "domain": "cifar10",
+    }]})
+
+    checkpoint_id: str
+    name: str
+    sha256: str = ""
+    num_classes: int
+    class_names: list[str] = Field(description="indexed by `prediction.label`; [] when the checkpoint names none")
+    input_size: list[int] = Field(description="[C, H, W] the network sees (through the checkpoint's view)")
+    domain: str = Field("", description="what the images are, e.g. 'cifar10'; '' when unknown")
 
 
 class TrainingRequestBody(BaseModel):

@@ -159,10 +159,17 @@ class Progress(TypedDict, total=False):
     eta_s: float  # seconds left in the training phase (vetting comes after)
 
 
+class RankedClass(TypedDict):
+    label: int
+    class_name: str
+    probability: float  # softmax probability on the original, through the checkpoint's view
+
+
 class Prediction(TypedDict):
     label: int
     class_name: str
     confidence: float  # softmax probability of the label on the original
+    top5: list[RankedClass]  # the min(5, classes) most probable classes, best first; [0] is the label
 
 
 class Robustness(TypedDict):

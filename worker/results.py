@@ -11,7 +11,14 @@ from models.checkpoint import ModelInfo
 from safespot import ImageResult, SearchConfig
 from safespot.canvas import DEFAULT_VIEW, describe_view
 from worker.imaging import DecodedImage, distortion
-from worker.protocol import FilterRequest, FilterResult, ModelRef, Robustness
+from worker.protocol import (
+    FilterRequest,
+    FilterResult,
+    ModelRef,
+    Prediction,
+    RankedClass,
+    Robustness,
+)
 
 DEFAULT_OOD_MU = 0.5  # weight of MSP(x) in D(x) when the checkpoint names none (docs/ood.md)
 
@@ -40,6 +47,22 @@ def ood_score(info: ModelInfo, msp: float, msp_adv: float) -> tuple[float, bool 
     return round(score, 6), (None if threshold is None else bool(score < float(threshold)))
 
 
+def prediction(found: ImageResult, class_names: list[str]) -> Prediction:
+    """The label, its confidence and the top-5 classes on the original, from the search's one
+    forward pass over it (no extra pass)."""
+    label = int(found.label)
+
+    def name(c: int) -> str:
+        return class_names[c] if c < len(class_names) else str(c)
+
+    # Equal probabilities may come out of topk in any order: the label (argmax) goes first.
+    ranked = sorted(found.top, key=lambda entry: (-entry[1], entry[0] != label))
+    top5: list[RankedClass] = [
+        {"label": int(c), "class_name": name(int(c)), "probability": round(float(p), 6)} for c, p in ranked]
+    return {"label": label, "class_name": name(label), "confidence": round(float(found.msp), 6),
+            "top5": top5}
+
+
 def build_result(
     *,
     request: FilterRequest,
@@ -59,8 +82,6 @@ def build_result(
     ``output`` is the answer's (H, W, C) uint8 levels at full resolution; distances are
     measured against the upload's own levels.  Timings are epoch seconds.
     """
-    label = int(found.label)
-    names = info.class_names
     score, flag = ood_score(info, found.msp, found.msp_adv)
     submitted = float(request.get("submitted_at") or started_at)
     verified = verification(cfg, info)
@@ -71,8 +92,7 @@ def build_result(
         "confidence_under_attack": _finite(found.msp_adv),  # type: ignore[typeddict-item]
     }
     return {
-        "prediction": {"label": label, "class_name": names[label] if label < len(names) else str(label),
-                       "confidence": round(float(found.msp), 6)},
+        "prediction": prediction(found, info.class_names),
         "safe_spot_found": bool(found.found),
         **distortion(output, image.levels),  # type: ignore[typeddict-item]
         "robustness": robustness,

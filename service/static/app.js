@@ -2,7 +2,8 @@
  *
  * Filter view (this file): POST v1/filter (multipart `image` + preset/norm/eps), poll v1/jobs/{id},
  * fetch v1/jobs/{id}/image (with the API key, hence fetch + blob URLs rather than <img src>),
- * then results.js shows original / filtered / amplified difference and the scores.
+ * then results.js shows original / filtered / amplified difference and the scores; model.js shows
+ * the active model's classes (GET v1/model).
  * Admin view: admin.js (checkpoints: upload, vetting figures, activate, delete) and training.js.
  * Shared helpers: common.js.
  *
@@ -11,6 +12,7 @@
  */
 import { adminShown, initAdmin } from "./admin.js";
 import { $, ApiError, api, hideError, humanBytes, LEVELS, parseBudget, showError, sleep, wireDropZone } from "./common.js";
+import { loadModel } from "./model.js";
 import { initResults, showResult } from "./results.js";
 
 const API = {
@@ -152,6 +154,7 @@ function initOptions() {
   key.addEventListener("change", () => {
     if (key.value) localStorage.setItem(API_KEY_STORE, key.value.trim());
     else localStorage.removeItem(API_KEY_STORE);
+    loadModel(key.value.trim());
   });
   $("forget-key").addEventListener("click", () => {
     key.value = "";
@@ -248,6 +251,7 @@ async function submitFilter(event) {
     const png = await api(API.image(job.job_id), { key, as: "blob" });
     if (token !== state.run) return;
     await showResult(job, png, state.file);
+    loadModel(key); // the model may have changed since the page loaded
     $("progress-box").hidden = true;
     setPhase("done");
   } catch (err) {
@@ -269,6 +273,7 @@ function init() {
   initTabs();
   $("filter-form").addEventListener("submit", submitFilter);
   initResults();
+  loadModel($("api-key").value.trim());
   $("error").tabIndex = -1;
   $("results-title").tabIndex = -1;
   setPhase("idle");

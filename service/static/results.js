@@ -123,13 +123,30 @@ function score(label, value, sub = null, badge = null, title = null) {
   return el("div", {}, el("dt", { text: label }), dd);
 }
 
+/** The five most probable classes on the original (the first is the prediction), with bars. */
+function topFive(p) {
+  const entries = p.top5 || [];
+  if (!entries.length) return null;
+  return el("ol", { class: "top5", id: "top5", "aria-label": "Most probable classes" }, ...entries.map((e) => {
+    const fill = el("span");
+    fill.style.width = `${Math.max(0, Math.min(100, 100 * e.probability))}%`; // CSSOM: the CSP allows it
+    return el("li", { "data-label": String(e.label) },
+      el("span", { class: "name", text: e.class_name, title: `class ${e.label}` }),
+      el("span", { class: "bar", "aria-hidden": "true" }, fill),
+      el("span", { class: "prob", text: pct(e.probability) }));
+  }));
+}
+
 function renderScores(r) {
   const list = $("scores");
   const p = r.prediction || {}, rob = r.robustness || {}, t = r.threat || {}, m = r.model || {};
   const tm = r.timings || {}, img = r.image || {};
   const levels = Math.round((r.linf || 0) * LEVELS);
+  const prediction = score("Prediction", `${p.class_name ?? "?"}`, `class ${p.label} · ${pct(p.confidence)} confidence`);
+  prediction.className = "prediction";
+  prediction.querySelector("dd").append(topFive(p) ?? "");
   const items = [
-    score("Prediction", `${p.class_name ?? "?"}`, `class ${p.label} · ${pct(p.confidence)} confidence`),
+    prediction,
     score("Safe spot found", "", r.safe_spot_found
       ? `the verification attacks failed on the output: ${r.verification?.summary || "not reported"}`
       : "best point found; it did not pass verification",

@@ -67,6 +67,9 @@ def test_filter_a_photo_in_the_browser(stack: Stack, driver: Any, downloads: Pat
     assert driver.title.startswith("SafeSpot")
     assert not driver.find_element("id", "view-filter").get_attribute("hidden")
 
+    # No key yet (the server wants one): the model's classes cannot be had, so none are shown.
+    assert not driver.find_element("id", "model-box").is_displayed()
+
     # No key: the API's 401 is shown with what to do about it.
     assert filter_on_page(driver, PHOTO, eps=EPS) == "error"
     error = text_of(driver, "error")
@@ -101,6 +104,24 @@ def test_filter_a_photo_in_the_browser(stack: Stack, driver: Any, downloads: Pat
         assert label in scores.upper(), f"{label} missing from the scores:\n{scores}"
     assert result["prediction"]["class_name"] in scores
     assert f"{100 * result['prediction']['confidence']:.1f}% confidence" in scores
+
+    # Under the prediction, the tiny model's (10 classes) five most probable, as the API ranked them.
+    top5 = result["prediction"]["top5"]
+    assert len(top5) == 5 and top5[0]["label"] == result["prediction"]["label"]
+    rows = driver.find_elements("css selector", "#scores .prediction #top5 li")
+    assert len(rows) == 5 and all(row.is_displayed() for row in rows)
+    shown = [(row.find_element("css selector", ".name").text, row.find_element("css selector", ".prob").text)
+             for row in rows]
+    assert shown == [(entry["class_name"], f"{100 * entry['probability']:.1f}%") for entry in top5]
+    assert [int(row.get_attribute("data-label")) for row in rows] == [entry["label"] for entry in top5]
+
+    # The active model's classes, from GET /v1/model with the key the page now has.
+    wait_for(driver, lambda d: d.find_element("id", "model-box").is_displayed(), 10, "no model classes shown")
+    summary = text_of(driver, "model-summary")
+    assert "10 classes (airplane, automobile, bird, cat, deer, dog, …)" in summary, summary
+    driver.find_element("id", "model-summary").click()
+    listed = [li.text for li in driver.find_elements("css selector", "#model-classes li")]
+    assert len(listed) == 10 and listed[-1] == "truck" and result["prediction"]["class_name"] in listed
     assert ("yes" if result["safe_spot_found"] else "no") in scores
     levels = round(result["linf"] * 255)
     assert f"{levels}/255 levels" in scores and f"{result['l2']:.3f}" in scores
@@ -138,8 +159,8 @@ def test_filter_a_photo_in_the_browser(stack: Stack, driver: Any, downloads: Pat
 
 
 def test_the_page_is_served_with_its_headers(stack: Stack) -> None:
-    for path in ("", "static/app.js", "static/common.js", "static/results.js", "static/admin.js",
-                 "static/training.js", "static/style.css", "static/favicon.svg"):
+    for path in ("", "static/app.js", "static/common.js", "static/results.js", "static/model.js",
+                 "static/admin.js", "static/training.js", "static/style.css", "static/favicon.svg"):
         answer = httpx.get(stack.url + path, timeout=10)
         assert answer.status_code == 200, path
         assert answer.headers["cache-control"] == "no-cache"

@@ -111,6 +111,11 @@ def test_a_folder_tree_gives_safe_pngs_with_the_same_names_and_a_report(
             assert (result["image"]["width"], result["image"]["height"]) == original.size
         assert_within_budget(source, Path(entry["output"]), result)  # Pillow decodes as the intake does
     assert any(e.get("result", {}).get("linf") for e in report["files"]), "nothing changed: a vacuous test"
+    cat_top5 = by_input["cat.jpg"]["result"]["prediction"]["top5"]
+    assert len(cat_top5) == 5  # the tiny model's 10 classes: its five most probable, under the image's line
+    ranked = "\n".join(f"    {rank}. {e['class_name']}  {100 * e['probability']:.1f}%"
+                        for rank, e in enumerate(cat_top5, 1))
+    assert f"cat.safe.png  {cat_top5[0]['class_name']} (" in captured.out and ranked in captured.out
 
 
 def test_one_image_to_a_png_file_with_the_report_on_stdout(

@@ -88,6 +88,29 @@ def test_progress_reports_each_images_state_outer_steps_and_passes(tiny_model, t
     assert {p.state for p in standard.progress()} == {SlotState.VERIFYING_ORIGINAL}
 
 
+def test_results_rank_the_most_probable_classes_on_the_original(tiny_model, test_images) -> None:
+    x = test_images[0][:6]
+    engine = SafeSpotSearch(tiny_model, SearchConfig.preset("fast"))
+    engine.submit(x)
+    with torch.no_grad():
+        expected = tiny_model(x).softmax(dim=1).topk(5, dim=1)
+    for r in engine.run():
+        classes, probs = [c for c, _ in r.top], [p for _, p in r.top]
+        assert classes == expected.indices[r.key].tolist() and classes[0] == r.label
+        assert probs == pytest.approx(expected.values[r.key].tolist(), abs=1e-6)
+        assert probs == sorted(probs, reverse=True) and probs[0] == pytest.approx(r.msp)
+
+
+def test_a_model_with_fewer_than_five_classes_ranks_them_all(test_images) -> None:
+    torch.manual_seed(0)
+    three = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 3)).eval()
+    engine = SafeSpotSearch(three, SearchConfig.preset("fast"))
+    engine.submit(test_images[0][:1])
+    (r,) = engine.run()
+    assert sorted(c for c, _ in r.top) == [0, 1, 2]
+    assert sum(p for _, p in r.top) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_rejects_images_off_the_8bit_grid(tiny_model) -> None:
     with pytest.raises(ValueError, match="8-bit"):
         find_safe_spots(tiny_model, torch.full((1, 3, 32, 32), 0.5001))

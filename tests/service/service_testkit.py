@@ -40,7 +40,9 @@ def admin_auth() -> dict[str, str]:
 def fake_result(request: FilterRequest) -> Any:
     """A FilterResult-shaped dict (the worker owns the real one)."""
     return {
-        "prediction": {"label": 3, "class_name": "cat", "confidence": 0.9},
+        "prediction": {"label": 3, "class_name": "cat", "confidence": 0.9,
+                       "top5": [{"label": 3, "class_name": "cat", "probability": 0.9},
+                                {"label": 5, "class_name": "dog", "probability": 0.07}]},
         "safe_spot_found": True, "linf": request["eps"], "l2": 1.0, "psnr": 40.0,
         "robustness": {"attack": "pgd-20", "held": True, "margin": 1.0,
                        "confidence_under_attack": 0.8},

@@ -17,9 +17,11 @@ from service_testkit import ADMIN_KEY, CLIENT_KEY, FakeJobBackend
 
 from service.app import create_app
 from service.settings import Settings
+from worker.protocol import Prediction, RankedClass
 
 CONTRACT = {
     ("/v1/filter", "post"), ("/v1/jobs/{job_id}", "get"), ("/v1/jobs/{job_id}/image", "get"),
+    ("/v1/model", "get"),
     ("/v1/checkpoints", "get"), ("/v1/checkpoints", "post"),
     ("/v1/checkpoints/{checkpoint_id}/activate", "post"), ("/v1/checkpoints/{checkpoint_id}", "delete"),
     ("/v1/training-jobs", "post"), ("/v1/training-jobs/{job_id}", "get"),
@@ -32,7 +34,11 @@ def make_app():
     directory = Path(tempfile.mkdtemp(prefix="safespot-openapi-"))
     app_settings = Settings(api_keys=CLIENT_KEY, admin_keys=ADMIN_KEY, data_dir=directory,
                             max_wait_s=0.2)
-    return create_app(app_settings, FakeJobBackend(auto_finish=True))
+    backend = FakeJobBackend(auto_finish=True)
+    backend.registry.register_shipped({  # a running service has its model (else /v1/model is 503)
+        "name": "tiny", "status": "ready", "sha256": "0" * 64, "path": "", "vetting": {}, "error": None,
+        "info": {"num_classes": 2, "class_names": ["cat", "dog"], "input_size": [3, 32, 32]}})
+    return create_app(app_settings, backend)
 
 
 APP = make_app()
@@ -51,6 +57,17 @@ def test_openapi_lists_every_contract_route_with_json_errors():
     form = document["components"]["schemas"][form["$ref"].rsplit("/", 1)[1]] if "$ref" in form else form
     assert "image" in form["required"]
     assert document["components"]["schemas"]["JobResponse"]["examples"]
+
+
+def test_the_result_example_has_the_workers_prediction_shape():
+    """The example at /docs shows every prediction field the worker writes, top5 included."""
+    document = TestClient(APP).get("/openapi.json").json()
+    prediction = document["components"]["schemas"]["JobResponse"]["examples"][0]["result"]["prediction"]
+    assert set(prediction) == set(Prediction.__annotations__)
+    probabilities = [entry["probability"] for entry in prediction["top5"]]
+    assert all(set(entry) == set(RankedClass.__annotations__) for entry in prediction["top5"])
+    assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+    assert prediction["top5"][0]["label"] == prediction["label"] and sum(probabilities) <= 1
 
 
 def test_docs_page_is_served():

@@ -67,6 +67,23 @@ def test_real_photo_keeps_size_mode_and_budget(processor, tiny_model) -> None:
         assert not bool(attack.success[0])
 
 
+def test_top5_ranks_the_classes_of_the_original_as_the_view_shows_it(processor, tiny_model) -> None:
+    image = photo("chelsea.jpg")
+    prediction = run_one(processor, image).result["prediction"]
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = tiny_model(ResizeView((32, 32))(x, [tuple(x.shape[1:])])).softmax(dim=1)[0].topk(5)
+    top5 = prediction["top5"]
+    assert [e["label"] for e in top5] == expected.indices.tolist()  # 10 classes: five of them
+    assert [e["probability"] for e in top5] == pytest.approx(expected.values.tolist(), abs=1e-5)
+    probabilities = [e["probability"] for e in top5]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+    assert top5[0]["label"] == prediction["label"] and top5[0]["class_name"] == prediction["class_name"]
+    assert top5[0]["probability"] == pytest.approx(prediction["confidence"])
+    names = processor.checkpoint.info.class_names
+    assert [e["class_name"] for e in top5] == [names[e["label"]] for e in top5]
+
+
 def test_alpha_is_kept_and_never_perturbed(processor) -> None:
     image = photo("astronaut.png", mode="RGBA", size=(96, 64))
     out = decoded(run_one(processor, image).png)

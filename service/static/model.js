@@ -1,0 +1,36 @@
+/* SafeSpot page: the active model and the classes it tells apart (GET v1/model), shown above the
+ * filter form so users know which labels to expect.  Best effort: without a usable key, or before
+ * a worker registered a model, the box stays hidden and the filter works as before. */
+import { $, api, el } from "./common.js";
+
+const INLINE_NAMES = 6; // names shown in the one-line summary; the rest when the box is opened
+
+let latest = 0; // answers to older requests are dropped (the key may change meanwhile)
+
+function summaryText(model) {
+  const names = model.class_names || [];
+  const count = model.num_classes ?? names.length;
+  const head = names.slice(0, INLINE_NAMES).join(", ");
+  const more = names.length > INLINE_NAMES ? ", …" : "";
+  return `Model ${model.name}: ${count} class${count === 1 ? "" : "es"}${head ? ` (${head}${more})` : ""}`;
+}
+
+function render(model) {
+  const names = model.class_names || [];
+  $("model-summary").textContent = summaryText(model);
+  $("model-classes").replaceChildren(...names.map((name, label) => el("li", { value: String(label), text: name })));
+  $("model-no-names").hidden = names.length > 0;
+  $("model-box").dataset.classes = String(model.num_classes ?? names.length);
+  $("model-box").hidden = false;
+}
+
+/** Ask for the active model with this key; show it, or hide the box when it cannot be had. */
+export async function loadModel(key) {
+  const token = ++latest;
+  try {
+    const model = await api("v1/model", { key });
+    if (token === latest) render(model);
+  } catch (_) {
+    if (token === latest) $("model-box").hidden = true;
+  }
+}
