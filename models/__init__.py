@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 VETTING_DIR = Path(__file__).resolve().parent / "vetting"  # <domain>.npz: the shipped vetting sets
-SHIPPED = ("default", "adv", "natural", "gaussian", "ood")
+SHIPPED = ("default", "cifar10", "adv", "natural", "gaussian", "ood")
 
 
 def resolve(name_or_path: str | Path) -> Path:
