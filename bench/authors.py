@@ -1,6 +1,6 @@
 """The authors' own code beside ours, on our model, judged by the same yardstick.
 
-    python -m bench authors --checkout PATH [--model default] [--n 100] [--suite apgd] [--json OUT]
+    python -m bench authors --checkout PATH [--model cifar10] [--n 100] [--suite apgd] [--json OUT]
 
 PATH is a checkout of github:snu-mllab/preemptive-robustification.  We run
 it, we never ship it.  Their code calls ``.cuda()`` everywhere; inside
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench authors", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkout", type=Path, required=True)
-    p.add_argument("--model", default="default")
+    p.add_argument("--model", default="cifar10")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--suite", default="apgd", choices=["apgd", "autoattack"])

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 VETTING_DIR = Path(__file__).resolve().parent / "vetting"  # <domain>.npz: the shipped vetting sets
-SHIPPED = ("default", "cifar10", "adv", "natural", "gaussian", "ood")
+SHIPPED = ("default", "cifar10", "adv", "natural", "gaussian", "ood", "oe")
 
 
 def resolve(name_or_path: str | Path) -> Path:
@@ -38,6 +38,16 @@ def resolve(name_or_path: str | Path) -> Path:
     return shipped
 
 
+def display_name(path: str | Path, metadata_name: str) -> str:
+    """What a checkpoint is called: a shipped one by its file's stem (shipped files are renamed,
+    their metadata never rewritten: recorded results cite the file's sha256), any other by the
+    name its metadata gives, else by its stem."""
+    path = Path(path)
+    if path.resolve().parent == ZOO_DIR:
+        return path.stem
+    return metadata_name or path.stem
+
+
 def load_checkpoint(name_or_path: str | Path, device: Any = "cpu") -> LoadedCheckpoint:
     """Model, metadata and sha256 of a shipped model or a checkpoint file."""
     from models.checkpoint import load_checkpoint as _load
@@ -50,4 +60,4 @@ def load_model(name_or_path: str | Path, device: Any = "cpu") -> nn.Module:
     return load_checkpoint(name_or_path, device).model
 
 
-__all__ = ["SHIPPED", "VETTING_DIR", "ZOO_DIR", "load_checkpoint", "load_model", "resolve"]
+__all__ = ["SHIPPED", "VETTING_DIR", "ZOO_DIR", "display_name", "load_checkpoint", "load_model", "resolve"]

@@ -12,15 +12,16 @@ def _pct(value: Any) -> str:
     return f"{100 * float(value):.2f}%" if isinstance(value, int | float) else "—"
 
 
-def render_card(info: ModelInfo, sha256: str, file_name: str) -> str:
-    """A markdown model card for `info` (the file's sha256 identifies the weights)."""
+def render_card(info: ModelInfo, sha256: str, file_name: str, name: str = "") -> str:
+    """A markdown model card for `info` (the file's sha256 identifies the weights); `name`
+    titles it (default: the metadata's name, else the file name)."""
     recipe = dict(info.recipe)
     warmup = recipe.pop("warmup", None)
     warmup_epochs = recipe.pop("warmup_epochs", None)
     test = info.metrics.get("test", {})
     training = info.training
     lines = [
-        f"# Model card: `{info.name or file_name}`",
+        f"# Model card: `{name or info.name or file_name}`",
         "",
         f"- File: `{file_name}`, sha256 `{sha256}`",
         f"- Architecture: `{info.arch}` {json.dumps(info.arch_args) if info.arch_args else ''}, "

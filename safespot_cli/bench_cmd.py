@@ -38,7 +38,7 @@ HELP = """Measure the search's speed against the model's own forward+backward li
 against batch size 1, and the presets' cost and safe-spot rate against `paper`.
 
 examples:
-  safespot bench --model default --json bench.json
+  safespot bench --model cifar10 --json bench.json
   safespot bench --sections limit,search --batch-sizes 1,8,32,128 --json quick.json
   safespot bench --arch wrn-34-10 --device cuda --sections limit,search --json gpu.json
   safespot bench --arch cifar-cnn --sections limit,train --batch-sizes 128 --json train.json"""

@@ -21,7 +21,7 @@ from safespot.training import Recipe
 from safespot_cli.bench_search import calls_per_s
 from training.trainer import train_step, use_layout
 
-# The recipes we train with: the warm-up of the shipped models and the default's
+# The recipes we train with: the warm-up of the shipped models and cifar10's
 # safe-spot-aware epochs (a 5-step PGD attack, a quarter of each batch from x_s*).
 TRAIN_RECIPES = {
     "adv-fast": Recipe("adv-fast"),

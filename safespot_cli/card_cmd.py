@@ -18,7 +18,7 @@ them in the checkpoint's metadata (metrics.test; the file and its sha256
 change) and write the markdown model card next to it (NAME.md).
 
 examples:
-  safespot model-card models/zoo/default.safetensors --n 10000 --autoattack-n 1000
+  safespot model-card models/zoo/cifar10.safetensors --n 10000 --autoattack-n 1000
   safespot model-card models/zoo/gaussian.safetensors --n 10000 --norm l2 --eps 0.5
   safespot model-card tiny200.safetensors --data tiny-imagenet-200/val --n 10000 --autoattack-n 1000
 
@@ -43,6 +43,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from models import display_name
     from models.cards import render_card
     from models.checkpoint import save_checkpoint
     from safespot import SearchConfig
@@ -94,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
               + (f"; AutoAttack {test['autoattack_acc']:.4f} vs PGD-20 {test['pgd20_acc_same_images']:.4f} "
                  f"on {test['autoattack_n']}" if "autoattack_acc" in test else ""))
     card = path.with_suffix(".md")
-    common.atomic_write(card, render_card(loaded.info, loaded.sha256, path.name))
+    common.atomic_write(card, render_card(loaded.info, loaded.sha256, path.name,
+                                             name=display_name(path, loaded.info.name)))
     print(card)
     return 0

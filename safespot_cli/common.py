@@ -36,7 +36,7 @@ def budget(text: str) -> float:
 # The options several commands take; a command changes a field with add_option(p, name, field=...).
 OPTIONS: dict[str, dict[str, Any]] = {
     "--model": {"default": "default",
-                "help": "a shipped model (default, adv, natural, gaussian, ood) or a .safetensors path"},
+                "help": "a shipped model (default, cifar10, adv, natural, gaussian, ood, oe) or a .safetensors path"},
     "--device": {"default": None, "help": "cpu, cuda, cuda:1 ... (default: cuda if available)"},
     "--threads": {"type": int, "default": None, "help": "CPU threads for torch"},
     "--data-dir": {"default": None, "help": "default: $SAFESPOT_DATA_DIR or ./data"},

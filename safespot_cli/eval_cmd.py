@@ -29,9 +29,9 @@ to its input size, and the protocol runs on those 8-bit images; the JSON
 records the class mapping and the view.
 
 examples:
-  safespot eval --model default --n 1000 --methods none,s-full --attack autoattack --json eval-linf.json
-  safespot eval --model default --norm l2 --n 1000 --json eval-l2.json
-  safespot eval --model default --preset paper --methods s-full --n 1000 --json paper.json
+  safespot eval --model cifar10 --n 1000 --methods none,s-full --attack autoattack --json eval-linf.json
+  safespot eval --model cifar10 --norm l2 --n 1000 --json eval-l2.json
+  safespot eval --model cifar10 --preset paper --methods s-full --n 1000 --json paper.json
   safespot eval --model r50.safetensors --data imagenet/val --n 1000 --attack apgd --json r50.json"""
 
 

@@ -20,8 +20,8 @@ EPILOG = """examples:
   safespot serve --port 8000                   API + in-process worker (no Redis needed)
   export SAFESPOT_REDIS_URL=redis://localhost:6379/0   production: settings for both processes
   safespot serve --port 8000 & safespot worker          the API enqueues, the worker filters
-  safespot eval --model default --n 1000 --json eval.json
-  safespot train --recipe s-fgsm-adv --epochs 15 --out default.safetensors
+  safespot eval --model cifar10 --n 1000 --json eval.json
+  safespot train --recipe s-fgsm-adv --epochs 15 --out cifar10.safetensors
 
 settings come from SAFESPOT_* environment variables (see README)."""
 

@@ -16,7 +16,7 @@ holds a previous run's state.  For several processes or GPUs use torchrun:
   torchrun --nproc-per-node 2 -m safespot_cli.main train ...
 
 examples:
-  safespot train --recipe s-fgsm-adv --epochs 15 --out models/zoo/default.safetensors
+  safespot train --recipe s-fgsm-adv --epochs 15 --out models/zoo/cifar10.safetensors
   safespot train --recipe natural --epochs 10 --run-dir runs/natural
   safespot train --recipe gaussian --sigma 0.25 --epochs 10
   safespot train --recipe adv-pgd --norm l2 --eps 0.5 --data /data/my_imagefolder"""

@@ -33,7 +33,7 @@ _RESULT_EXAMPLE: dict[str, Any] = {
                                   "for this checkpoint and view; not a certificate"},
     "view": {"kind": "resize", "input_size": [32, 32], "description": "whole image resized to 32x32"},
     "ood_score": 0.88, "ood_flag": False,
-    "model": {"name": "default", "sha256": "9f2c…", "checkpoint_id": "ckpt_3f9a1c2b7d4e"},
+    "model": {"name": "cifar10", "sha256": "9f2c…", "checkpoint_id": "ckpt_3f9a1c2b7d4e"},
     "preset": "standard", "threat": {"norm": "linf", "eps": 0.0314, "delta": 0.0314},
     "config": {}, "grad_evals": 240, "reencode": None,
     "image": {"width": 451, "height": 300, "mode": "RGB"},
@@ -129,7 +129,7 @@ class ModelResponse(BaseModel):
     """The active checkpoint as clients see it: what it is and which classes it predicts."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "checkpoint_id": "default", "name": "default", "sha256": "9f2c4e…", "num_classes": 10,
+        "checkpoint_id": "default", "name": "cifar10", "sha256": "9f2c4e…", "num_classes": 10,
         "class_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                         "ship", "truck"],
         "input_size": [3, 32, 32], "domain": "cifar10",

@@ -77,7 +77,7 @@ def test_the_wheel_carries_the_models_the_page_and_the_vetting_sets(built: tuple
     zoo = {n for n in names if n.startswith("models/zoo/")}
     expected_zoo = {f"models/zoo/{p.name}" for p in (REPO / "models" / "zoo").iterdir()
                     if p.suffix in (".safetensors", ".md", ".json")}
-    assert "models/zoo/default.safetensors" in zoo
+    assert {"models/zoo/default.safetensors", "models/zoo/cifar10.safetensors"} <= zoo
     assert expected_zoo <= zoo
     static = {f"service/static/{p.name}" for p in (REPO / "service" / "static").iterdir() if p.is_file()}
     assert "service/static/index.html" in static and static <= names

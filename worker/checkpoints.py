@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from models import display_name
 from models.checkpoint import LoadedCheckpoint, load_checkpoint
 from worker.errors import CheckpointNotFoundError, JobError
 from worker.logs import fields
@@ -69,7 +70,7 @@ def shipped_record(default_model: str) -> CheckpointRecord | None:
         info = read_info(path)
     except ModelError:
         return None
-    return {"id": SHIPPED_ID, "name": info.name or default_model, "status": "ready",
+    return {"id": SHIPPED_ID, "name": display_name(path, info.name), "status": "ready",
             "sha256": file_sha256(path), "path": "", "size_bytes": path.stat().st_size,
             "uploaded_at": path.stat().st_mtime, "info": json_safe(asdict(info)), "vetting": {},
             "error": None, "source": "shipped"}
@@ -88,7 +89,7 @@ class ActiveModel:
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.version: int | None = None  # activation version of the loaded model
-        self.name = ""  # the loaded record's name, as the admin gave it ("" for the shipped one)
+        self.name = ""  # the loaded record's name, as the admin gave it (the shipped one: its file's)
         self._failed_version: int | None = None  # a version whose checkpoint would not load
 
     def changed(self) -> bool:
@@ -116,7 +117,8 @@ class ActiveModel:
             self._failed_version = version
             raise
         self.version, self._failed_version = version, None
-        self.name = "" if record.get("source") == "shipped" else str(record.get("name") or "")
+        shipped = record.get("source") == "shipped"
+        self.name = display_name(path, loaded.info.name) if shipped else str(record.get("name") or "")
         log.info("model loaded", extra=fields(checkpoint_id=active, sha256=loaded.sha256,
                                               version=version, device=str(self.device)))
         return loaded, active

@@ -188,5 +188,6 @@ def test_dockerignore_keeps_out_local_state() -> None:
     for rel in (".git", ".venv", "runs", "runs/x/ckpt.pt", ".env", "tests/fixtures",
                 "artifacts", "service/__pycache__/app.cpython-311.pyc", ".pytest_cache"):
         assert dockerignored(rel), f"{rel} would be sent to the Docker daemon"
-    for rel in ("pyproject.toml", "README.md", "models/zoo/default.safetensors", "service/static"):
+    for rel in ("pyproject.toml", "README.md", "models/zoo/default.safetensors", "models/zoo/cifar10.safetensors",
+                "service/static"):
         assert not dockerignored(rel), f"{rel} is needed in the build context"

@@ -28,3 +28,9 @@ def test_the_card_states_accuracy_time_precision_and_the_exact_command() -> None
 def test_runs_recorded_before_the_precision_option_read_as_float32() -> None:
     card = render_card(_info(config={}), "ab" * 32, "m.safetensors")
     assert "float32" in card and "bf16" not in card
+
+
+def test_a_given_name_titles_the_card_over_the_metadata_name() -> None:
+    assert render_card(_info(), "ab" * 32, "m.safetensors").startswith("# Model card: `m`")
+    card = render_card(_info(), "ab" * 32, "cifar10.safetensors", name="cifar10")
+    assert card.startswith("# Model card: `cifar10`") and "- File: `cifar10.safetensors`" in card

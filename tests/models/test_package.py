@@ -22,3 +22,25 @@ def test_load_model_by_path_returns_an_eval_mode_classifier() -> None:
 def test_unknown_names_list_the_shipped_models() -> None:
     with pytest.raises(UnknownModelError, match="shipped"):
         models.load_model("no-such-model")
+
+
+def test_cifar10_and_default_are_shipped_and_resolve_to_their_own_files() -> None:
+    assert {"default", "cifar10"} <= set(models.SHIPPED)
+    for name in models.SHIPPED:
+        assert models.resolve(name) == models.ZOO_DIR / f"{name}.safetensors"
+
+
+def test_a_shipped_file_is_called_by_its_stem_other_files_by_their_metadata(tmp_path: Path) -> None:
+    # cifar10.safetensors kept the metadata it was written with ("default"): renaming the
+    # file must rename the model.
+    assert models.load_checkpoint("cifar10").info.name == "default"
+    assert models.display_name(models.resolve("cifar10"), "default") == "cifar10"
+    elsewhere = tmp_path / "run.safetensors"
+    assert models.display_name(elsewhere, "mine") == "mine"
+    assert models.display_name(elsewhere, "") == "run"
+
+
+def test_the_cifar10_model_is_the_cifar10_classifier() -> None:
+    info = models.load_checkpoint("cifar10").info
+    assert info.num_classes == 10 and tuple(info.input_size) == (3, 32, 32)
+    assert info.class_names[:3] == ["airplane", "automobile", "bird"]

@@ -4,7 +4,7 @@
 0.1) and calibrated (`safespot ood-calibrate`, `fast` preset: mu and the
 threshold for 95% TPR on held-out training images).  Served with it,
 Gaussian-noise uploads must be flagged and CIFAR-10 test images mostly not.
-(The default model, trained without outliers, calls such noise "frog" with
+(The `cifar10` model, trained without outliers, calls such noise "frog" with
 ~80% confidence and does not flag it: docs/ood.md.)
 """
 

@@ -154,3 +154,21 @@ def test_an_operator_file_without_a_domain_leaves_the_models_it_does_not_fit_the
     assert isinstance(fitting, dict) and "no domain" in str(fitting["skipped"])
     odd = for_model("odd", 10, [], (3, 64, 64), bigger)
     assert not isinstance(odd, dict) and odd[0].path == bigger
+
+
+def test_the_shipped_cifar10_model_is_vetted_on_the_cifar10_set_under_any_file_name(tmp_path: Path) -> None:
+    # The domain comes from the metadata or the classes, never the file's name: the CIFAR-10
+    # model was shipped as `default` and is `cifar10` now, with the same bytes.
+    from models import resolve
+    from models.checkpoint import read_info
+
+    source = resolve("cifar10")
+    copies = [source, tmp_path / "default.safetensors", tmp_path / "anything.safetensors"]
+    for copy in copies[1:]:
+        copy.write_bytes(source.read_bytes())
+    for path in copies:
+        info = read_info(path)
+        chosen = for_model(info.domain, info.num_classes, info.class_names, info.input_size, None)
+        assert isinstance(chosen, tuple), (path.name, chosen)
+        vset, domain = chosen
+        assert domain == Domain("cifar10", "classes") and vset is shipped_sets()["cifar10"]
