@@ -74,8 +74,9 @@ def add_threat_args(p: argparse.ArgumentParser) -> None:
 
 def add_eval_data_args(p: argparse.ArgumentParser) -> None:
     """Where `eval` and `model-card` take their labelled images from (safespot_cli/eval_data.py)."""
-    p.add_argument("--data", default="cifar10",
-                   help="'cifar10' or 'tinyimagenet' (from --data-dir), an .npz with x, y, or a folder of "
+    p.add_argument("--data", default=None,
+                   help="default: the checkpoint's domain's set (cifar10, tinyimagenet); "
+                        "'cifar10' or 'tinyimagenet' (from --data-dir), an .npz with x, y, or a folder of "
                         "photos: DIR/CLASS/*.JPEG or Tiny ImageNet's val/ (classes matched to the "
                         "checkpoint's by name or wnid, seen through its view)")
     add_option(p, "--data-dir")

@@ -48,14 +48,16 @@ class EvalData:
     extra: dict[str, Any] = field(default_factory=dict)  # photo folders: dataset, class_mapping, view
 
 
-def load_eval_data(data: str, split: str, data_dir: str | None, info: Any, n: int, *,
+def load_eval_data(data: str | None, split: str, data_dir: str | None, info: Any, n: int, *,
                    skip_unknown_classes: bool = False) -> EvalData:
-    """The `n` strided labelled images of `data` for the checkpoint described by `info`."""
+    """The `n` strided labelled images of `data` (default: the set of the checkpoint's
+    domain, else CIFAR-10) for the checkpoint described by `info`."""
     from training.data import DataError, load_dataset, strided_indices
     from training.photo_folders import is_photo_folder
 
     if n < 1:
         raise UsageError("--n must be at least 1")
+    data = data or (info.domain if info.domain in PACKED_NAMES else "cifar10")
     with usage_errors(DataError):
         if data not in PACKED_NAMES and is_photo_folder(Path(data)):  # a ./cifar10/ folder is not the set
             return load_photo_folder(Path(data), info, n, skip_unknown_classes=skip_unknown_classes)
@@ -65,6 +67,10 @@ def load_eval_data(data: str, split: str, data_dir: str | None, info: Any, n: in
                          "matched by name; a packed set's labels are class indices already")
     if (loaded.y < 0).any():
         raise UsageError("evaluation needs labelled images")
+    if loaded.x.shape[1:3] != tuple(info.input_size[1:]) or int(loaded.y.max()) >= info.num_classes:
+        raise UsageError(f"{data}: labels up to {int(loaded.y.max())} at {loaded.x.shape[1]}x{loaded.x.shape[2]}, "
+                         f"the checkpoint takes {info.num_classes} at {info.input_size[1]}x{info.input_size[2]}: "
+                         "give --data a set made for it (or a folder of photos, seen through its view)")
     idx = strided_indices(len(loaded), n)
     name = f"{loaded.provenance.get('source', data)} ({loaded.provenance.get('note', 'as given')})"
     return EvalData(loaded.x[idx], loaded.y[idx], name, len(loaded))

@@ -78,3 +78,22 @@ def test_set_overrides_search_fields_and_refuses_unknown_ones(test_set: Path, tm
                "--json", str(out)) == 0
     config = json.loads(out.read_text())["config"]
     assert config["verify_targets"] == 1 and config["verify_margin"] == 0.5
+
+
+def test_eval_refuses_images_the_checkpoint_cannot_take(tmp_path: Path, cifar_mini: dict[str, np.ndarray]) -> None:
+    small = tmp_path / "small.npz"  # 16x16 images for a 32x32 checkpoint: a set made for another model
+    np.savez(small, x=cifar_mini["x_test"][:, ::2, ::2], y=cifar_mini["y_test"])
+    with pytest.raises(UsageError, match=r"16x16.*takes 10 .* 32x32"):
+        cli("eval", "--model", str(TINY), "--data", str(small), "--n", "4", "--methods", "none")
+
+
+def test_eval_data_defaults_to_the_checkpoint_domains_set(tmp_path: Path, test_set: Path) -> None:
+    from safespot_cli.eval_data import load_eval_data
+
+    info = read_info(TINY)
+    (tmp_path / "cifar10_test.npz").write_bytes(test_set.read_bytes())
+    assert info.domain in ("", "cifar10")  # no domain, or CIFAR-10's: the CIFAR-10 test set
+    assert len(load_eval_data(None, "test", str(tmp_path), info, 8).y) == 8
+    info.domain = "tinyimagenet"  # a photo model's: its own set, missing here, named in the error
+    with pytest.raises(UsageError, match="Tiny ImageNet"):
+        load_eval_data(None, "test", str(tmp_path), info, 8)
