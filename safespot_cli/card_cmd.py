@@ -37,6 +37,7 @@ def register(sub: Any) -> None:
     p.add_argument("--autoattack-n", type=int, default=1000,
                    help="images (a strided subset) judged by AutoAttack; 0 skips it")
     p.add_argument("--note", default=None, help="a note on how the training time was measured")
+    common.add_option(p, "--threads")
     p.add_argument("--render-only", action="store_true", help="only regenerate the markdown")
 
 
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from safespot_cli.eval_data import load_eval_data
     from training.data import strided_indices, to_tensor
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     path = Path(args.checkpoint)
     loaded = common.load_model(path)
     info = loaded.info
