@@ -172,3 +172,11 @@ def test_the_shipped_cifar10_model_is_vetted_on_the_cifar10_set_under_any_file_n
         assert isinstance(chosen, tuple), (path.name, chosen)
         vset, domain = chosen
         assert domain == Domain("cifar10", "classes") and vset is shipped_sets()["cifar10"]
+
+
+def test_the_shipped_tinyimagenet_set_is_the_photo_models_domain() -> None:
+    tiny = shipped_sets()["tinyimagenet"]
+    assert tiny.domain == "tinyimagenet" and tiny.x.shape == (400, 32, 32, 3) and len(tiny.class_names) == 200
+    assert np.bincount(tiny.y).tolist() == [2] * 200 and tiny.y[:200].tolist() == list(range(200))
+    assert tiny.class_names[0] == "goldfish, Carassius auratus"
+    assert checkpoint_domain("", list(tiny.class_names), (3, 32, 32)) == Domain("tinyimagenet", "classes")
