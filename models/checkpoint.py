@@ -207,20 +207,6 @@ def model_from_state(info: ModelInfo, state: dict[str, Tensor]) -> Classifier:
     return model
 
 
-def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """A user's PyTorch state dict, read without executing pickled code."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # the unpickler refuses globals with its own error types
-        raise CheckpointError(f"{Path(path).name}: not a plain tensor state dict ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]})") from e
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{Path(path).name}: expected a dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def has_safespot_metadata(path: str | os.PathLike[str]) -> bool:
     """Whether a safetensors file carries our metadata (False for another project's file; a
     damaged file counts as ours, so that loading it says what is wrong)."""

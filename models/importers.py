@@ -40,6 +40,7 @@ from models.checkpoint import (
     save_checkpoint,
 )
 from models.errors import CheckpointError
+from models.formats import looks_like_safetensors, looks_like_torch_save
 from models.normalize import IMAGENET_MEAN, IMAGENET_STD, Classifier
 
 # Where checkpoints keep their weights inside a larger dict, in the order we look.
@@ -89,13 +90,13 @@ def read_weights(path: str | os.PathLike[str]) -> ForeignWeights:
         raise CheckpointError(f"{path.name}: {size} bytes is over the {MAX_CHECKPOINT_BYTES}-byte limit")
     with open(path, "rb") as f:
         head = f.read(9)
-    if len(head) == 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
+    if looks_like_safetensors(head):
         try:
             with safe_open(str(path), framework="pt") as st:
                 return ForeignWeights({k: st.get_tensor(k) for k in st.keys()}, "safetensors")  # noqa: SIM118
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"{path.name}: not a readable safetensors file ({e})") from e
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+    if not looks_like_torch_save(head):
         raise CheckpointError(f"{path.name}: not a checkpoint: expected a .safetensors file or a "
                               "PyTorch torch.save file (.pt/.pth/.ckpt)")
     try:

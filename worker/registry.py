@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+# Re-exported: the API sniffs uploads with them and may not import models/ itself.
+from models.formats import looks_like_safetensors, looks_like_torch_save  # noqa: F401
 from worker.errors import (
     CheckpointNotFoundError,
     CheckpointStateError,
@@ -40,21 +42,12 @@ OVERRIDE_REASON = "activated without vetting"  # an override's reason when the a
 # Ids the registry accepts on read: new ones are ckpt_<16 hex>; records written before the
 # ids were unified (ckpt-<16 hex>, test fixtures, "default") keep working.
 CHECKPOINT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
-MAX_SAFETENSORS_HEADER = 100 * 1000 * 1000  # the safetensors library's own cap on its JSON header
 
 
 def new_checkpoint_id() -> str:
     """A server-chosen id (never derived from an uploaded file name)."""
     return "ckpt_" + secrets.token_hex(8)
 
-
-def looks_like_safetensors(head: bytes) -> bool:
-    """The container by its first 9 bytes, not its name: an 8-byte little-endian header
-    length within the format's limit, then a JSON object."""
-    if len(head) < 9:
-        return False
-    length = int.from_bytes(head[:8], "little")
-    return 2 <= length <= MAX_SAFETENSORS_HEADER and head[8:9] == b"{"
 
 
 def json_safe(value: Any) -> Any:

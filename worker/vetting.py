@@ -46,12 +46,13 @@ from models.checkpoint import (
     save_checkpoint,
 )
 from models.errors import ModelError
+from models.formats import looks_like_safetensors
 from models.importers import model_from_file
 from safespot.threat import Norm
 from worker.checkpoints import checkpoint_file, relative_path
 from worker.errors import JobError
 from worker.protocol import CheckpointRecord, ErrorCode
-from worker.registry import CHECKPOINT_ID, CheckpointRegistry, json_safe, looks_like_safetensors
+from worker.registry import CHECKPOINT_ID, CheckpointRegistry, json_safe
 from worker.settings import WorkerSettings
 from worker.vetting_sets import for_model
 

@@ -31,7 +31,7 @@ from service.deps import BackendDep, SettingsDep, call_backend
 from service.errors import Conflict, PayloadTooLarge, UnsupportedMediaType, Validation
 from service.schemas import CheckpointList, CheckpointResponse, error_responses
 from worker.protocol import CheckpointRecord, ErrorCode
-from worker.registry import looks_like_safetensors, new_checkpoint_id
+from worker.registry import looks_like_safetensors, looks_like_torch_save, new_checkpoint_id
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints (admin)"])
 logger = logging.getLogger("safespot.service")
@@ -55,7 +55,7 @@ def sniff_kind(head: bytes) -> Kind:
     `torch.load(weights_only=True)` also reads without executing code)."""
     if looks_like_safetensors(head):
         return "safetensors"
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    if looks_like_torch_save(head):
         return "pt"
     raise UnsupportedMediaType(
         "not a checkpoint: expected a .safetensors file or a PyTorch state dict (.pt/.pth)",

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from models.checkpoint import build_model, file_sha256, load_checkpoint, save_checkpoint
+from models.formats import looks_like_safetensors
 from tests.conftest import FIXTURES, TINY_MODEL
-from worker.registry import looks_like_safetensors
 from worker.settings import WorkerSettings
 from worker.vetting import vet_checkpoint
 
