@@ -281,3 +281,19 @@ def import_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
 __all__ = ["Converted", "ForeignWeights", "ImportReport", "ImportRequest", "convert", "default_view",
            "imagenet_classes", "import_checkpoint", "model_from_file", "normalisation", "read_weights",
            "resize_crop_view"]
+
+
+def view_from_spec(spec: str | None, arch: str, input_size: Sequence[int]) -> dict[str, Any]:
+    """A view written as ``resize`` or ``resize-crop[:RESIZE]`` (None: the architecture's usual
+    one) for a network of `input_size` (C, H, W); ValueError when it cannot be one."""
+    if spec is None:
+        return default_view(arch, tuple(input_size))
+    kind, _, resize = spec.partition(":")
+    if kind == "resize" and not resize:
+        return {"kind": "resize"}
+    if kind == "resize-crop" and (not resize or resize.isdigit()):
+        height, width = input_size[-2:]
+        if height != width:
+            raise ValueError(f"resize-crop crops a square; the input size is {height}x{width}")
+        return resize_crop_view(height, int(resize) if resize else None)
+    raise ValueError(f"{spec!r}: expected resize, resize-crop or resize-crop:RESIZE")

@@ -233,3 +233,14 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def parse_view(spec: str | None, arch: str, input_size: tuple[int, int, int]) -> dict[str, Any]:
+    """--view (resize | resize-crop[:RESIZE]) for a checkpoint of `arch` and `input_size`; None:
+    the architecture's usual view."""
+    from models.importers import view_from_spec
+
+    try:
+        return view_from_spec(spec, arch, input_size)
+    except ValueError as e:
+        raise UsageError(f"--view: {e}") from None

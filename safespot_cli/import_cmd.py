@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from safespot_cli.common import add_command, write_json
+from safespot_cli.common import add_command, parse_view, write_json
 from safespot_cli.errors import UsageError, usage_errors
 
 HELP = """Convert a classifier's weights into a SafeSpot checkpoint (.safetensors with
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                                      else native_input(args.arch))
     request = ImportRequest(
         arch=args.arch, arch_args=arch_args, class_names=names, num_classes=count,
-        input_size=input_size, view=_view(args.view, args.arch, input_size),
+        input_size=input_size, view=parse_view(args.view, args.arch, input_size),
         name=args.name or args.source.stem, mean=args.mean, std=args.std,
         wnids=_wnids(args.wnids) if args.wnids else [])
     with usage_errors(CheckpointError, OSError, prefix=f"{args.source.name}: "):
@@ -171,22 +171,6 @@ def _classes(spec: str) -> tuple[list[str], int]:
     if len(names) < 2:
         raise UsageError(f"--classes: {spec} names {len(names)} classes; a classifier needs 2 or more")
     return names, len(names)
-
-
-def _view(spec: str | None, arch: str, input_size: tuple[int, int, int]) -> dict[str, Any]:
-    from models.importers import default_view, resize_crop_view
-
-    if spec is None:
-        return default_view(arch, input_size)
-    kind, _, resize = spec.partition(":")
-    if kind == "resize" and not resize:
-        return {"kind": "resize"}
-    if kind == "resize-crop" and (not resize or resize.isdigit()):
-        height, width = input_size[-2:]
-        if height != width:
-            raise UsageError(f"--view resize-crop crops a square; the input size is {height}x{width}")
-        return resize_crop_view(height, int(resize) if resize else None)
-    raise UsageError(f"--view {spec!r}: expected resize, resize-crop or resize-crop:RESIZE")
 
 
 def _input_size(text: str) -> tuple[int, int, int]:

@@ -55,6 +55,10 @@ def register(sub: Any) -> None:
     p.add_argument("--run-dir", default="runs/train")
     p.add_argument("--out", default=None, help="checkpoint path (default RUN_DIR/model.safetensors)")
     p.add_argument("--name", default="")
+    p.add_argument("--domain", default=None,
+                   help="what the images are, for vetting (default: the named set's, e.g. cifar10)")
+    p.add_argument("--view", default=None, metavar="resize|resize-crop[:RESIZE]",
+                   help="how an upload becomes the input (default: the whole image resized)")
     p.add_argument("--save-every", type=int, default=100)
     common.add_option(p, "--threads")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
@@ -93,6 +97,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from training.trainer import train
 
+    if args.view:  # its syntax now, not after the data set is loaded (the size comes from the data)
+        common.parse_view(args.view, args.arch, (3, 32, 32))
     cfg = config_from_args(args)
     extra = None
     if args.outliers:

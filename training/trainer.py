@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.checkpoint import ModelInfo, build_model, save_checkpoint
+from models.importers import view_from_spec
 from models.normalize import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from safespot.attacks import pgd
 from safespot.training import Recipe, training_inputs
@@ -72,6 +73,8 @@ class TrainConfig:
     run_dir: str = "runs/train"
     out: str = "runs/train/model.safetensors"
     name: str = ""
+    domain: str | None = None  # what the images are, for vetting; None: the named set's (cifar10, ...)
+    view: str | None = None  # "resize" | "resize-crop[:RESIZE]"; None: the whole image resized
     save_every: int = 100  # steps between resumable snapshots
     threads: int | None = None
     # Speed: bf16 autocast for the attack and training passes (CPUs with AVX512-BF16 or AMX,
@@ -251,7 +254,8 @@ def _model_info(cfg: TrainConfig, data: ImageSet) -> ModelInfo:
                                           if cfg.warmup is not None else {}), data=dict(data.provenance) | {"holdout": cfg.holdout,
                                                                        "limit": cfg.limit},
                      wnids=list(data.wnids), name=cfg.name,
-                     domain=cfg.data if cfg.data in NAMED_DATA_SETS else "")
+                     domain=cfg.domain if cfg.domain is not None else cfg.data if cfg.data in NAMED_DATA_SETS else "",
+                     view=view_from_spec(cfg.view or "resize", cfg.arch, (3, *data.x.shape[1:3])))
 
 
 def use_layout(model: Classifier, channels_last: bool) -> Classifier:

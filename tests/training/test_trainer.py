@@ -60,6 +60,17 @@ def test_the_domain_is_the_named_data_set_never_a_path() -> None:
     assert _model_info(TrainConfig(data="cifar10"), data).domain == "cifar10"
     assert _model_info(TrainConfig(data="tinyimagenet"), data).domain == "tinyimagenet"
     assert _model_info(TrainConfig(data="data/cifar10_train.npz"), data).domain == ""
+    assert _model_info(TrainConfig(data="tiny32/val.npz", domain="tinyimagenet"), data).domain == "tinyimagenet"
+
+
+def test_the_view_is_given_or_the_whole_image_resized() -> None:
+    data = ImageSet(np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int64), list(CIFAR10_CLASSES))
+    assert _model_info(TrainConfig(arch="resnet50"), data).view == {"kind": "resize"}
+    assert _model_info(TrainConfig(view="resize-crop:32"), data).view == {"kind": "resize-crop", "resize": 32,
+                                                                          "crop": 32}
+    assert _model_info(TrainConfig(view="resize-crop"), data).view["resize"] == 36  # 32 / 0.875
+    with pytest.raises(ValueError, match="expected resize"):
+        _model_info(TrainConfig(view="stretch"), data)
 
 
 def test_a_bf16_curriculum_saves_float32_weights(train_npz: Path, tmp_path: Path) -> None:
