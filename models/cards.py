@@ -32,8 +32,8 @@ def render_card(info: ModelInfo, sha256: str, file_name: str, name: str = "") ->
         f"- Recipe: `{recipe.get('name')}` {json.dumps({k: v for k, v in recipe.items() if k != 'name'})}",
     ]
     if warmup:
-        lines.append(f"- Curriculum: the first {warmup_epochs} epochs use `{warmup.get('name')}` "
-                     f"(plain adversarial training), the rest `{recipe.get('name')}`")
+        lines.append(f"- Curriculum: the first {warmup_epochs} epochs use `{warmup.get('name')}`, "
+                     f"the rest `{recipe.get('name')}`")
     lines += ["", "## Accuracy", ""]
     if test:
         lines += [f"Measured on {test.get('data', 'the test set')} ({test.get('n')} images):", "",

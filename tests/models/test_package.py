@@ -44,3 +44,22 @@ def test_the_cifar10_model_is_the_cifar10_classifier() -> None:
     info = models.load_checkpoint("cifar10").info
     assert info.num_classes == 10 and tuple(info.input_size) == (3, 32, 32)
     assert info.class_names[:3] == ["airplane", "automobile", "bird"]
+
+
+def test_the_default_model_is_the_photo_model_and_knows_the_readme_coffee() -> None:
+    import torch
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from models.checkpoint import load_checkpoint
+    from safespot.canvas import make_view
+    from tests.conftest import PHOTOS
+
+    loaded = load_checkpoint(models.resolve("default"))
+    info = loaded.info
+    assert info.domain == "tinyimagenet" and info.num_classes == 200 and len(info.wnids) == 200
+    assert info.view == {"kind": "resize-crop", "resize": 32, "crop": 32} and info.threat["eps"] == pytest.approx(4 / 255)
+    photo = pil_to_tensor(Image.open(PHOTOS / "coffee.webp").convert("RGB")).unsqueeze(0) / 255
+    with torch.no_grad():
+        probs = loaded.model(make_view(info.view, info.input_size)(photo, [tuple(photo.shape[-2:])])).softmax(1)[0]
+    assert info.class_names[int(probs.argmax())] == "espresso" and float(probs.max()) > 0.5
