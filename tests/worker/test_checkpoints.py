@@ -13,9 +13,9 @@ from worker.settings import WorkerSettings
 
 
 def test_the_shipped_record_is_named_after_the_shipped_file_not_its_old_metadata() -> None:
-    record = shipped_record("cifar10")  # its metadata still says "default", the name it was trained under
+    record = shipped_record("cifar10")
     assert record is not None and record["id"] == SHIPPED_ID and record["source"] == "shipped"
-    assert record["name"] == "cifar10" and record["info"]["name"] == "default"
+    assert record["name"] == "cifar10"
 
 
 def test_a_default_model_given_as_a_path_keeps_its_metadata_name() -> None:
