@@ -40,7 +40,7 @@ from models.checkpoint import (
     save_checkpoint,
 )
 from models.errors import CheckpointError
-from models.formats import looks_like_safetensors, looks_like_torch_save
+from models.formats import HEAD_BYTES, looks_like_safetensors, looks_like_torch_save
 from models.normalize import IMAGENET_MEAN, IMAGENET_STD, Classifier
 
 # Where checkpoints keep their weights inside a larger dict, in the order we look.
@@ -89,7 +89,7 @@ def read_weights(path: str | os.PathLike[str]) -> ForeignWeights:
     if size > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"{path.name}: {size} bytes is over the {MAX_CHECKPOINT_BYTES}-byte limit")
     with open(path, "rb") as f:
-        head = f.read(9)
+        head = f.read(HEAD_BYTES)
     if looks_like_safetensors(head):
         try:
             with safe_open(str(path), framework="pt") as st:
@@ -278,11 +278,6 @@ def import_checkpoint(source: str | os.PathLike[str], target: str | os.PathLike[
     return ImportReport(info, save_checkpoint(model, info, target), converted, weights)
 
 
-__all__ = ["Converted", "ForeignWeights", "ImportReport", "ImportRequest", "convert", "default_view",
-           "imagenet_classes", "import_checkpoint", "model_from_file", "normalisation", "read_weights",
-           "resize_crop_view"]
-
-
 def view_from_spec(spec: str | None, arch: str, input_size: Sequence[int]) -> dict[str, Any]:
     """A view written as ``resize`` or ``resize-crop[:RESIZE]`` (None: the architecture's usual
     one) for a network of `input_size` (C, H, W); ValueError when it cannot be one."""
@@ -297,3 +292,9 @@ def view_from_spec(spec: str | None, arch: str, input_size: Sequence[int]) -> di
             raise ValueError(f"resize-crop crops a square; the input size is {height}x{width}")
         return resize_crop_view(height, int(resize) if resize else None)
     raise ValueError(f"{spec!r}: expected resize, resize-crop or resize-crop:RESIZE")
+
+
+__all__ = ["Converted", "ForeignWeights", "ImportReport", "ImportRequest", "convert", "default_view",
+           "imagenet_classes", "import_checkpoint", "model_from_file", "normalisation", "read_weights",
+           "resize_crop_view", "view_from_spec"]
+

@@ -93,9 +93,8 @@ class Slots:
     candidate: Tensor  # 8-bit point under verification (the answer when it ends)
     # Per-row vectors.
     y: Tensor
-    msp: Tensor  # MSP of x_o
     top_classes: Tensor  # (rows, min(TOP_K, classes)) the most probable classes on x_o, best first
-    top_probs: Tensor  # their softmax probabilities on x_o
+    top_probs: Tensor  # their softmax probabilities on x_o (column 0: the MSP of x_o)
     state: Tensor  # SlotState
     t: Tensor  # attack step
     r: Tensor  # restart / start
@@ -111,8 +110,13 @@ class Slots:
     targets: Tensor  # (rows, verify_targets) classes of the targeted verification runs
 
     ROWS = ("x_o", "x_s", "best", "center", "x_a", "attached", "grad_acc", "candidate", "y",
-            "msp", "top_classes", "top_probs", "state", "t", "r", "k", "passes", "broke", "safe_at_start",
+            "top_classes", "top_probs", "state", "t", "r", "k", "passes", "broke", "safe_at_start",
             "loss_acc", "best_loss", "worst_loss", "msp_adv", "margin_adv", "targets")
+
+    @property
+    def msp(self) -> Tensor:
+        """MSP of x_o: the first of the top probabilities."""
+        return self.top_probs[:, 0]
 
     @property
     def size(self) -> int:
@@ -131,8 +135,7 @@ class Slots:
         """
         x_s = _initial_point(cfg, x_o, sizes, rng_search)
         n, dev = x_o.shape[0], x_o.device
-        msp = probs.amax(dim=1)
-        top_probs, top_classes = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
+        top_probs, top_classes = probs.to(x_o.dtype).topk(min(TOP_K, probs.shape[1]), dim=1)
 
         def vec(value: float | bool | int, dtype: torch.dtype) -> Tensor:
             return torch.full((n,), value, dtype=dtype, device=dev)
@@ -141,13 +144,13 @@ class Slots:
             cfg, keys, sizes, rng_search, rng_verify, init_outer(cfg, x_o, x_s), reencode,
             x_o=x_o, x_s=x_s, best=x_s.clone(), center=x_o.clone(), x_a=x_o.clone(),
             attached=torch.ones_like(x_o, dtype=torch.bool), grad_acc=torch.zeros_like(x_o),
-            candidate=x_o.clone(), y=y, msp=msp.to(x_o.dtype),
+            candidate=x_o.clone(), y=y,
             top_classes=top_classes, top_probs=top_probs,
             state=vec(SlotState.SEARCHING, torch.long), t=vec(0, torch.long), r=vec(0, torch.long),
             k=vec(0, torch.long), passes=vec(0, torch.long), broke=vec(False, torch.bool),
             safe_at_start=vec(False, torch.bool), loss_acc=vec(0.0, x_o.dtype),
             best_loss=vec(torch.inf, x_o.dtype), worst_loss=vec(-torch.inf, x_o.dtype),
-            msp_adv=msp.to(x_o.dtype).clone(), margin_adv=vec(torch.inf, x_o.dtype),
+            msp_adv=top_probs[:, 0].clone(), margin_adv=vec(torch.inf, x_o.dtype),
             targets=torch.zeros((n, max(1, cfg.verify_targets)), dtype=torch.long, device=dev),
         )
         rows = torch.arange(n, device=dev)

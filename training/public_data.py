@@ -213,8 +213,9 @@ def cifar10_arrays(members: Members, source: str) -> dict[str, Arrays]:
 
 def tinyimagenet_arrays(members: Members, source: str, exclude: frozenset[str] = frozenset(),
                         size: int | None = None) -> dict[str, Arrays]:
-    wnids = sorted(set(_lines(members.read("wnids.txt"))) - exclude)
-    if unknown := exclude - set(_lines(members.read("wnids.txt"))):
+    listed = set(_lines(members.read("wnids.txt")))
+    wnids = sorted(listed - exclude)
+    if unknown := exclude - listed:
         raise DataError(f"{members.source}: cannot exclude {sorted(unknown)}: not classes of this copy")
     words = dict(line.split("\t", 1) for line in _lines(members.read("words.txt")) if "\t" in line)
     names = [words.get(w, w).strip() for w in wnids]
