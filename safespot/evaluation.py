@@ -13,6 +13,11 @@ budget), then:
 - for S-Full, ``found_but_broken``: images the search's own verification
   called safe that the suite broke (the claim "found" failing).
 
+Per image outcomes are kept as strings of ``0``/``1`` (``per_image``: correct
+before, found; each suite's ``held``), so that a report on n images at a
+fixed stride also answers for any sub-stride of them (for example the 500
+images at stride 20 inside the 1,000 at stride 10).
+
 The attacks have their own seeds, independent of the search's verification.
 """
 
@@ -100,14 +105,15 @@ def evaluate_methods(
             extra = {"found_rate": _mean(res.found[correct_before]), "found": int(found.sum()),
                      "safe_at_start_rate": _mean(res.safe_at_start[correct_before]),
                      "outer_steps_mean": float(res.outer_steps.float().mean()),
-                     "verification": config.verification()}
+                     "verification": config.verification(),
+                     "per_image": {"correct_before": bits(correct_before), "found": bits(res.found)}}
         seconds = time.perf_counter() - started
         per_suite: dict[str, dict[str, Any]] = {}
         correct = torch.zeros_like(y, dtype=torch.bool)
         for suite in suites:
             verdict = judge(model, x_pub, y, suite, norm=config.norm, eps=config.eps)
             correct = verdict.correct  # the same classification in every suite
-            entry = verdict.summary() | {"adv_acc": _mean(verdict.robust)}
+            entry = verdict.summary() | {"adv_acc": _mean(verdict.robust), "held": bits(verdict.robust)}
             if method != "none":
                 entry["safe_spot_rate"] = _mean(verdict.robust[correct_before])
             if res is not None:
@@ -122,6 +128,11 @@ def evaluate_methods(
             report.seconds = round(seconds, 2)
         reports[method] = report
     return reports
+
+
+def bits(mask: Tensor) -> str:
+    """A boolean vector as a compact string of 0/1, one character per image."""
+    return "".join("1" if v else "0" for v in mask.tolist())
 
 
 def _mean(mask: Tensor) -> float:

@@ -34,3 +34,10 @@ def test_protocol_reports_every_method_and_the_expected_order(tiny_model, test_i
     assert full.safe_spot_rate is not None and 0 < full.safe_spot_rate <= 1
     assert full.grad_evals_per_image > reports["s-fgsm"].grad_evals_per_image
     assert set(full.to_dict()) >= {"clean_acc", "adv_acc", "safe_spot_rate", "grad_evals_per_image", "seconds"}
+    # Per image outcomes add up to the rates, so a sub-stride of the images can be re-scored.
+    per_image, held = full.extra["per_image"], full.attacks["pgd20"]["held"]
+    before = [c == "1" for c in per_image["correct_before"]]
+    assert len(before) == len(held) == len(per_image["found"]) == 60
+    safe = sum(b and h == "1" for b, h in zip(before, held, strict=True)) / sum(before)
+    assert abs(safe - full.safe_spot_rate) < 1e-9
+    assert held.count("1") / 60 == full.adv_acc
