@@ -66,6 +66,19 @@ class ModelInfo:
     domain: str = ""  # what the images are ("cifar10"): picks the vetting set; "" when unknown
     format_version: int = FORMAT_VERSION
 
+    def budget(self, norm: str) -> float:
+        """The adversary budget a search on this classifier defaults to: the one it was trained
+        for when that was the same norm (a photo model trained at 4/255 is protected at 4/255),
+        else the paper's default for the norm (8/255 L-inf, 0.5 L2)."""
+        from safespot.config import DEFAULT_EPS
+
+        if norm not in DEFAULT_EPS:
+            raise ValueError(f"unknown norm {norm!r}; expected one of {sorted(DEFAULT_EPS)}")
+        eps = self.threat.get("eps")
+        if self.threat.get("norm") == norm and isinstance(eps, (int, float)) and eps > 0:
+            return float(eps)
+        return DEFAULT_EPS[norm]
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     sigma = args.sigma or loaded.info.threat.get("sigma")
     if sigma is None:
         raise UsageError("--sigma is needed: the checkpoint records none")
-    cfg = common.search_config(args)
+    cfg = common.search_config(args, loaded.info)
     settings = CertifySettings(sigma=float(sigma), samples=args.samples, n0=args.n0, num=args.num,
                                alpha=args.alpha, attack_eps=args.attack_eps, seed=args.seed)
     data = load_eval_data(args.data, args.split, args.data_dir, loaded.info, args.n,

@@ -44,7 +44,8 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--preset": {"default": "standard", "choices": PRESETS},
     "--norm": {"default": "linf", "choices": NORMS},
     "--eps": {"type": budget, "default": None,
-              "help": "adversary budget, pixel units (default 8/255 L-inf, 0.5 L2)"},
+              "help": "adversary budget, pixel units, e.g. 8/255 (default: the one the checkpoint was "
+                      "trained for, else 8/255 L-inf, 0.5 L2)"},
     "--delta": {"type": budget, "default": None, "help": "defender budget (default: eps)"},
     "--seed": {"type": int, "default": 0},
 }
@@ -114,9 +115,12 @@ def model_ref(loaded: Any, name: str, **more: Any) -> dict[str, Any]:
     return {"name": name, "sha256": loaded.sha256, "arch": loaded.info.arch, **more}
 
 
-def search_config(args: argparse.Namespace) -> Any:
+def search_config(args: argparse.Namespace, info: Any = None) -> Any:
+    """The preset with the command line's threat and overrides; without --eps, the budget the
+    checkpoint (`info`, a ModelInfo) was trained for (ModelInfo.budget)."""
     from safespot import SearchConfig
 
+    eps = args.eps if args.eps is not None or info is None else info.budget(args.norm)
     overrides: dict[str, Any] = {"seed": args.seed}
     if args.delta is not None:
         overrides["delta"] = args.delta
@@ -124,7 +128,7 @@ def search_config(args: argparse.Namespace) -> Any:
         overrides["batch_size"] = args.batch_size
     overrides.update(parse_overrides(getattr(args, "overrides", [])))
     with usage_errors(ValueError):
-        return SearchConfig.preset(args.preset, norm=args.norm, eps=args.eps, **overrides)
+        return SearchConfig.preset(args.preset, norm=args.norm, eps=eps, **overrides)
 
 
 def add_recorded_search_args(p: argparse.ArgumentParser) -> None:
@@ -139,9 +143,9 @@ def recorded_search_config(args: argparse.Namespace, info: Any) -> tuple[Any, di
     recorded = info.ood.get("search", {})
     args.preset = args.preset or recorded.get("preset", "standard")
     args.norm = args.norm or recorded.get("norm") or info.threat.get("norm", "linf")
-    args.eps = args.eps if args.eps is not None else (recorded.get("eps") or info.threat.get("eps"))
+    args.eps = args.eps if args.eps is not None else recorded.get("eps")
     args.delta = args.delta if args.delta is not None else recorded.get("delta")
-    cfg = search_config(args)
+    cfg = search_config(args, info)
     return cfg, {"preset": args.preset, "norm": cfg.norm, "eps": cfg.eps, "delta": cfg.budget, "seed": cfg.seed}
 
 

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     if set(methods) - set(METHODS):
         raise UsageError(f"--methods takes {','.join(METHODS)}")
     loaded, device = common.open_model(args)
-    cfg = common.search_config(args)
+    cfg = common.search_config(args, loaded.info)
     data = load_eval_data(args.data, args.split, args.data_dir, loaded.info, args.n,
                           skip_unknown_classes=args.skip_unknown_classes)
     x = to_tensor(data.x, device)

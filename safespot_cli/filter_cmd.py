@@ -76,8 +76,8 @@ def register(sub: Any) -> None:
     p.add_argument("-r", "--recursive", action="store_true", help="also take images in subfolders")
     common.add_option(p, "--preset", help="search effort (default standard; paper is the paper's full search, slow)")
     common.add_option(p, "--norm", help="threat model (default linf)")
-    common.add_option(p, "--eps", help="adversary budget in pixel units, e.g. 8/255 or 0.0314 "
-                                       "(default 8/255 L-inf, 0.5 L2)")
+    common.add_option(p, "--eps", help="adversary budget in pixel units, e.g. 8/255 or 0.0314 (default: the "
+                                       "one the model was trained for, else 8/255 L-inf, 0.5 L2)")
     common.add_option(p, "--delta")
     common.add_option(p, "--model", default=None, help="a shipped model (default, adv, ...) or a .safetensors "
                                                        "path (default: $SAFESPOT_DEFAULT_MODEL, else 'default')")
@@ -217,7 +217,6 @@ class Filtering:
         from PIL import Image
         from tqdm import tqdm
 
-        from safespot.config import DEFAULT_EPS
         from worker.processor import build_processor
 
         args = self.args
@@ -229,7 +228,7 @@ class Filtering:
             raise UsageError(f"{e} (choose one with --model NAME or --model PATH.safetensors, "
                              "or set SAFESPOT_DEFAULT_MODEL)") from None
         Image.MAX_IMAGE_PIXELS = args.max_pixels  # our own check in decode_upload answers first
-        eps = args.eps if args.eps is not None else DEFAULT_EPS[args.norm]
+        eps = args.eps if args.eps is not None else loaded.info.budget(args.norm)
         self.settings = {"preset": args.preset, "norm": args.norm, "eps": eps,
                          "delta": args.delta if args.delta is not None else eps, "device": str(device)}
         self.processor = build_processor(None, loaded, args.model_id, max_batch=args.batch_size,

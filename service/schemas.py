@@ -132,7 +132,7 @@ class ModelResponse(BaseModel):
         "checkpoint_id": "default", "name": "cifar10", "sha256": "9f2c4e…", "num_classes": 10,
         "class_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                         "ship", "truck"],
-        "input_size": [3, 32, 32], "domain": "cifar10",
+        "input_size": [3, 32, 32], "domain": "cifar10", "threat": {"norm": "linf", "eps": 0.0314},
     }]})
 
     checkpoint_id: str
@@ -141,6 +141,9 @@ class ModelResponse(BaseModel):
     num_classes: int
     class_names: list[str] = Field(description="indexed by `prediction.label`; [] when the checkpoint names none")
     input_size: list[int] = Field(description="[C, H, W] the network sees (through the checkpoint's view)")
+    threat: dict[str, Any] = Field(default_factory=dict, description=(
+        "the threat model it was trained for ({norm, eps}, pixel units): a filter job without eps "
+        "uses this eps for the same norm; {} when it records none"))
     domain: str = Field("", description="what the images are, e.g. 'cifar10'; '' when unknown")
 
 

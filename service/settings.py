@@ -52,8 +52,10 @@ class Settings(SharedSettings):
     max_eps_linf: float = Field(16 / 255, gt=0, le=1)
     max_eps_l2: float = Field(2.0, gt=0)
     default_norm: Norm = "linf"
-    default_eps_linf: float = Field(8 / 255, gt=0)
-    default_eps_l2: float = Field(0.5, gt=0)
+    # None: a filter job takes the budget the active checkpoint was trained for (4/255 for the
+    # shipped photo model), else the paper's (8/255, 0.5); set them to force one budget for all.
+    default_eps_linf: float | None = Field(None, gt=0)
+    default_eps_l2: float | None = Field(None, gt=0)
     default_preset: str = "standard"
     allowed_presets: NameSet = Field(frozenset(PRESETS), description="presets clients may ask for")
 
@@ -72,9 +74,9 @@ class Settings(SharedSettings):
             raise ValueError("allowed_presets: at least one preset must be allowed")
         if self.default_preset not in self.allowed_presets:
             raise ValueError(f"default_preset {self.default_preset!r} is not in allowed_presets")
-        if self.default_eps_linf > self.max_eps_linf:
+        if self.default_eps_linf is not None and self.default_eps_linf > self.max_eps_linf:
             raise ValueError("default_eps_linf exceeds max_eps_linf")
-        if self.default_eps_l2 > self.max_eps_l2:
+        if self.default_eps_l2 is not None and self.default_eps_l2 > self.max_eps_l2:
             raise ValueError("default_eps_l2 exceeds max_eps_l2")
         for key in self.api_keys | self.admin_keys:
             if any(ch.isspace() for ch in key):
@@ -85,7 +87,8 @@ class Settings(SharedSettings):
     def max_eps(self, norm: str) -> float:
         return self.max_eps_linf if norm == "linf" else self.max_eps_l2
 
-    def default_eps(self, norm: str) -> float:
+    def default_eps(self, norm: str) -> float | None:
+        """The configured budget of a filter job that names none (None: the checkpoint's own)."""
         return self.default_eps_linf if norm == "linf" else self.default_eps_l2
 
     def warn_about_weak_setup(self) -> None:

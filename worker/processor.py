@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import LoadedCheckpoint
+from models.checkpoint import LoadedCheckpoint, ModelInfo
 from safespot import SafeSpotSearch, SearchConfig
 from safespot.attacks import pgd
 from safespot.canvas import make_view
@@ -72,14 +72,16 @@ class _Job:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
-def search_config(request: FilterRequest, batch_size: int,
-                  precision: str = "fp32") -> tuple[tuple[str, float, float, str], SearchConfig]:
-    """The threat key and SearchConfig of a request; JobError("invalid_request") when out of range."""
+def search_config(request: FilterRequest, batch_size: int, precision: str = "fp32",
+                  info: ModelInfo | None = None) -> tuple[tuple[str, float, float, str], SearchConfig]:
+    """The threat key and SearchConfig of a request; JobError("invalid_request") when out of range.
+    A request without eps gets the budget the checkpoint (`info`) was trained for."""
     preset = str(request.get("preset") or "standard")
     norm = str(request.get("norm") or "linf")
     try:
-        eps = None if request.get("eps") is None else float(request["eps"])
-        delta = None if request.get("delta") is None else float(request["delta"])
+        asked_eps, asked_delta = request.get("eps"), request.get("delta")
+        eps = float(asked_eps) if asked_eps is not None else (info.budget(norm) if info is not None else None)
+        delta = None if asked_delta is None else float(asked_delta)
         cfg = SearchConfig.preset(preset, norm=norm, eps=eps, batch_size=batch_size,  # type: ignore[arg-type]
                                   precision=precision, **({} if delta is None else {"delta": delta}))
     except (TypeError, ValueError) as e:
@@ -178,7 +180,7 @@ class FilterProcessor:
         if job_id in self._jobs:
             raise JobError(f"job {job_id} is already in flight", code=ErrorCode.DUPLICATE_JOB)
         quality = reencode_quality(request)
-        threat, cfg = search_config(request, self.max_batch, self.precision)
+        threat, cfg = search_config(request, self.max_batch, self.precision, self.checkpoint.info)
         image = decode_png(png, self.max_image_pixels)
         key = (*threat, max(image.height, image.width).bit_length(), quality)
         self._jobs[job_id] = _Job(job_id, request, image, key, cfg, self.clock())

@@ -81,6 +81,9 @@ Preset = Literal["standard", "fast", "paper"]  # safespot.PRESETS (the API canno
 Recipe = Literal["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv"]  # safespot.training
 NORMS: tuple[Norm, ...] = get_args(Norm)
 PRESETS: tuple[Preset, ...] = get_args(Preset)
+# The paper's budgets (pixel units): a training run's default, and a filter job's when the
+# checkpoint records no budget of the asked norm (safespot.config.DEFAULT_EPS, torch-free copy).
+PAPER_EPS: dict[Norm, float] = {"linf": 8 / 255, "l2": 0.5}
 RECIPES: tuple[Recipe, ...] = get_args(Recipe)
 
 
@@ -132,8 +135,8 @@ class FilterRequest(TypedDict):
     job_id: str
     preset: Preset
     norm: Norm
-    eps: float  # pixel units
-    delta: float  # pixel units (defaults to eps in the API)
+    eps: float | None  # pixel units; None: the budget the active checkpoint was trained for
+    delta: float | None  # pixel units; None: eps
     reencode: Reencode | None
     webhook_url: str | None
     submitted_at: float  # epoch seconds

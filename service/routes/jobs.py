@@ -58,8 +58,8 @@ MAX_WEBHOOK_URL_CHARS = 2048
 class FilterOptions:
     preset: Preset
     norm: Norm
-    eps: float  # pixel units, images in [0, 1]
-    delta: float
+    eps: float | None  # pixel units, images in [0, 1]; None: the checkpoint's own (the worker's)
+    delta: float | None  # None: eps
     reencode: Reencode | None
     webhook_url: str | None
     wait_s: float
@@ -115,7 +115,7 @@ def parse_filter_options(settings: Settings, *, preset: str | None, norm: str | 
     eps_value = budget("eps", eps) or settings.default_eps(norm)
     delta_value = budget("delta", delta) or eps_value
     for name, value in (("eps", eps_value), ("delta", delta_value)):
-        if value > limit + 1e-12:
+        if value is not None and value > limit + 1e-12:
             raise Validation(f"{name}: {value:.6g} exceeds the {norm} limit {limit:.6g}")
     wait_s = 0.0 if wait is None else float(wait)
     if not math.isfinite(wait_s) or wait_s < 0 or wait_s > settings.max_wait_s:
@@ -192,7 +192,9 @@ async def submit_filter(
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF (first frame), BMP or TIFF")],
     preset: Annotated[str | None, Form(description=" | ".join(PRESETS), examples=["standard"])] = None,
     norm: Annotated[str | None, Form(description=" | ".join(NORMS), examples=["linf"])] = None,
-    eps: Annotated[str | None, Form(description="adversary budget, e.g. 0.0314 or 8/255")] = None,
+    eps: Annotated[str | None, Form(
+        description="adversary budget, e.g. 0.0314 or 8/255; default: the one the active model was "
+                    "trained for (GET /v1/model `threat`), else 8/255 (linf) or 0.5 (l2)")] = None,
     delta: Annotated[str | None, Form(description="defender budget (default: eps)")] = None,
     reencode: Annotated[str | None, Form(description="re-encode to survive, e.g. jpeg:85")] = None,
     webhook_url: Annotated[str | None, Form(description="called when the job ends (allow-listed hosts)")] = None,

@@ -16,7 +16,7 @@ from service.log import REQUEST_JOB_ID
 from service.routes.jobs import created, find_job
 from service.schemas import JobLinks, JobResponse, TrainingRequestBody, error_responses
 from service.settings import Settings
-from worker.protocol import TRAINING_DATA, JobView, TrainRequest, data_download_command
+from worker.protocol import PAPER_EPS, TRAINING_DATA, JobView, TrainRequest, data_download_command
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training (admin)"])
 logger = logging.getLogger("safespot.service")
@@ -60,7 +60,7 @@ async def start_training(body: TrainingRequestBody, _role: AdminRole, settings: 
     checkpoint is registered and vetted (not activated): its record is the
     job's `result`.  A run whose data is not in SAFESPOT_DATA_DIR is refused
     (409 `data_missing`, with the command that provides it)."""
-    eps = body.eps if body.eps is not None else settings.default_eps(body.norm)
+    eps = body.eps if body.eps is not None else (settings.default_eps(body.norm) or PAPER_EPS[body.norm])
     if eps > settings.max_eps(body.norm):
         raise Validation(f"eps: {eps:.6g} exceeds the {body.norm} limit {settings.max_eps(body.norm):.6g}")
     job_id = uuid.uuid4().hex

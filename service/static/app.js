@@ -12,7 +12,7 @@
  */
 import { adminShown, initAdmin } from "./admin.js";
 import { $, ApiError, api, hideError, humanBytes, LEVELS, parseBudget, showError, sleep, wireDropZone } from "./common.js";
-import { loadModel } from "./model.js";
+import { budgetText, loadModel } from "./model.js";
 import { initResults, showResult } from "./results.js";
 
 const API = {
@@ -24,11 +24,12 @@ const API_KEY_STORE = "safespot.apiKey"; // localStorage: survives restarts, per
 const TERMINAL = new Set(["finished", "failed", "canceled", "expired"]);
 // The server's default bounds (SAFESPOT_MAX_EPS_LINF / _L2); the server checks the real ones.
 const DEFAULT_LIMIT = { linf: 16 / 255, l2: 2.0 };
+// The paper's budgets; replaced per norm by the one the active model was trained for (v1/model).
 const DEFAULT_EPS = { linf: "8/255", l2: "0.5" };
 const POLL_MS = { first: 150, max: 1000, growth: 1.5 };
 const TRANSIENT_RETRIES = 5; // poll errors (network, 503) tolerated in a row
 
-const state = { file: null, run: 0 };
+const state = { file: null, run: 0, epsTyped: false };
 
 // ------------------------------------------------------------------ errors
 /** What the user can do about an error, by HTTP status (0: no answer at all). */
@@ -140,6 +141,20 @@ function updateFormState() {
   $("form-hint").textContent = busy ? "" : !state.file ? "Choose an image first." : !epsState().valid ? "Fix eps first." : "";
 }
 
+/** The budget the active model was trained for becomes its norm's default, and fills the eps
+ * field unless the user typed another (a photo model trained at 4/255 is protected at 4/255). */
+function useModelBudget(model) {
+  const threat = model.threat || {};
+  if (!(threat.norm in DEFAULT_EPS) || !(threat.eps > 0)) return;
+  const eps = $("eps");
+  const untouched = !state.epsTyped && $("norm").value === threat.norm;
+  DEFAULT_EPS[threat.norm] = budgetText(threat.eps);
+  if (untouched) {
+    eps.value = DEFAULT_EPS[threat.norm];
+    updateEpsHint();
+  }
+}
+
 function initOptions() {
   $("norm").addEventListener("change", () => {
     const eps = $("eps");
@@ -147,14 +162,17 @@ function initOptions() {
     if (eps.value.trim() === DEFAULT_EPS[other] || !eps.value.trim()) eps.value = DEFAULT_EPS[$("norm").value];
     updateEpsHint();
   });
-  $("eps").addEventListener("input", updateEpsHint);
+  $("eps").addEventListener("input", () => {
+    state.epsTyped = true; // the model's budget no longer replaces it
+    updateEpsHint();
+  });
   const key = $("api-key");
   key.value = localStorage.getItem(API_KEY_STORE) || "";
   if (key.value) $("key-box").open = true;
   key.addEventListener("change", () => {
     if (key.value) localStorage.setItem(API_KEY_STORE, key.value.trim());
     else localStorage.removeItem(API_KEY_STORE);
-    loadModel(key.value.trim());
+    loadModel(key.value.trim(), useModelBudget);
   });
   $("forget-key").addEventListener("click", () => {
     key.value = "";
@@ -251,7 +269,7 @@ async function submitFilter(event) {
     const png = await api(API.image(job.job_id), { key, as: "blob" });
     if (token !== state.run) return;
     await showResult(job, png, state.file);
-    loadModel(key); // the model may have changed since the page loaded
+    loadModel(key, useModelBudget); // the model may have changed since the page loaded
     $("progress-box").hidden = true;
     setPhase("done");
   } catch (err) {
@@ -273,7 +291,7 @@ function init() {
   initTabs();
   $("filter-form").addEventListener("submit", submitFilter);
   initResults();
-  loadModel($("api-key").value.trim());
+  loadModel($("api-key").value.trim(), useModelBudget);
   $("error").tabIndex = -1;
   $("results-title").tabIndex = -1;
   setPhase("idle");

@@ -156,8 +156,9 @@ def page_state(driver: Any) -> str:
 
 
 def filter_on_page(driver: Any, photo: Path, *, preset: str = "standard", norm: str = "linf",
-                   eps: str = "8/255", api_key: str | None = None, timeout_s: float = 60.0) -> str:
-    """Fill in the form on the loaded page, submit, wait until it ends; returns 'done' or 'error'."""
+                   eps: str | None = "8/255", api_key: str | None = None, timeout_s: float = 60.0) -> str:
+    """Fill in the form on the loaded page, submit, wait until it ends; returns 'done' or 'error'.
+    eps None keeps the page's own default: the budget the active model was trained for."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -170,9 +171,12 @@ def filter_on_page(driver: Any, photo: Path, *, preset: str = "standard", norm: 
     driver.find_element(By.ID, "file").send_keys(str(photo))
     Select(driver.find_element(By.ID, "preset")).select_by_value(preset)
     Select(driver.find_element(By.ID, "norm")).select_by_value(norm)
-    field_ = driver.find_element(By.ID, "eps")
-    field_.clear()
-    field_.send_keys(eps)
+    if eps is None:  # the page fills it in once it has the active model (GET v1/model)
+        wait_for(driver, lambda d: d.find_element(By.ID, "model-box").is_displayed(), 10, "no active model shown")
+    else:
+        field_ = driver.find_element(By.ID, "eps")
+        field_.clear()
+        field_.send_keys(eps)
     wait_for(driver, lambda d: d.find_element(By.ID, "submit").is_enabled(), 5, "submit stays disabled")
     driver.find_element(By.ID, "submit").click()
     wait_for(driver, lambda d: page_state(d) in ("done", "error"), timeout_s,

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                              "else the shipped default model)")
     parser.add_argument("--preset", default="standard", choices=["fast", "standard", "paper"])
     parser.add_argument("--norm", default="linf", choices=["linf", "l2"])
-    parser.add_argument("--eps", default="8/255")
+    parser.add_argument("--eps", default=None, help="default: the page's, the budget the model was trained for")
     parser.add_argument("--width", type=int, default=1280, help="browser width in CSS pixels")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the result")
     args = parser.parse_args(argv)

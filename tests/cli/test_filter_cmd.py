@@ -185,3 +185,22 @@ def test_help_is_instant_and_explains_with_examples() -> None:
     for needle in ("examples:", "OUT/photo.safe.png", "--recursive", "--json", "re-encoding it as JPEG",
                    "Exit status", "jq"):
         assert needle in text, needle
+
+
+def test_without_eps_the_budget_is_the_one_the_model_was_trained_for(tmp_path: Path) -> None:
+    import dataclasses
+
+    from models.checkpoint import load_checkpoint, save_checkpoint
+
+    loaded = load_checkpoint(TINY_MODEL)
+    model_path = tmp_path / "trained-at-4.safetensors"
+    save_checkpoint(loaded.model, dataclasses.replace(loaded.info, threat={"norm": "linf", "eps": 4 / 255}),
+                    model_path)
+    crop("chelsea.jpg", (100, 40, 164, 104)).save(tmp_path / "cat.png")
+    report_path = tmp_path / "report.json"
+    status = safespot("filter", tmp_path / "cat.png", "-o", tmp_path / "out", "--json", report_path,
+                      "--model", model_path, "--preset", "fast", "--threads", "1")
+    assert status == 0
+    report = json.loads(report_path.read_text())
+    assert report["settings"]["eps"] == pytest.approx(4 / 255)
+    assert report["files"][0]["result"]["threat"]["eps"] == pytest.approx(4 / 255)

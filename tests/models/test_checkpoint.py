@@ -150,3 +150,12 @@ def test_wnids_must_name_every_class_once(wnids: list[str], tmp_path: Path) -> N
 def test_class_names_must_be_strings(names: object) -> None:
     with pytest.raises(CheckpointError, match="'class_names' must be a list of strings"):
         _info(class_names=names).validate()
+
+
+def test_the_default_budget_is_the_one_trained_for_in_the_same_norm() -> None:
+    assert _info(threat={"norm": "linf", "eps": 4 / 255}).budget("linf") == pytest.approx(4 / 255)
+    assert _info(threat={"norm": "linf", "eps": 4 / 255}).budget("l2") == pytest.approx(0.5)
+    assert _info(threat={}).budget("linf") == pytest.approx(8 / 255)
+    assert _info(threat={"norm": "linf", "eps": "4/255"}).budget("linf") == pytest.approx(8 / 255)
+    with pytest.raises(ValueError, match="unknown norm"):
+        _info().budget("l3")

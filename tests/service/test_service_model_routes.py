@@ -21,13 +21,20 @@ def test_no_registered_model_is_503_and_a_client_key_is_needed(client):
 
 
 def test_the_active_checkpoint_with_its_class_names(client, backend):
-    backend.registry.register_shipped(record("default", TINY_IMAGENET_NAMES, domain="tinyimagenet"))
+    backend.registry.register_shipped(record("default", TINY_IMAGENET_NAMES, domain="tinyimagenet",
+                                             threat={"norm": "linf", "eps": 4 / 255}))
     backend.registry.put(record("ckpt_0123456789ab", ["cat", "dog"]))
     body = client.get("/v1/model", headers=client_auth()).json()
     assert body == {"checkpoint_id": "default", "name": "default model", "sha256": "ab" * 32,
                     "num_classes": 200, "class_names": TINY_IMAGENET_NAMES, "input_size": [3, 64, 64],
-                    "domain": "tinyimagenet"}
+                    "domain": "tinyimagenet", "threat": {"norm": "linf", "eps": 4 / 255}}
     backend.activate_checkpoint("ckpt_0123456789ab")
     body = client.get("/v1/model", headers=client_auth()).json()
     assert body["checkpoint_id"] == "ckpt_0123456789ab" and body["class_names"] == ["cat", "dog"]
-    assert body["num_classes"] == 2 and body["domain"] == ""
+    assert body["num_classes"] == 2 and body["domain"] == "" and body["threat"] == {}
+
+
+def test_a_threat_the_metadata_garbles_is_left_out(client, backend):
+    for threat in ({"norm": "linf", "eps": -1}, {"norm": "l3", "eps": 0.1}, {"eps": "8/255"}, "linf"):
+        backend.registry.register_shipped(record("default", ["cat", "dog"], threat=threat))
+        assert client.get("/v1/model", headers=client_auth()).json()["threat"] == {}

@@ -56,7 +56,7 @@ def cifar_png(cifar_mini: dict[str, np.ndarray], index: int = 0) -> bytes:
 
 
 def filter_request(job_id: str, image: Image.Image | None = None, preset: str = "fast",
-                   norm: str = "linf", eps: float = 8 / 255, **extra: Any) -> FilterRequest:
+                   norm: str = "linf", eps: float | None = 8 / 255, **extra: Any) -> FilterRequest:
     w, h = image.size if image is not None else (32, 32)
     request: dict[str, Any] = {
         "job_id": job_id, "preset": preset, "norm": norm, "eps": eps, "delta": eps, "reencode": None,

@@ -280,3 +280,13 @@ def test_the_worker_setting_reaches_the_search_config(tiny_checkpoint, tmp_path)
     assert proc.precision == "bf16"
     _, cfg = search_config(filter_request("j1"), 8, proc.precision)
     assert cfg.precision == "bf16"
+
+
+def test_a_request_without_eps_takes_the_budget_the_checkpoint_was_trained_for(tiny_checkpoint) -> None:
+    info = dataclasses.replace(tiny_checkpoint.info, threat={"norm": "linf", "eps": 4 / 255})
+    _, cfg = search_config(filter_request("j1", eps=None, delta=None), 8, info=info)
+    assert cfg.eps == pytest.approx(4 / 255) and cfg.budget == pytest.approx(4 / 255)
+    _, cfg = search_config(filter_request("j2", eps=2 / 255, delta=None), 8, info=info)
+    assert cfg.eps == pytest.approx(2 / 255)  # the request's own wins
+    _, cfg = search_config(filter_request("j3", norm="l2", eps=None, delta=None), 8, info=info)
+    assert cfg.eps == pytest.approx(0.5)  # trained for L-inf: the paper's L2 budget
