@@ -15,10 +15,11 @@ function summaryText(model) {
   return `Model ${model.name}: ${count} class${count === 1 ? "" : "es"}${head ? ` (${head}${more})` : ""}`;
 }
 
-/** The model's training budget as the eps field writes it: k/255 for whole levels, else decimals. */
+/** The model's training budget as the eps field writes it: k/255 for whole levels (metadata keeps 8
+ * decimals, so 4/255 comes back as 0.01568627), else decimals. */
 export function budgetText(eps) {
   const levels = eps * LEVELS;
-  return Math.abs(levels - Math.round(levels)) < 1e-6 ? `${Math.round(levels)}/255` : String(Number(eps.toFixed(6)));
+  return Math.abs(levels - Math.round(levels)) < 1e-4 ? `${Math.round(levels)}/255` : String(Number(eps.toFixed(6)));
 }
 
 function render(model) {

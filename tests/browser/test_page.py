@@ -153,9 +153,18 @@ def test_filter_a_photo_in_the_browser(stack: Stack, driver: Any, downloads: Pat
     png = full_page_screenshot(driver, ARTIFACTS / "page.png")
     assert_nontrivial_png(png, 1000, 900)
 
-    # The key is remembered (localStorage) across a reload.
+    # The key is remembered (localStorage) across a reload, and with it the page fills eps with the
+    # budget the active model was trained for (the tiny model's: 8/255, kept as 0.0313725...).
     driver.refresh()
     assert driver.find_element("id", "api-key").get_attribute("value") == CLIENT_KEY
+    wait_for(driver, lambda d: d.find_element("id", "model-box").is_displayed(), 10, "no model shown")
+    assert driver.find_element("id", "eps").get_attribute("value") == "8/255"
+    # Metadata keeps 8 decimals: 4/255 comes back as 0.01568627 and still reads as 4/255.
+    texts = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "import('./static/model.js').then((m) => done([m.budgetText(0.01568627), m.budgetText(0.5),"
+        " m.budgetText(0.0123)]));")
+    assert texts == ["4/255", "0.5", "0.0123"]
 
 
 def test_the_page_is_served_with_its_headers(stack: Stack) -> None:
