@@ -23,6 +23,7 @@ examples:
   safespot data import ~/Downloads/cifar-10-python.tar.gz   # an offline copy (or its extracted folder)
   safespot data import tiny-imagenet-200 --size 32 --data-dir data/tiny32   # the photo model's 32x32 set
   safespot data list
+  safespot data nonphoto --out data/nonphoto --heldout-photos tiny-imagenet-200   # OOD sets, calibration mix
   SAFESPOT_CIFAR10_URL=https://mirror.example/cifar-10-python.tar.gz safespot data download cifar10"""
 
 
@@ -64,6 +65,24 @@ def register(sub: Any) -> None:
                    help="Tiny ImageNet: leave out classes a copy adds to the standard 200")
     i.add_argument("--size", type=int, default=None,
                    help="Tiny ImageNet: shrink the 64x64 images to SIZE x SIZE (32: a 2x2 box average)")
+    n = actions.add_parser("nonphoto", parents=[common], help="OOD sets that are not photos of the model's classes, and a "
+                                            "calibration mix (docs/ood.md)")
+    n.add_argument("--out", type=Path, default=None, help="folder to write into (default: the data directory)")
+    n.add_argument("--n", type=int, default=1000, help="images per evaluation set")
+    n.add_argument("--size", type=int, default=32, help="image side in pixels")
+    n.add_argument("--seed", type=int, default=0, help="seed of the evaluation sets")
+    n.add_argument("--calibration-seed", type=int, default=None,
+                   help="seed of the calibration mix; must differ from --seed (default: --seed + 1)")
+    n.add_argument("--n-outliers", type=int, default=2000,
+                   help="images in the calibration mix (ood-calibrate holds out 1,000 of them)")
+    n.add_argument("--calibration-kinds", default=None, metavar="KIND[,KIND]",
+                   help="what the calibration mix draws from, in turn (default: texture, text, screenshot, "
+                        "gaussian, uniform, and photos with --heldout-photos)")
+    n.add_argument("--heldout-photos", type=Path, default=None, metavar="TINY_IMAGENET",
+                   help="a Tiny ImageNet copy (folder or zip) with the held-out classes' train/ images")
+    n.add_argument("--heldout-classes", default=None, metavar="WNID[,WNID]",
+                   help="classes the model does not have (default: n02480855,n10148035, the two "
+                        "the public copy adds to the standard 200)")
     for action in ("list", "status"):
         s = actions.add_parser(action, parents=[common], help="what is present")
         s.add_argument("--json", action="store_true")
@@ -78,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
             return _download(args, data_dir)
         if args.action == "import":
             return _import(args, data_dir)
+        if args.action == "nonphoto":
+            return _nonphoto(args, data_dir)
         return _list(args, data_dir)
     except (DataError, OSError) as e:  # a bad archive, a full disk, a read-only directory: no traceback
         raise UsageError(str(e)) from None
@@ -102,6 +123,34 @@ def _import(args: argparse.Namespace, data_dir: Path) -> int:
     name, outputs = import_copy(args.path, data_dir, sha256=args.sha256, force=args.force,
                                 exclude=exclude, size=args.size)
     _report(name, data_dir, outputs)
+    return 0
+
+
+def _nonphoto(args: argparse.Namespace, data_dir: Path) -> int:
+    from training.nonphoto_sets import HELDOUT_WNIDS, MANIFEST, MIX_KINDS, write_sets
+    from training.ood_sets import OUTLIER_VAL
+
+    def listed(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+        return default if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
+
+    out = args.out or data_dir
+    calibration_seed = args.seed + 1 if args.calibration_seed is None else args.calibration_seed
+    manifest = write_sets(
+        out, n=args.n, size=args.size, seed=args.seed, calibration_seed=calibration_seed,
+        n_outliers=args.n_outliers, photos_from=args.heldout_photos,
+        photo_wnids=listed(args.heldout_classes, HELDOUT_WNIDS),
+        mix_kinds=listed(args.calibration_kinds, MIX_KINDS))
+    for name, entry in manifest["evaluation"].items():
+        print(f"{out / name}: {entry['n']} images ({entry['kind']}); "
+              f"safespot ood-eval --ood-set {entry['kind']}={out / name}")
+    cal = manifest["calibration"]
+    counts = ", ".join(f"{k} {v['n']}" for k, v in cal["kinds"].items())
+    print(f"{out / cal['file']}: {cal['n']} calibration images, seed {cal['seed']} ({counts}); "
+          f"safespot ood-calibrate --outliers {out / cal['file']}")
+    if cal["n"] <= OUTLIER_VAL:
+        print(f"note: ood-calibrate holds out {OUTLIER_VAL} validation outliers of a checkpoint not trained "
+              f"with outliers: this mix is too small for it (--n-outliers above {OUTLIER_VAL})")
+    print(f"{out / MANIFEST}: seeds, sizes and versions")
     return 0
 
 

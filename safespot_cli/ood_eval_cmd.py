@@ -14,10 +14,12 @@ import numpy as np
 from safespot_cli import common
 from safespot_cli.errors import UsageError, usage_errors
 
-HELP = """Score a fixed, class-balanced CIFAR-10 test slice (in-distribution, --n images at
-a fixed stride) and several OOD sets with each method, and report AUROC,
-AUPR (in-distribution positive) and the false-positive rate at 95% true-positive
-rate.  Every score is "higher = in-distribution".
+HELP = """Score a fixed, class-balanced slice of the in-distribution test images (--data: by
+default the data set the checkpoint's domain names, cifar10's test split or
+tinyimagenet's val split; --n images at a fixed stride) and several OOD sets
+with each method, and report AUROC, AUPR (in-distribution positive) and the
+false-positive rate at 95% true-positive rate.  Every score is "higher =
+in-distribution".
 
 methods:
   safespot     D(x) = mu*MSP(x) + (1-mu)*MSP(x_a*), from the same safe-spot search
@@ -28,7 +30,7 @@ methods:
                ReLU activations at up to 7 depths plus the penultimate features,
                standardised scores averaged (--mahalanobis-layers last: the
                penultimate features only), fitted on --fit-n training images
-               (no input preprocessing), same model
+               (no input preprocessing; default: the --data set's train split), same model
   oe           MSP of an Outlier-Exposure-trained model (--oe-model); reported
                as missing without it
 
@@ -36,14 +38,18 @@ OOD sets: tinyimagenet (x_ood_test of tinyimagenet32.npz), fashion-mnist (Debian
 dataset-fashion-mnist, test images padded to 32x32, three channels), gaussian
 (N(0.5, 0.25^2) clipped) and uniform noise (both 8-bit, fixed seed), plus any
 --ood-set NAME=PATH.npz (array x, uint8 NHWC).  A built-in set whose files are
-absent is skipped with the reason in the report.  The search of the safespot
+absent is skipped with the reason in the report, and so is tinyimagenet for a
+model of Tiny ImageNet's classes (its images are in-distribution there).
+`safespot data nonphoto` writes textures, text, screenshots and held-out photos
+to pass as --ood-set (docs/ood.md).  The search of the safespot
 score (--preset, --norm, --eps, --delta) defaults to what `safespot
 ood-calibrate` recorded in the checkpoint, else to its threat model.
 
 examples:
   safespot ood-eval --model models/zoo/ood.safetensors --oe-model models/zoo/oe.safetensors \\
       --n 1000 --json ood.json --plot ood.png
-  safespot ood-eval --model ood --methods msp,energy,mahalanobis --n 2000"""
+  safespot ood-eval --model ood --methods msp,energy,mahalanobis --n 2000
+  safespot ood-eval --model default --methods msp,energy --ood-set texture=data/nonphoto_texture.npz"""
 
 
 def register(sub: Any) -> None:
@@ -54,9 +60,11 @@ def register(sub: Any) -> None:
     p.add_argument("--oe-model", default=None, help="checkpoint of the Outlier Exposure baseline")
     p.add_argument("--baseline-model", default=None,
                    help="score msp/energy/mahalanobis with this model instead of --model")
-    p.add_argument("--data", default="cifar10", help="in-distribution: 'cifar10' or an .npz with x, y")
+    p.add_argument("--data", default=None,
+                   help="in-distribution: 'cifar10', 'tinyimagenet' or an .npz with x, y "
+                        "(default: the checkpoint's domain when it names one of those, else cifar10)")
     common.add_option(p, "--data-dir")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="cifar10: test or train; tinyimagenet: any but train reads val")
     p.add_argument("--n", type=int, default=1000, help="in-distribution images, at a fixed stride")
     p.add_argument("--n-ood", type=int, default=None, help="images per OOD set, at a fixed stride (default: --n)")
     p.add_argument("--sets", default="tinyimagenet,fashion-mnist,gaussian,uniform", help="built-in OOD sets to use")
@@ -66,7 +74,9 @@ def register(sub: Any) -> None:
     p.add_argument("--fashion-mnist", default=None,
                    help="folder with the gzipped IDX files (default: Debian's dataset-fashion-mnist)")
     p.add_argument("--methods", default="msp,oe,energy,mahalanobis,safespot")
-    p.add_argument("--fit-data", default="cifar10", help="Mahalanobis fit images: 'cifar10' (train split) or .npz")
+    p.add_argument("--fit-data", default=None,
+                   help="Mahalanobis fit images: 'cifar10', 'tinyimagenet' (train split) or .npz "
+                        "(default: --data when it names a set, else cifar10)")
     p.add_argument("--fit-n", type=int, default=5000)
     p.add_argument("--mahalanobis-layers", choices=("all", "last"), default="all",
                    help="Mahalanobis features: a layer ensemble (default) or the penultimate layer")
@@ -115,8 +125,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from safespot.ood_eval import METHODS, OodScorer, Scored, bootstrap_intervals, ood_metrics
-    from training.data import DataError, default_data_dir, load_dataset, strided_indices, to_tensor
-    from training.ood_sets import FASHION_MNIST_DIR, load_ood_sets
+    from training.data import (
+        NAMED_DATA_SETS,
+        DataError,
+        default_data_dir,
+        load_dataset,
+        strided_indices,
+        to_tensor,
+    )
+    from training.ood_sets import FASHION_MNIST_DIR, in_distribution_sets, load_ood_sets
     from worker.results import DEFAULT_OOD_MU  # the service's mu when a checkpoint records none
 
     started = time.time()
@@ -127,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     loaded, device = common.open_model(args)
     info = loaded.info
     size = (int(info.input_size[1]), int(info.input_size[2]))
+    args.data = args.data or (info.domain if info.domain in NAMED_DATA_SETS else "cifar10")
+    args.fit_data = args.fit_data or (args.data if args.data in NAMED_DATA_SETS else "cifar10")
     baseline, oe = (None if path is None else common.load_model(path, device)
                     for path in (args.baseline_model, args.oe_model))
     missing = {}
@@ -146,9 +165,12 @@ def run(args: argparse.Namespace) -> int:
         data = load_dataset(args.data, args.split, args.data_dir)
         maha, maha_fit = (fit_mahalanobis(args, base.model, device) if "mahalanobis" in methods
                           else (None, None))
-        sets, skipped = load_ood_sets([s.strip() for s in args.sets.split(",") if s.strip()], extra, size,
+        names = [s.strip() for s in args.sets.split(",") if s.strip()]
+        overlap = in_distribution_sets(names, {args.data, info.domain})
+        sets, skipped = load_ood_sets([n for n in names if n not in overlap], extra, size,
                                       args.n_ood or args.n, tinyimagenet=tinyimagenet,
                                       fashion_dir=Path(args.fashion_mnist or FASHION_MNIST_DIR))
+        skipped = overlap | skipped
     for name, why in skipped.items():
         print(f"skipping OOD set {name}: {why}", file=sys.stderr)
     if not sets:
@@ -162,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         with common.progress_bar(len(x_u8), f"safespot {name}") as update:
             return scorer(to_tensor(x_u8, device), update)
 
+    split = "val" if args.data == "tinyimagenet" and args.split != "train" else args.split  # load_dataset's
     idx = strided_indices(len(data), args.n)
     scored_in = score(data.x[idx], "in-distribution")
     results: dict[str, dict[str, dict[str, float]]] = {}
@@ -184,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
 
     report: dict[str, Any] = {
         "model": model_ref(loaded, args.model),
-        "in_distribution": (f"{args.data} {args.split} ({data.provenance.get('note', data.provenance.get('source', 'as given'))}), "
+        "in_distribution": (f"{args.data} {split} ({data.provenance.get('note', data.provenance.get('source', 'as given'))}), "
                             f"n={len(idx)}, stride {len(data) / len(idx):g} from 0"),
         "sets": results,
         "intervals": {"level": 0.95, "rounds": args.bootstrap, "method": "percentile bootstrap, in- and "
@@ -210,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         common.write_json(args.json_out, report)
     if args.plot:
-        plot_scores(all_scores, "safespot" if "safespot" in methods else methods[0], Path(args.plot), report)
+        plot_scores(all_scores, "safespot" if "safespot" in methods else methods[0], Path(args.plot), report,
+                    Path(args.data).stem)
     return 0
 
 
@@ -256,7 +280,7 @@ def cell(report: dict[str, Any], name: str, method: str, metric: str) -> str:
 
 
 def plot_scores(all_scores: dict[str, dict[str, np.ndarray]], method: str, path: Path,
-                report: dict[str, Any]) -> None:
+                report: dict[str, Any], in_name: str = "in-distribution") -> None:
     """One panel per OOD set: histograms of `method`'s score, in-distribution vs that set."""
     ood_names = [n for n in all_scores if n != "in-distribution" and method in all_scores[n]]
     s_in = all_scores["in-distribution"].get(method)
@@ -269,7 +293,7 @@ def plot_scores(all_scores: dict[str, dict[str, np.ndarray]], method: str, path:
         s_out = all_scores[name][method]
         lo, hi = float(min(s_in.min(), s_out.min())), float(max(s_in.max(), s_out.max()))
         bins = np.linspace(lo, hi if hi > lo else lo + 1e-6, 41)
-        ax.hist(s_in, bins=bins, alpha=0.6, density=True, label="CIFAR-10 (in)")
+        ax.hist(s_in, bins=bins, alpha=0.6, density=True, label=f"{in_name} (in)")
         ax.hist(s_out, bins=bins, alpha=0.6, density=True, label=f"{name} (out)")
         auroc = report["sets"][name][method]["auroc"]
         ax.set_title(f"{name}: AUROC {auroc * 100:.1f}%", fontsize=10)

@@ -5,7 +5,8 @@ Built in: ``tinyimagenet`` (``x_ood_test`` of tinyimagenet32.npz; never
 dataset-fashion-mnist, test images zero-padded to the model's size, grey as
 three channels), ``gaussian`` (N(0.5, 0.25^2) clipped, Outlier Exposure's set)
 and ``uniform`` noise (both 8-bit, fixed seed); plus any NAME=PATH.npz
-(array x).  A built-in set whose files are absent is skipped, with the reason.
+(array x).  A built-in set whose files are absent is skipped, with the reason, and so is
+one drawn from the model's own in-distribution data (tinyimagenet for the photo model).
 """
 
 from __future__ import annotations
@@ -19,9 +20,17 @@ import numpy as np
 from training.data import DataError, load_images, strided
 
 BUILTIN_SETS = ("tinyimagenet", "fashion-mnist", "gaussian", "uniform")
+BUILTIN_SOURCE = {"tinyimagenet": "tinyimagenet"}  # the named data set (training/data.py) a set comes from
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
 FASHION_MNIST_TEST = "t10k-images-idx3-ubyte.gz"
 TINY_KEY = "x_ood_test"
+# Outlier files (training with outliers, `safespot ood-calibrate`): the images are the array
+# OUTLIER_KEY; OUTLIER_VAL of them, picked by a fixed permutation (seed OUTLIER_SPLIT_SEED),
+# are kept for calibration and never trained on (training/ood_training.py, outlier_split).
+# Defined here so that torch-free code (`safespot data nonphoto`) can write such files.
+OUTLIER_KEY = "x_outlier_train"
+OUTLIER_VAL = 1000
+OUTLIER_SPLIT_SEED = 0
 NOISE_SEED = 20_240_607
 GAUSSIAN_MEAN, GAUSSIAN_STD = 0.5, 0.25  # Outlier Exposure's Gaussian set (N(0, 0.5) on [-1, 1]), clipped
 
@@ -80,6 +89,14 @@ def _builtin(name: str, n: int, size: tuple[int, int], tinyimagenet: Path, fashi
     source = (f"N({GAUSSIAN_MEAN}, {GAUSSIAN_STD}^2) per pixel, clipped to [0,1]" if name == "gaussian"
               else "U{0..255} per pixel") + f", 8-bit, seed {NOISE_SEED}"
     return OodSet(name, noise_images(name, n, size), source)
+
+
+def in_distribution_sets(names: list[str], in_distribution: set[str]) -> dict[str, str]:
+    """The built-in sets among `names` drawn from the in-distribution data itself (the
+    tinyimagenet set for a model of Tiny ImageNet's classes), each with why it is left out:
+    scoring them would measure nothing."""
+    return {name: f"drawn from {name}, which is this model's in-distribution data"
+            for name in names if BUILTIN_SOURCE.get(name) in in_distribution}
 
 
 def load_ood_sets(names: list[str], extra: dict[str, Path], size: tuple[int, int], n: int, *,

@@ -40,11 +40,8 @@ from safespot.ood import default_ce_cap, last_linear, outlier_recipe
 from safespot.ood import outlier_loss as outlier_terms_loss
 from safespot.training import Recipe
 from training.data import DataError, load_dataset, load_images, to_tensor
+from training.ood_sets import OUTLIER_KEY, OUTLIER_SPLIT_SEED, OUTLIER_VAL
 from training.trainer import holdout_split, random_crop_flip  # the trainer's own
-
-OUTLIER_KEY = "x_outlier_train"
-OUTLIER_VAL = 1000  # outliers held out for calibration, never trained on
-OUTLIER_SPLIT_SEED = 0
 
 
 def outlier_split(n: int, val: int = OUTLIER_VAL, seed: int = OUTLIER_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:

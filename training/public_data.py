@@ -238,7 +238,7 @@ def tinyimagenet_arrays(members: Members, source: str, exclude: frozenset[str] =
             raise DataError(f"size {size}: choose 8..{TINY_SIZE - 1} pixels (the images are {TINY_SIZE}x{TINY_SIZE})")
         source += f"; shrunk to {size}x{size} ({'box average' if TINY_SIZE % size == 0 else 'bilinear, antialiased'})"
     extra = {"wnids": np.asarray(wnids)}
-    return {f"tinyimagenet_{split}.npz": shrink(_decode(members, files, names, source, extra), size)
+    return {f"tinyimagenet_{split}.npz": shrink(decode_images(members, files, names, source, extra), size)
             for split, files in (("train", train), ("val", val))}
 
 
@@ -275,8 +275,10 @@ def parse_val_annotations(raw: bytes, where: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _decode(members: Members, files: list[tuple[str, int]], names: list[str], source: str,
-            extra: Arrays) -> Arrays:
+def decode_images(members: Members, files: list[tuple[str, int]], names: list[str], source: str,
+                  extra: Arrays) -> Arrays:
+    """The Tiny ImageNet files (member name, label) at 64x64 RGB, with their labels; also
+    what `safespot data nonphoto` reads its held-out photos with (training/nonphoto_sets.py)."""
     from PIL import Image
 
     x = np.empty((len(files), TINY_SIZE, TINY_SIZE, 3), np.uint8)

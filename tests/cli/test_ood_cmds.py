@@ -174,3 +174,45 @@ def test_calibration_refuses_contradicting_weights(files: dict[str, Path], tmp_p
     with pytest.raises(UsageError, match="gamma"):
         cli("ood-calibrate", "--model", str(path), "--outliers", str(files["tiny"]), "--val-data",
             str(files["fit"]), "--gamma", "2.0", "--n-in", "4", *SEARCH)
+
+
+def test_a_tiny_imagenet_model_is_scored_against_its_own_data_not_cifar10(
+        files: dict[str, Path], tmp_path: Path, cifar_mini: dict[str, np.ndarray]) -> None:
+    """The photo model: no --data reads Tiny ImageNet's val split, Mahalanobis fits on its train
+    split, and the built-in tinyimagenet set (its own classes) is left out, not scored."""
+    ck = load_checkpoint(TINY)
+    ck.info.domain = "tinyimagenet"
+    model = tmp_path / "photo.safetensors"
+    save_checkpoint(ck.model, ck.info, model)
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez(data / "tinyimagenet_train.npz", x=cifar_mini["x_train"], y=cifar_mini["y_train"])
+    np.savez(data / "tinyimagenet_val.npz", x=cifar_mini["x_test"], y=cifar_mini["y_test"])
+    out, png = tmp_path / "ood.json", tmp_path / "ood.png"
+    assert cli("ood-eval", "--model", str(model), "--data-dir", str(data), "--n", "12", "--n-ood", "8",
+               "--methods", "msp,mahalanobis", "--fit-n", "100", "--tinyimagenet", str(files["tiny"]),
+               "--fashion-mnist", str(files["fashion"]), "--bootstrap", "0", "--json", str(out),
+               "--plot", str(png)) == 0
+    report = json.loads(out.read_text())
+    assert report["in_distribution"].startswith("tinyimagenet val")
+    assert "tinyimagenet_train.npz" in report["mahalanobis_fit"]
+    assert set(report["sets"]) == {"fashion-mnist", "gaussian", "uniform"}
+    assert "in-distribution" in report["skipped"]["tinyimagenet"]
+
+
+def test_the_nonphoto_files_feed_ood_eval_and_ood_calibrate(files: dict[str, Path], tmp_path: Path) -> None:
+    from training.nonphoto_sets import OUTLIERS_FILE, eval_file, write_sets
+
+    write_sets(tmp_path / "sets", n=6, size=32, seed=0, calibration_seed=1, n_outliers=24)
+    out = tmp_path / "ood.json"
+    sets = [f"--ood-set={kind}={tmp_path / 'sets' / eval_file(kind)}" for kind in ("texture", "text", "screenshot")]
+    assert cli("ood-eval", "--model", str(TINY), "--data", str(files["in"]), "--n", "8", "--methods", "msp",
+               "--sets", "gaussian", *sets, "--bootstrap", "0", "--json", str(out)) == 0
+    report = json.loads(out.read_text())
+    assert set(report["sets"]) == {"gaussian", "texture", "text", "screenshot"}
+    assert all(report["set_details"][k]["n"] == 6 for k in ("texture", "text", "screenshot"))
+    path = _calibratable(tmp_path)  # holds out 20 validation outliers
+    assert cli("ood-calibrate", "--model", str(path), "--outliers", str(tmp_path / "sets" / OUTLIERS_FILE),
+               "--val-data", str(files["fit"]), "--n-in", "6", "--n-out", "6", *SEARCH) == 0
+    ood = read_info(path).ood
+    assert "nonphoto_outliers.npz: 6 of the 20 validation outliers" in ood["chosen_on"]["outliers"]
