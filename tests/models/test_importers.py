@@ -25,10 +25,17 @@ from models.importers import (
     resize_crop_view,
 )
 from models.normalize import IMAGENET_MEAN, IMAGENET_STD, Classifier
+from tests.models.foreign_checkpoints import (
+    MADRY_MEAN,
+    MADRY_STD,
+    prefixed,
+    robustness_library,
+    save_resnet50_in_robustness_layout,
+    stat,
+)
 
 ARCH = "timm:test_resnet"  # timm's own tiny test network: same key layout as a real ResNet
 SIZE = 64
-MADRY_MEAN, MADRY_STD = [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]
 
 
 @pytest.fixture(scope="module")
@@ -43,39 +50,19 @@ def _request(**changes: Any) -> ImportRequest:
     return ImportRequest(**(base | changes))
 
 
-def _prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {prefix + k: v for k, v in state.items()}
-
-
-def _stat(values: list[float], shape: tuple[int, ...]) -> Tensor:
-    return torch.tensor(values).view(shape)
-
-
-def _robustness_library(state: dict[str, Tensor]) -> dict[str, Any]:
-    """What robustness.train saves: the AttackerModel's state dict (normaliser, model, and the
-    attacker's copy of both) beside the optimiser's state and the epoch."""
-    weights = {**_prefixed(state, "module.model."), **_prefixed(state, "module.attacker.model."),
-               "module.normalizer.new_mean": _stat(MADRY_MEAN, (3, 1, 1)),
-               "module.normalizer.new_std": _stat(MADRY_STD, (3, 1, 1)),
-               "module.attacker.normalize.new_mean": _stat(MADRY_MEAN, (3, 1, 1)),
-               "module.attacker.normalize.new_std": _stat(MADRY_STD, (3, 1, 1))}
-    return {"model": weights, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
-            "schedule": None, "epoch": 90}
-
-
 # name -> (what to write given the network's state dict, the layout, the mean/std the file carries)
 FORMATS: dict[str, tuple[Callable[[dict[str, Tensor]], Any], str, list[float] | None]] = {
     "timm/torchvision state dict": (lambda s: s, "state-dict", None),
-    "DataParallel module. prefix": (lambda s: _prefixed(s, "module."), "state-dict", None),
+    "DataParallel module. prefix": (lambda s: prefixed(s, "module."), "state-dict", None),
     "timm training checkpoint": (lambda s: {"state_dict": s, "epoch": 3, "arch": "test_resnet"},
                                  "state-dict", None),
-    "robustness library (Madry lab)": (_robustness_library, "robustness-library", MADRY_MEAN),
+    "robustness library (Madry lab)": (robustness_library, "robustness-library", MADRY_MEAN),
     "RobustBench ImageNet (normalize + model)": (
-        lambda s: {**_prefixed(s, "model."), "normalize.mean": _stat(MADRY_MEAN, (1, 3, 1, 1)),
-                   "normalize.std": _stat(MADRY_STD, (1, 3, 1, 1))}, "robustbench", MADRY_MEAN),
+        lambda s: {**prefixed(s, "model."), "normalize.mean": stat(MADRY_MEAN, (1, 3, 1, 1)),
+                   "normalize.std": stat(MADRY_STD, (1, 3, 1, 1))}, "robustbench", MADRY_MEAN),
     "RobustBench mu/sigma under state_dict": (
-        lambda s: {"state_dict": {**_prefixed(s, "module."), "module.mu": _stat(MADRY_MEAN, (1, 3, 1, 1)),
-                                  "module.sigma": _stat(MADRY_STD, (1, 3, 1, 1))}}, "robustbench", MADRY_MEAN),
+        lambda s: {"state_dict": {**prefixed(s, "module."), "module.mu": stat(MADRY_MEAN, (1, 3, 1, 1)),
+                                  "module.sigma": stat(MADRY_STD, (1, 3, 1, 1))}}, "robustbench", MADRY_MEAN),
 }
 
 
@@ -109,7 +96,7 @@ def read_weights_from(obj: Any) -> ForeignWeights:
 
 
 def test_robustness_library_drops_the_attacker_copy(network: torch.nn.Module) -> None:
-    weights = read_weights_from(_robustness_library(network.state_dict()))
+    weights = read_weights_from(robustness_library(network.state_dict()))
     converted = convert(weights, list(network.state_dict()))
     assert converted.prefix == "module.model."
     assert all(k.startswith("module.attacker.") or "normalizer" in k for k in converted.dropped)
@@ -119,7 +106,7 @@ def test_robustness_library_drops_the_attacker_copy(network: torch.nn.Module) ->
 
 def test_safetensors_sources_are_read_without_pickle(tmp_path: Path, network: torch.nn.Module) -> None:
     source = tmp_path / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in _prefixed(network.state_dict(), "module.").items()}, source)
+    save_file({k: v.contiguous() for k, v in prefixed(network.state_dict(), "module.").items()}, source)
     report = import_checkpoint(source, tmp_path / "out.safetensors", _request(view={"kind": "resize"}))
     assert report.weights.encoding == "safetensors" and report.converted.prefix == "module."
     _same_outputs(tmp_path / "out.safetensors", network, list(IMAGENET_MEAN), list(IMAGENET_STD))
@@ -183,7 +170,7 @@ def test_weights_of_another_architecture_list_missing_and_unexpected_keys(
 
 
 def test_a_normaliser_that_disagrees_with_the_given_one_is_refused(tmp_path: Path, network: torch.nn.Module) -> None:
-    torch.save(_robustness_library(network.state_dict()), tmp_path / "madry.pt")
+    torch.save(robustness_library(network.state_dict()), tmp_path / "madry.pt")
     with pytest.raises(CheckpointError, match="normaliser has mean"):
         import_checkpoint(tmp_path / "madry.pt", tmp_path / "out.safetensors", _request(mean=list(IMAGENET_MEAN)))
     report = import_checkpoint(tmp_path / "madry.pt", tmp_path / "out.safetensors", _request(mean=MADRY_MEAN))
@@ -201,7 +188,7 @@ def test_bad_metadata_writes_nothing(tmp_path: Path, network: torch.nn.Module) -
 
 def test_the_upload_path_loads_any_layout_into_the_uploaders_metadata(
         tmp_path: Path, network: torch.nn.Module) -> None:
-    torch.save(_robustness_library(network.state_dict()), tmp_path / "upload.pt")
+    torch.save(robustness_library(network.state_dict()), tmp_path / "upload.pt")
     info = ModelInfo(arch=ARCH, num_classes=10, input_size=(3, SIZE, SIZE), class_names=[],
                      mean=MADRY_MEAN, std=MADRY_STD, view=resize_crop_view(SIZE))
     model, converted = model_from_file(tmp_path / "upload.pt", info)
@@ -212,13 +199,9 @@ def test_the_upload_path_loads_any_layout_into_the_uploaders_metadata(
 
 @pytest.fixture(scope="module")
 def resnet50_madry(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
-    """A ResNet-50 in the robustness library's layout, random weights (~200 MB with the attacker's
-    copy): built once for the module."""
-    torch.manual_seed(0)
-    net = build_network("torchvision:resnet50", num_classes=1000).eval()
+    """A ResNet-50 in the robustness library's layout, random weights: built once for the module."""
     path = tmp_path_factory.mktemp("r50") / "imagenet_linf_4.pt"
-    torch.save(_robustness_library(net.state_dict()), path)
-    return path, net
+    return path, save_resnet50_in_robustness_layout(path)
 
 
 @pytest.mark.slow  # about 10 s on a shared CPU: a 200 MB file read, converted, written and re-read
