@@ -86,8 +86,7 @@ def photo_halves(photos: Photos) -> tuple[np.ndarray, np.ndarray]:
 
     def interleave(parity: int) -> np.ndarray:
         columns = [members[parity::2] for members in per_class.values()]
-        order = sorted((rank, c, i) for c, col in enumerate(columns) for rank, i in enumerate(col))
-        return np.asarray([i for _, _, i in order], np.int64)
+        return np.asarray([columns[c][rank] for c, rank in round_robin([len(col) for col in columns])], np.int64)
 
     return interleave(0), interleave(1)
 
@@ -170,11 +169,16 @@ def write_sets(out: Path, *, n: int, size: int, seed: int, calibration_seed: int
     return manifest
 
 
+def round_robin(sizes: list[int]) -> list[tuple[int, int]]:
+    """(part, rank) pairs taking one of each part in turn, parts that run out dropping out."""
+    return [(p, rank) for rank, p in sorted((rank, p) for p, n in enumerate(sizes) for rank in range(n))]
+
+
 def interleave(parts: list[tuple[str, np.ndarray, list[str]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The parts' images one of each in turn (so any stride of the mix is balanced)."""
-    order = sorted((rank, p) for p, (_, x, _) in enumerate(parts) for rank in range(len(x)))
-    x = np.stack([parts[p][1][rank] for rank, p in order])
-    return x, np.asarray([parts[p][0] for _, p in order]), np.asarray([parts[p][2][rank] for rank, p in order])
+    order = round_robin([len(x) for _, x, _ in parts])
+    x = np.stack([parts[p][1][rank] for p, rank in order])
+    return x, np.asarray([parts[p][0] for p, _ in order]), np.asarray([parts[p][2][rank] for p, rank in order])
 
 
 def versions() -> dict[str, str]:
