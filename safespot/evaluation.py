@@ -105,8 +105,7 @@ def evaluate_methods(
             extra = {"found_rate": _mean(res.found[correct_before]), "found": int(found.sum()),
                      "safe_at_start_rate": _mean(res.safe_at_start[correct_before]),
                      "outer_steps_mean": float(res.outer_steps.float().mean()),
-                     "verification": config.verification(),
-                     "per_image": {"correct_before": bits(correct_before), "found": bits(res.found)}}
+                     "verification": config.verification(), "per_image": {"found": bits(res.found)}}
         seconds = time.perf_counter() - started
         per_suite: dict[str, dict[str, Any]] = {}
         correct = torch.zeros_like(y, dtype=torch.bool)
@@ -120,6 +119,8 @@ def evaluate_methods(
                 entry["found_but_broken"] = int((res.found & correct_before & ~verdict.robust).sum())
                 entry["found_and_held_rate"] = _mean((res.found & verdict.robust)[correct_before])
             per_suite[suite] = entry
+        if method != "none":
+            extra["per_image"] = {"correct_before": bits(correct_before)} | extra.get("per_image", {})
         report = MethodReport(clean_acc=_mean(correct), adv_acc=per_suite["pgd20"]["adv_acc"],
                               attacks=per_suite, extra=extra)
         if method != "none":

@@ -32,6 +32,7 @@ examples:
   safespot eval --model cifar10 --n 1000 --methods none,s-full --attack autoattack --json eval-linf.json
   safespot eval --model cifar10 --norm l2 --n 1000 --json eval-l2.json
   safespot eval --model cifar10 --preset paper --methods s-full --n 1000 --json paper.json
+  safespot eval --model cifar10 --n 1000 --methods s-full --attack autoattack --part 2/2 --json p2.json
   safespot eval --model r50.safetensors --data imagenet/val --n 1000 --attack apgd --json r50.json"""
 
 
@@ -42,6 +43,9 @@ def register(sub: Any) -> None:
     common.add_eval_data_args(p)
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=1000, help="images, at a fixed stride over the set")
+    p.add_argument("--part", default="1/1", metavar="K/M",
+                   help="measure only every M-th of the --n images from the K-th, so that M processes or "
+                        "machines share one table; `safespot eval-merge` joins the M reports")
     p.add_argument("--methods", default="none,s-fgsm,s-pgd,s-full")
     p.add_argument("--attack", default="pgd20",
                    help="comma-separated yardstick suites: pgd20 (always run), apgd, autoattack")
@@ -61,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from safespot.evaluation import METHODS, evaluate_methods
     from safespot.yardstick import suites_from
     from safespot_cli.eval_data import load_eval_data
+    from safespot_cli.eval_parts import parse_part
     from training.data import to_tensor
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -68,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--methods takes {','.join(METHODS)}")
     loaded, device = common.open_model(args)
     cfg = common.search_config(args, loaded.info)
+    part = parse_part(args.part)
     data = load_eval_data(args.data, args.split, args.data_dir, loaded.info, args.n,
-                          skip_unknown_classes=args.skip_unknown_classes)
+                          skip_unknown_classes=args.skip_unknown_classes, part=part)
     x = to_tensor(data.x, device)
     y = torch.from_numpy(data.y).to(device)
     n = len(data.y)
@@ -101,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     out = {
         "model": common.model_ref(loaded, args.model),
         "data": data.name, **data.extra,
-        "n": n, "indices": f"stride {data.total / n:g} from 0",
+        "n": n, "indices": f"stride {data.total / min(args.n, data.total):g} from 0",
+        **({"part": {"k": part[0], "of": part[1], "n_all": min(args.n, data.total)}} if part != (1, 1) else {}),
         "threat": {"norm": cfg.norm, "eps": cfg.eps, "delta": cfg.budget},
         "preset": args.preset, "config": cfg.to_dict(), "device": str(device),
         "torch_threads": torch.get_num_threads(), "seconds": round(time.time() - started, 1),

@@ -49,9 +49,10 @@ class EvalData:
 
 
 def load_eval_data(data: str | None, split: str, data_dir: str | None, info: Any, n: int, *,
-                   skip_unknown_classes: bool = False) -> EvalData:
+                   skip_unknown_classes: bool = False, part: tuple[int, int] = (1, 1)) -> EvalData:
     """The `n` strided labelled images of `data` (default: the set of the checkpoint's
-    domain, else CIFAR-10) for the checkpoint described by `info`."""
+    domain, else CIFAR-10) for the checkpoint described by `info`; `part` (k, m) keeps
+    every m-th of them from the k-th (1-based), so that m processes share one table."""
     from training.data import DataError, load_dataset, strided_indices
     from training.photo_folders import is_photo_folder
 
@@ -60,7 +61,8 @@ def load_eval_data(data: str | None, split: str, data_dir: str | None, info: Any
     data = data or (info.domain if info.domain in PACKED_NAMES else "cifar10")
     with usage_errors(DataError):
         if data not in PACKED_NAMES and is_photo_folder(Path(data)):  # a ./cifar10/ folder is not the set
-            return load_photo_folder(Path(data), info, n, skip_unknown_classes=skip_unknown_classes)
+            return load_photo_folder(Path(data), info, n, skip_unknown_classes=skip_unknown_classes,
+                                     part=part)
         loaded = load_dataset(data, split, data_dir)
     if skip_unknown_classes:
         raise UsageError("--skip-unknown-classes applies to photo folders (DIR/CLASS/*), whose classes are "
@@ -71,13 +73,19 @@ def load_eval_data(data: str | None, split: str, data_dir: str | None, info: Any
         raise UsageError(f"{data}: labels up to {int(loaded.y.max())} at {loaded.x.shape[1]}x{loaded.x.shape[2]}, "
                          f"the checkpoint takes {info.num_classes} at {info.input_size[1]}x{info.input_size[2]}: "
                          "give --data a set made for it (or a folder of photos, seen through its view)")
-    idx = strided_indices(len(loaded), n)
+    idx = in_part(strided_indices(len(loaded), n), part)
     name = f"{loaded.provenance.get('source', data)} ({loaded.provenance.get('note', 'as given')})"
     return EvalData(loaded.x[idx], loaded.y[idx], name, len(loaded))
 
 
+def in_part(idx: np.ndarray, part: tuple[int, int]) -> np.ndarray:
+    """Every m-th of the strided indices from the k-th, for part (k, m) (1-based)."""
+    k, m = part
+    return idx[k - 1::m]
+
+
 def load_photo_folder(root: Path, info: Any, n: int, *, skip_unknown_classes: bool = False,
-                      max_pixels: int = MAX_PIXELS) -> EvalData:
+                      max_pixels: int = MAX_PIXELS, part: tuple[int, int] = (1, 1)) -> EvalData:
     """Photos of a folder, mapped, strided, decoded as uploads and seen through `info.view`."""
     from safespot.canvas import describe_view, make_view
     from training.data import strided_indices
@@ -87,7 +95,7 @@ def load_photo_folder(root: Path, info: Any, n: int, *, skip_unknown_classes: bo
     counts = listed.counts()
     mapping = map_classes(counts, list(info.class_names), list(info.wnids), skip_unknown=skip_unknown_classes)
     files, labels = mapped_in_class_order(listed, mapping)
-    idx = strided_indices(len(files), n)
+    idx = in_part(strided_indices(len(files), n), part)
     view = make_view(info.view, info.input_size)
     x = np.stack([view_levels(files[i], view, max_pixels) for i in idx])
     y = np.asarray([labels[i] for i in idx], dtype=np.int64)
