@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from models.architectures import build_network, check_architecture
 from models.errors import CheckpointError
+from models.formats import trained_threat
 from models.normalize import Classifier
 from safespot.canvas import DEFAULT_VIEW, check_view
 
@@ -74,10 +75,8 @@ class ModelInfo:
 
         if norm not in DEFAULT_EPS:
             raise ValueError(f"unknown norm {norm!r}; expected one of {sorted(DEFAULT_EPS)}")
-        eps = self.threat.get("eps")
-        if self.threat.get("norm") == norm and isinstance(eps, (int, float)) and eps > 0:
-            return float(eps)
-        return DEFAULT_EPS[norm]
+        trained = trained_threat(self.threat)
+        return float(trained["eps"]) if trained.get("norm") == norm else DEFAULT_EPS[norm]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

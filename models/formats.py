@@ -1,10 +1,13 @@
-"""What kind of checkpoint file a head of bytes is, decided by content, never by name.
+"""The torch-free parts of the checkpoint format: what kind of checkpoint file a head of bytes
+is (decided by content, never by name), and which threat a checkpoint's metadata records.
 
-Torch-free on purpose: the API sniffs uploads with it, the worker and the importers
-before they open anything.
+Torch-free on purpose: the API sniffs uploads with it and reports the active model's threat,
+the worker and the importers sniff before they open anything.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 MAX_SAFETENSORS_HEADER = 100 * 1000 * 1000  # the safetensors library's own cap on its JSON header
 HEAD_BYTES = 9  # enough for both checks
@@ -22,3 +25,15 @@ def looks_like_torch_save(head: bytes) -> bool:
     """A torch.save file: a zip archive, or the legacy pickle stream (both of which
     `torch.load(weights_only=True)` reads without executing code)."""
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def trained_threat(threat: object) -> dict[str, Any]:
+    """The ``{norm, eps}`` a checkpoint's metadata says it was trained for when it is usable (a
+    norm the search knows, eps a positive number), else {}.  Metadata is untrusted: a record
+    that is not a dict, a bool or a string ("8/255") as eps is not usable."""
+    if not isinstance(threat, dict):
+        return {}
+    norm, eps = threat.get("norm"), threat.get("eps")
+    if norm in ("linf", "l2") and isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0:
+        return {"norm": norm, "eps": float(eps)}
+    return {}

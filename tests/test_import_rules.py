@@ -29,7 +29,7 @@ TORCH_FREE: dict[str, set[str]] = {
     "worker.settings": {"worker.protocol", "pydantic", "pydantic_settings", "redis"},
     "worker.logs": {"pythonjsonlogger"},
     "worker.registry": {"worker.errors", "worker.protocol", "models.formats"},
-    "models.formats": set(),  # the container sniffers the registry passes on to the API
+    "models.formats": set(),  # the container sniffers and the recorded-threat rule the API uses
     "worker.registry_stores": {"redis", "worker.protocol", "worker.registry"},
     "worker.rq_compat": {"rq", "redis"},  # RQ's internals, for both sides
 }

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from models.formats import trained_threat
 from service.auth import ClientRole
 from service.deps import BackendDep, call_backend
 from service.errors import NotReady
@@ -36,15 +37,4 @@ def model_summary(record: Any) -> ModelResponse:
                          sha256=str(record.get("sha256") or ""),
                          num_classes=int(info.get("num_classes") or len(names)), class_names=names,
                          input_size=[int(v) for v in info.get("input_size") or []],
-                         domain=str(info.get("domain") or ""), threat=trained_threat(info))
-
-
-def trained_threat(info: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint's {norm, eps} when it records a usable one (metadata is untrusted)."""
-    threat = info.get("threat")
-    if not isinstance(threat, dict):
-        return {}
-    norm, eps = threat.get("norm"), threat.get("eps")
-    if norm in ("linf", "l2") and isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0:
-        return {"norm": norm, "eps": float(eps)}
-    return {}
+                         domain=str(info.get("domain") or ""), threat=trained_threat(info.get("threat")))

@@ -157,5 +157,6 @@ def test_the_default_budget_is_the_one_trained_for_in_the_same_norm() -> None:
     assert _info(threat={"norm": "linf", "eps": 4 / 255}).budget("l2") == pytest.approx(0.5)
     assert _info(threat={}).budget("linf") == pytest.approx(8 / 255)
     assert _info(threat={"norm": "linf", "eps": "4/255"}).budget("linf") == pytest.approx(8 / 255)
+    assert _info(threat={"norm": "l2", "eps": True}).budget("l2") == 0.5  # not a budget of 1.0
     with pytest.raises(ValueError, match="unknown norm"):
         _info().budget("l3")

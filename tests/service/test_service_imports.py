@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-# The one torch-free part of models/ the API reaches (through worker.registry): the container
-# sniffers, kept torch-free by rule (tests/test_import_rules.py).
+# The one torch-free part of models/ the API reaches: the container sniffers and the recorded-
+# threat rule, kept torch-free by rule (tests/test_import_rules.py).
 TORCH_FREE_MODELS = {"models", "models.formats"}
 
 
