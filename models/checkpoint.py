@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from models.architectures import build_network, check_architecture
 from models.errors import CheckpointError
-from models.formats import trained_threat
+from models.formats import PAPER_EPS, trained_threat
 from models.normalize import Classifier
 from safespot.canvas import DEFAULT_VIEW, check_view
 
@@ -71,12 +71,10 @@ class ModelInfo:
         """The adversary budget a search on this classifier defaults to: the one it was trained
         for when that was the same norm (a photo model trained at 4/255 is protected at 4/255),
         else the paper's default for the norm (8/255 L-inf, 0.5 L2)."""
-        from safespot.config import DEFAULT_EPS
-
-        if norm not in DEFAULT_EPS:
-            raise ValueError(f"unknown norm {norm!r}; expected one of {sorted(DEFAULT_EPS)}")
+        if norm not in PAPER_EPS:
+            raise ValueError(f"unknown norm {norm!r}; expected one of {sorted(PAPER_EPS)}")
         trained = trained_threat(self.threat)
-        return float(trained["eps"]) if trained.get("norm") == norm else DEFAULT_EPS[norm]
+        return float(trained["eps"]) if trained.get("norm") == norm else PAPER_EPS[norm]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -1,8 +1,10 @@
 """The torch-free parts of the checkpoint format: what kind of checkpoint file a head of bytes
-is (decided by content, never by name), and which threat a checkpoint's metadata records.
+is (decided by content, never by name), which threat a checkpoint's metadata records, and the
+paper's budgets that stand in when it records none.
 
-Torch-free on purpose: the API sniffs uploads with it and reports the active model's threat,
-the worker and the importers sniff before they open anything.
+Torch-free on purpose: the API sniffs uploads with it, reports the active model's threat and
+defaults a training run's budget; the worker and the importers sniff before they open anything;
+the search (safespot.config) takes its default budgets from here, so they are written once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from typing import Any
 
 MAX_SAFETENSORS_HEADER = 100 * 1000 * 1000  # the safetensors library's own cap on its JSON header
 HEAD_BYTES = 9  # enough for both checks
+# The paper's budgets (pixel units): a search's default, a training run's, and a filter job's
+# when the checkpoint records no usable budget of the asked norm.
+PAPER_EPS: dict[str, float] = {"linf": 8 / 255, "l2": 0.5}
 
 
 def looks_like_safetensors(head: bytes) -> bool:
@@ -34,6 +39,6 @@ def trained_threat(threat: object) -> dict[str, Any]:
     if not isinstance(threat, dict):
         return {}
     norm, eps = threat.get("norm"), threat.get("eps")
-    if norm in ("linf", "l2") and isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0:
+    if norm in PAPER_EPS and isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps > 0:
         return {"norm": norm, "eps": float(eps)}
     return {}

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from models.formats import PAPER_EPS  # torch-free: the API defaults training budgets from it too
 from safespot.threat import Norm, check_norm
 
 Optimizer = Literal["pgd", "rmsprop-tanh", "sgd"]
@@ -21,7 +22,6 @@ Keep = Literal["best", "last"]
 InnerLoss = Literal["ce", "margin"]
 Precision = Literal["fp32", "bf16"]
 
-DEFAULT_EPS: dict[str, float] = {"linf": 8 / 255, "l2": 0.5}
 PRESETS = ("paper", "standard", "fast")
 
 
@@ -37,7 +37,7 @@ class SearchConfig:
     """
 
     norm: Norm = "linf"
-    eps: float = 8 / 255
+    eps: float = PAPER_EPS["linf"]
     delta: float | None = None  # None: equal to eps
     # Outer minimisation (over x_s).
     outer_steps: int = 20  # K: the most outer iterations per image
@@ -191,7 +191,7 @@ class SearchConfig:
         once and otherwise stays the authors' replica.
         """
         norm = check_norm(norm)
-        eps = DEFAULT_EPS[norm] if eps is None else float(eps)
+        eps = PAPER_EPS[norm] if eps is None else float(eps)
         if name == "paper":
             base: dict[str, Any] = dict(
                 outer_steps=100, inner_steps=20, inner_starts=1, early_exit=False, keep="last"

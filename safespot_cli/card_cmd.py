@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from models import display_name
     from models.cards import render_card
     from models.checkpoint import save_checkpoint
+    from models.formats import PAPER_EPS
     from safespot import SearchConfig
-    from safespot.config import DEFAULT_EPS
     from safespot.evaluation import evaluation_attack
     from safespot.losses import predict_logits
     from safespot.yardstick import judge
@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
         info.training["note"] = args.note
     if not args.render_only:
         norm = args.norm or info.threat.get("norm", "linf")
-        eps = args.eps if args.eps is not None else float(info.threat.get("eps", DEFAULT_EPS[norm]))
+        eps = args.eps if args.eps is not None else float(info.threat.get("eps", PAPER_EPS[norm]))
         if "sigma" in info.threat and args.eps is None:
-            eps = DEFAULT_EPS[norm]
+            eps = PAPER_EPS[norm]
         data = load_eval_data(args.data, "test", args.data_dir, info, args.n,
                               skip_unknown_classes=args.skip_unknown_classes)
         x, y = to_tensor(data.x), torch.from_numpy(data.y)

@@ -76,11 +76,11 @@ def register(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> Any:
     import dataclasses
 
-    from safespot.config import DEFAULT_EPS
+    from models.formats import PAPER_EPS
     from safespot.training import Recipe
     from training.trainer import TrainConfig
 
-    eps = args.eps if args.eps is not None else DEFAULT_EPS[args.norm]
+    eps = args.eps if args.eps is not None else PAPER_EPS[args.norm]
     attack = dict(norm=args.norm, eps=eps, delta=args.delta, attack=args.attack,
                   attack_steps=args.attack_steps, attack_step=args.attack_step,
                   safe_direction=args.safe_direction, safe_fraction=args.safe_fraction, sigma=args.sigma)

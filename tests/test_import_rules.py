@@ -2,7 +2,8 @@
 
     safespot  <- models <- training <- worker    service talks to workers only through Redis
     safespot: torch, numpy (scipy for the certification's binomial tests, scikit-learn for
-              the OOD metrics; torchattacks, an optional extra, for the evaluation yardstick only)
+              the OOD metrics; torchattacks, an optional extra, for the evaluation yardstick only),
+              and of models only the torch-free models.formats (the paper's budgets, shared with the API)
     models:   safespot, torch (+ safetensors; torchvision and timm for architectures by name)
     training: safespot, models, torch, numpy, PIL (the trainer and its data sets)
     worker:   safespot, models, training, rq, redis (+ the wire contract, image and HTTP helpers)
@@ -37,7 +38,8 @@ TORCH_FREE_WORKER = tuple(TORCH_FREE)
 ALLOWED: dict[str, set[str]] = {
     # torchattacks: the yardstick's optional extra, imported only when a suite needs it;
     # sklearn: the OOD metrics (safespot/ood_eval.py).
-    "safespot": {"safespot", "torch", "numpy", "scipy", "torchattacks", "sklearn"},
+    # models.formats: the paper's budgets, written once where the API can read them without torch.
+    "safespot": {"safespot", "torch", "numpy", "scipy", "torchattacks", "sklearn", "models.formats"},
     # timm/torchvision: architectures by name (never their downloaded weights).
     "models": {"models", "safespot", "torch", "torchvision", "timm", "safetensors"},
     # httpx: `safespot data download` (training/fetch.py) fetches the public archives.

@@ -81,9 +81,6 @@ Preset = Literal["standard", "fast", "paper"]  # safespot.PRESETS (the API canno
 Recipe = Literal["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv"]  # safespot.training
 NORMS: tuple[Norm, ...] = get_args(Norm)
 PRESETS: tuple[Preset, ...] = get_args(Preset)
-# The paper's budgets (pixel units): a training run's default, and a filter job's when the
-# checkpoint records no budget of the asked norm (safespot.config.DEFAULT_EPS, torch-free copy).
-PAPER_EPS: dict[Norm, float] = {"linf": 8 / 255, "l2": 0.5}
 RECIPES: tuple[Recipe, ...] = get_args(Recipe)
 
 

@@ -46,7 +46,7 @@ from models.checkpoint import (
     save_checkpoint,
 )
 from models.errors import ModelError
-from models.formats import looks_like_safetensors
+from models.formats import PAPER_EPS, looks_like_safetensors
 from models.importers import model_from_file
 from safespot.threat import Norm
 from worker.checkpoints import checkpoint_file, relative_path
@@ -153,7 +153,6 @@ def vetting_evaluation(loaded: LoadedCheckpoint, settings: WorkerSettings) -> di
     """Clean / PGD-20 / APGD accuracy and the S-Full safe-spot rate on the checkpoint's
     domain's vetting set, or (``skipped``) why it has none."""
     from safespot import SearchConfig
-    from safespot.config import DEFAULT_EPS
     from safespot.evaluation import evaluate_methods
     from training.data import strided_indices, to_tensor
 
@@ -169,7 +168,7 @@ def vetting_evaluation(loaded: LoadedCheckpoint, settings: WorkerSettings) -> di
     y = torch.from_numpy(vset.y[idx]).to(device)
     threat = info.threat or {}
     norm: Norm = "l2" if threat.get("norm") == "l2" else "linf"
-    eps = float(threat.get("eps") or DEFAULT_EPS[norm])
+    eps = float(threat.get("eps") or PAPER_EPS[norm])
     cfg = SearchConfig.preset(VETTING_PRESET, norm=norm, eps=eps)
     started = time.time()
     reports = evaluate_methods(loaded.model, x, y, cfg, methods=("none", "s-full"))

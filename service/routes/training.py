@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from models.formats import PAPER_EPS
 from service.auth import AdminRole
 from service.deps import BackendDep, SettingsDep, call_backend
 from service.errors import DataMissing, Validation
@@ -16,7 +17,7 @@ from service.log import REQUEST_JOB_ID
 from service.routes.jobs import created, find_job
 from service.schemas import JobLinks, JobResponse, TrainingRequestBody, error_responses
 from service.settings import Settings
-from worker.protocol import PAPER_EPS, TRAINING_DATA, JobView, TrainRequest, data_download_command
+from worker.protocol import TRAINING_DATA, JobView, TrainRequest, data_download_command
 
 router = APIRouter(prefix="/v1/training-jobs", tags=["training (admin)"])
 logger = logging.getLogger("safespot.service")
