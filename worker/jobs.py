@@ -33,6 +33,7 @@ from worker.protocol import (
     VetRequest,
 )
 from worker.registry_stores import redis_registry
+from worker.rq_compat import no_retry_unless
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("safespot.worker.jobs")
@@ -146,5 +147,4 @@ def save_meta(job: Any, **values: Any) -> None:
 
 def _record_error(job: Any, error: JobError) -> None:
     save_meta(job, error=error.to_dict())
-    if not error.retryable:
-        job.retries_left = 0  # RQ retries the job it is performing only if retries are left
+    no_retry_unless(job, error.retryable)

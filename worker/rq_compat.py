@@ -40,6 +40,13 @@ def withdraw(queue: Queue, job: Job) -> bool:
     return True
 
 
+def no_retry_unless(job: Job, retryable: bool) -> None:
+    """Before failing ``job``: RQ queues a failed job again while it has retries left, and a
+    failure that is not ``retryable`` (the same input fails the same way) must spend none."""
+    if not retryable:
+        job.retries_left = 0
+
+
 def reap_abandoned(queue: Queue) -> None:
     """Retry or fail the started jobs whose worker stopped heart-beating (RQ's cleanup)."""
     queue.started_job_registry.cleanup()
@@ -110,8 +117,7 @@ class CompatWorker(SimpleWorker):
                        retryable: bool) -> bool:
         """RQ's failure path (a retry is spent when one is left and ``retryable``);
         True when the job was queued again rather than failed."""
-        if not retryable:
-            job.retries_left = 0  # the same input fails the same way: spend no retry on it
+        no_retry_unless(job, retryable)
         with self.finalize_lock:
             self.handle_execution_ended(job, queue, job.failure_callback_timeout)
             self.handle_job_failure(job, queue, started_job_registry=queue.started_job_registry,

@@ -41,7 +41,7 @@ from worker.protocol import (
     upload_key,
 )
 from worker.registry_stores import redis_registry
-from worker.rq_compat import IDLE_POLL_S, CompatWorker
+from worker.rq_compat import IDLE_POLL_S, CompatWorker, no_retry_unless
 from worker.settings import WorkerSettings
 from worker.webhooks import WebhookSender
 
@@ -194,8 +194,8 @@ class PerformedJob:
         return load_upload(self.job)
 
     def record(self, item: Taken, done: FinishedJob, progress: Progress) -> str:
-        if done.error is not None and not done.error.retryable:
-            self.job.retries_left = 0  # RQ retries the job it is performing only if retries are left
+        if done.error is not None:
+            no_retry_unless(self.job, done.error.retryable)
         write_end(self.job, done, progress, self.job.get_result_ttl(500))
         self.done = done
         return "finished" if done.error is None else "retried" if self.job.retries_left else "failed"

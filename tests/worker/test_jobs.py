@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rq import Queue
+from rq import Queue, Retry, SimpleWorker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -111,6 +111,16 @@ def test_vet_job_writes_the_verdict_into_the_registry(redis_conn, settings, tiny
     assert redis_conn.get(ACTIVE_CHECKPOINT_KEY) is None  # vetting never activates
     missing = run(redis_conn, VET_FUNC, {"checkpoint_id": "nope"}, "vet-nope")
     assert missing.get_status() == "failed" and missing.meta["error"]["code"] == "checkpoint_not_found"
+
+
+def test_a_job_error_the_same_input_repeats_spends_no_retry(redis_conn, settings) -> None:
+    queue = Queue("retrying", connection=redis_conn, serializer=JSONSerializer)
+    job = queue.enqueue_call(VET_FUNC, args=({"checkpoint_id": "nope"},), job_id="vet-retry",
+                             retry=Retry(max=1, interval=600), failure_ttl=600)
+    SimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer).work(burst=True)
+    assert job.get_status() == "failed"  # a spent retry would have scheduled it again in 10 minutes
+    job.refresh()
+    assert job.meta["error"]["code"] == "checkpoint_not_found"
 
 
 def test_train_job_registers_a_vetted_checkpoint_without_activating_it(
