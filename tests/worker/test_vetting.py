@@ -19,6 +19,7 @@ import torch
 from models.checkpoint import build_model, file_sha256, load_checkpoint, save_checkpoint
 from models.formats import looks_like_safetensors
 from tests.conftest import FIXTURES, TINY_MODEL
+from tests.models.foreign_checkpoints import robustness_library
 from worker.settings import WorkerSettings
 from worker.vetting import vet_checkpoint
 
@@ -78,11 +79,7 @@ def test_other_peoples_layouts_are_converted_like_safespot_import_does(settings,
     state, info = state_of(tiny_checkpoint), tiny_checkpoint.info
     if layout == "robustness-library":  # weights under module.model., a second copy for the attacker
         upload = settings.checkpoint_dir / "madry.pt"
-        torch.save({"model": {**{f"module.model.{k}": v for k, v in state.items()},
-                              **{f"module.attacker.model.{k}": v for k, v in state.items()},
-                              "module.normalizer.new_mean": torch.tensor(info.mean)[:, None, None],
-                              "module.normalizer.new_std": torch.tensor(info.std)[:, None, None]},
-                    "epoch": 3}, upload)
+        torch.save(robustness_library(state, info.mean, info.std), upload)
     else:  # plain safetensors without our metadata
         upload = settings.checkpoint_dir / "plain.safetensors"
         save_file(state, str(upload))
