@@ -11,6 +11,9 @@
   ``weights_sha256``, a digest of the tensors that loading re-checks.
 - Identity: the sha256 of the whole file, reported by the service as the
   model's version.
+- Optionally, the OOD detector that the service's ``ood_flag`` uses: plain
+  float64 tensors under the reserved prefix ``ood/mahalanobis/``, described by
+  the ``ood`` metadata and covered by ``weights_sha256`` (models/ood_detector.py).
 
 User-supplied PyTorch state dicts (``.pt``/``.pth``) are read only with
 ``torch.load(weights_only=True)`` and converted to this format.
@@ -36,7 +39,17 @@ from models.architectures import build_network, check_architecture
 from models.errors import CheckpointError
 from models.formats import PAPER_EPS, trained_threat
 from models.normalize import Classifier
+from models.ood_detector import (
+    MAHALANOBIS_SCORE,
+    check_detector_fits,
+    check_ood_metadata,
+    detector_from_tensors,
+    detector_tensors,
+    flag_score,
+    split_state,
+)
 from safespot.canvas import DEFAULT_VIEW, check_view
+from safespot.ood import LayerwiseMahalanobis
 
 FORMAT_VERSION = 1
 METADATA_KEY = "safespot"
@@ -113,6 +126,7 @@ class ModelInfo:
             check_view(self.view, self.input_size)
         except ValueError as e:
             raise CheckpointError(f"metadata: {e}") from e
+        check_ood_metadata(self.ood)
 
 
 @dataclass
@@ -121,6 +135,8 @@ class LoadedCheckpoint:
     info: ModelInfo
     sha256: str  # of the file
     path: Path
+    # The detector ``ood_flag`` uses when ``info.ood["score"]`` is "mahalanobis-layers" (float64, CPU)
+    ood_detector: LayerwiseMahalanobis | None = None
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -147,10 +163,24 @@ def build_model(info: ModelInfo) -> Classifier:
     return Classifier(net, info.mean, info.std).to(memory_format=torch.channels_last)
 
 
-def save_checkpoint(model: nn.Module, info: ModelInfo, path: str | os.PathLike[str]) -> str:
-    """Write `model`'s network weights and `info` atomically; return the file's sha256."""
+def save_checkpoint(model: nn.Module, info: ModelInfo, path: str | os.PathLike[str],
+                    ood_detector: LayerwiseMahalanobis | None = None) -> str:
+    """Write `model`'s network weights, `info` and (when ``info.ood`` names it) its OOD
+    detector atomically; return the file's sha256.
+
+    Re-saving a loaded checkpoint must pass its ``ood_detector`` on: a flag whose
+    detector went missing is refused here rather than written."""
     net = model.network if isinstance(model, Classifier) else model
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    check_ood_metadata(info.ood)
+    if (flag_score(info.ood) == MAHALANOBIS_SCORE) != (ood_detector is not None):
+        raise CheckpointError(f"the 'ood' metadata names score {flag_score(info.ood)!r}: "
+                              + ("pass its detector" if ood_detector is None else "a detector needs "
+                                 f"score {MAHALANOBIS_SCORE!r}"))
+    if ood_detector is not None:
+        stored = detector_tensors(ood_detector)
+        detector_from_tensors(stored, info.ood, info.num_classes)  # what loading will check
+        state |= stored
     meta = json.loads(info.to_json())
     meta["weights_sha256"] = weights_sha256(state)
     path = Path(path)
@@ -191,8 +221,15 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | torch.device = "
         raise CheckpointError(f"{path.name}: unreadable tensors: {e}") from e
     if recorded and weights_sha256(state) != recorded:
         raise CheckpointError(f"{path.name}: weights do not match their recorded digest")
-    model = model_from_state(info, state)
-    return LoadedCheckpoint(model.to(device), info, digest, path)
+    network, stored = split_state(state)
+    model = model_from_state(info, network)
+    try:
+        detector = detector_from_tensors(stored, info.ood, info.num_classes)
+        if detector is not None:
+            check_detector_fits(model, detector, info.ood, info.input_size)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path.name}: {e}") from e
+    return LoadedCheckpoint(model.to(device), info, digest, path, detector)
 
 
 def model_from_state(info: ModelInfo, state: dict[str, Tensor]) -> Classifier:

@@ -9,7 +9,10 @@ Every score is "higher = in-distribution" (docs/ood.md):
 - ``mahalanobis``: a fitted :class:`safespot.ood.LayerwiseMahalanobis` on the
   baseline's layers (or :class:`~safespot.ood.MahalanobisDetector` on its
   penultimate features alone);
-- ``oe``: the MSP of an Outlier-Exposure-trained model.
+- ``oe``: the MSP of an Outlier-Exposure-trained model;
+- ``flag``: the score the checkpoint's calibrated OOD flag uses, as the service
+  computes it: its stored :class:`safespot.ood.LayerwiseMahalanobis` (no refit),
+  else D(x) with its mu.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import Tensor, nn
 from safespot import ood
 from safespot.config import SearchConfig
 
-METHODS = ("msp", "oe", "energy", "mahalanobis", "safespot")
+METHODS = ("msp", "oe", "energy", "mahalanobis", "safespot", "flag")
 TPR_LEVEL = 0.95
 MU_GRID = tuple(round(i / 20, 2) for i in range(21))  # 0, 0.05, ..., 1
 
@@ -107,6 +110,8 @@ class OodScorer:
     baseline: nn.Module  # msp, energy, mahalanobis
     oe: nn.Module | None = None
     maha: ood.MahalanobisDetector | ood.LayerwiseMahalanobis | None = None
+    stored: ood.LayerwiseMahalanobis | None = None  # the flag's detector (None: the flag uses D(x))
+    stored_layers: int = 8  # the max_layers it was fitted with
 
     @torch.no_grad()
     def _logit_scores(self, x: Tensor, out: dict[str, Tensor]) -> None:
@@ -126,8 +131,13 @@ class OodScorer:
         scores: dict[str, Tensor] = {}
         self._logit_scores(x, scores)
         passes = None
-        if "safespot" in self.methods:
+        flag = "flag" in self.methods
+        if flag and self.stored is not None:
+            scores["flag"] = self.stored.score(ood.layer_features(self.model, x, max_layers=self.stored_layers)[1])
+        if "safespot" in self.methods or (flag and self.stored is None):
             msp, msp_adv, per_image = safespot_parts(self.model, x, self.cfg, progress)
             scores["safespot"] = ood.safespot_score(msp, msp_adv, self.mu)
             passes = float(per_image.double().mean())
+            if flag and self.stored is None:
+                scores["flag"] = scores["safespot"]
         return Scored({m: scores[m].double().cpu().numpy() for m in self.methods if m in scores}, passes)

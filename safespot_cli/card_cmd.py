@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 "autoattack": "standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; torchattacks), "
                               f"{norm} eps={eps:.4g}, true labels, seed fixed",
             })
-        save_checkpoint(loaded.model, info, path)
+        save_checkpoint(loaded.model, info, path, ood_detector=loaded.ood_detector)
         loaded = common.load_model(path)
         test = info.metrics["test"]
         print(f"{path.name}: clean {test['clean_acc']:.4f}, PGD-20 {test['pgd20_acc']:.4f} on {n} images"

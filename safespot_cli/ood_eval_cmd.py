@@ -33,6 +33,11 @@ methods:
                (no input preprocessing; default: the --data set's train split), same model
   oe           MSP of an Outlier-Exposure-trained model (--oe-model); reported
                as missing without it
+  flag         the score the checkpoint's calibrated OOD flag uses (`safespot
+               ood-calibrate`), as the service computes it: its stored Mahalanobis
+               detector (no refit) or D(x) with its mu; the report adds the flag
+               at its stored threshold: the share of in-distribution images it
+               keeps (TPR) and of each OOD set it lets through (FPR) and flags
 
 OOD sets: tinyimagenet (x_ood_test of tinyimagenet32.npz), fashion-mnist (Debian's
 dataset-fashion-mnist, test images padded to 32x32, three channels), gaussian
@@ -49,7 +54,8 @@ examples:
   safespot ood-eval --model models/zoo/ood.safetensors --oe-model models/zoo/oe.safetensors \\
       --n 1000 --json ood.json --plot ood.png
   safespot ood-eval --model ood --methods msp,energy,mahalanobis --n 2000
-  safespot ood-eval --model default --methods msp,energy --ood-set texture=data/nonphoto_texture.npz"""
+  safespot ood-eval --model default --methods msp,energy --ood-set texture=data/nonphoto_texture.npz
+  safespot ood-eval --model default-cal.safetensors --methods flag --ood-set text=data/nonphoto_text.npz"""
 
 
 def register(sub: Any) -> None:
@@ -124,6 +130,7 @@ def extra_sets(specs: list[str]) -> dict[str, Path]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from models.ood_detector import flag_score
     from safespot.ood_eval import METHODS, OodScorer, Scored, bootstrap_intervals, ood_metrics
     from training.data import (
         NAMED_DATA_SETS,
@@ -151,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
     missing = {}
     if "oe" in methods and oe is None:
         missing["oe"] = "no --oe-model given: Outlier Exposure needs its own trained checkpoint"
+    threshold = info.ood.get("threshold")
+    if "flag" in methods and threshold is None:
+        missing["flag"] = "the checkpoint has no calibrated OOD flag (safespot ood-calibrate)"
+    stored = loaded.ood_detector
     base = baseline or loaded
     recorded = info.ood.get("search")
     cfg, search = common.recorded_search_config(args, info)
@@ -176,10 +187,13 @@ def run(args: argparse.Namespace) -> int:
     if not sets:
         raise UsageError("no OOD set to evaluate")
 
-    scorer = OodScorer(methods, loaded.model, cfg, mu, base.model, None if oe is None else oe.model, maha)
+    scorer = OodScorer([m for m in methods if m not in missing], loaded.model, cfg, mu, base.model,
+                       None if oe is None else oe.model, maha, stored,
+                       int(info.ood["detector"]["max_layers"]) if stored is not None else 8)
+    searches = "safespot" in methods or ("flag" in methods and "flag" not in missing and stored is None)
 
     def score(x_u8: np.ndarray, name: str) -> Scored:
-        if "safespot" not in methods:
+        if not searches:
             return scorer(to_tensor(x_u8, device))
         with common.progress_bar(len(x_u8), f"safespot {name}") as update:
             return scorer(to_tensor(x_u8, device), update)
@@ -216,8 +230,10 @@ def run(args: argparse.Namespace) -> int:
         "set_details": details,
         "in_distribution_score_mean": {m: float(v.mean()) for m, v in scored_in.scores.items()},
         "methods_model": {m: (args.oe_model if m == "oe" else
-                              args.model if m == "safespot" else (args.baseline_model or args.model))
+                              args.model if m in ("safespot", "flag") else (args.baseline_model or args.model))
                           for m in methods if m not in missing},
+        "flag": (flag_report(all_scores, flag_score(info.ood), float(threshold))
+                 if "flag" in methods and "flag" not in missing else None),
         "baseline_model": None if baseline is None else model_ref(baseline, args.baseline_model),
         "oe_model": None if oe is None else model_ref(oe, args.oe_model),
         "missing": missing, "skipped": skipped,
@@ -265,8 +281,22 @@ def markdown_table(report: dict[str, Any], methods: list[str]) -> str:
         lines += [f"| {name} | " + " | ".join(cell(report, name, m, metric) for m in methods) + " |"
                   for name in rows]
         lines.append("")
+    flag = report.get("flag")
+    if flag:
+        lines += [f"The stored flag ({flag['score']}, flagged when the score < {flag['threshold']:.6g}):", "",
+                  "| set | flagged (%) |", "|---|---|",
+                  f"| in-distribution (1 - TPR) | {(1 - flag['tpr']) * 100:.2f} |"]
+        lines += [f"| {name} (1 - FPR) | {(1 - fpr) * 100:.2f} |" for name, fpr in flag["fpr"].items()]
+        lines.append("")
     lines += [f"- {name}: {why}" for name, why in {**report["missing"], **report["skipped"]}.items()]
     return "\n".join(lines).rstrip()
+
+
+def flag_report(all_scores: dict[str, dict[str, np.ndarray]], score: str, threshold: float) -> dict[str, Any]:
+    """The stored flag at its stored threshold (flag when score < threshold): the share of
+    in-distribution images it keeps (TPR) and, per OOD set, the share it lets through (FPR)."""
+    kept = {name: float((scores["flag"] >= threshold).mean()) for name, scores in all_scores.items()}
+    return {"score": score, "threshold": threshold, "tpr": kept.pop("in-distribution"), "fpr": kept}
 
 
 def cell(report: dict[str, Any], name: str, method: str, metric: str) -> str:

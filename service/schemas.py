@@ -32,7 +32,7 @@ _RESULT_EXAMPLE: dict[str, Any] = {
                      "guarantee": "empirical: these attacks failed on the returned 8-bit image, "
                                   "for this checkpoint and view; not a certificate"},
     "view": {"kind": "resize", "input_size": [32, 32], "description": "whole image resized to 32x32"},
-    "ood_score": 0.88, "ood_flag": False,
+    "ood_score": 0.88, "ood_flag": False, "ood_method": "safespot",
     "model": {"name": "cifar10", "sha256": "9f2c…", "checkpoint_id": "ckpt_3f9a1c2b7d4e"},
     "preset": "standard", "threat": {"norm": "linf", "eps": 0.0314, "delta": 0.0314},
     "config": {}, "grad_evals": 240, "reencode": None,

@@ -71,3 +71,31 @@ def tiny_checkpoint():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint):
     return tiny_checkpoint.model
+
+
+@pytest.fixture(scope="session")
+def tiny_detector_checkpoint(tmp_path_factory: pytest.TempPathFactory, cifar_mini: dict[str, np.ndarray]) -> Path:
+    """The tiny model with a stored layer-wise Mahalanobis OOD flag (as `safespot ood-calibrate
+    --score mahalanobis` stores it): fitted on the 400 mini training images, its threshold
+    keeping 95% of the first 100 mini test images unflagged."""
+    import torch
+
+    from models.checkpoint import load_checkpoint, save_checkpoint
+    from models.ood_detector import (
+        DEFAULT_MAX_LAYERS,
+        MAHALANOBIS_SCORE,
+        describe_detector,
+        detector_score,
+    )
+    from safespot.ood import LayerwiseMahalanobis, layer_features, threshold_for_tpr
+    from training.data import to_tensor
+
+    ck = load_checkpoint(TINY_MODEL)
+    layers = layer_features(ck.model, to_tensor(cifar_mini["x_train"]), max_layers=DEFAULT_MAX_LAYERS)[1]
+    detector = LayerwiseMahalanobis.fit(layers, torch.from_numpy(cifar_mini["y_train"]))
+    val = detector_score(ck.model, detector, to_tensor(cifar_mini["x_test"][:100]), DEFAULT_MAX_LAYERS)
+    ck.info.ood = {"score": MAHALANOBIS_SCORE, "threshold": threshold_for_tpr(val, 0.95),
+                   "detector": describe_detector(detector, DEFAULT_MAX_LAYERS)}
+    path = tmp_path_factory.mktemp("detector") / "tiny-mahalanobis.safetensors"
+    save_checkpoint(ck.model, ck.info, path, ood_detector=detector)
+    return path

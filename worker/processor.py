@@ -17,6 +17,10 @@ a 32x32 thumbnail never pays for a 4000x3000 photo's canvas), and a pixel
 budget holds back images that would blow a canvas up (first come, first
 served).
 
+A checkpoint that carries an OOD detector (``safespot ood-calibrate --score
+mahalanobis``) has it score each upload once, as the view shows it to the
+model, when its job finishes: one forward pass, no second search.
+
 Threading: one thread drives a processor (it is not thread-safe).
 """
 
@@ -31,6 +35,7 @@ from typing import Any
 import torch
 
 from models.checkpoint import LoadedCheckpoint, ModelInfo
+from models.ood_detector import detector_score
 from safespot import SafeSpotSearch, SearchConfig
 from safespot.attacks import pgd
 from safespot.canvas import make_view
@@ -273,12 +278,29 @@ class FilterProcessor:
                 request=job.request, image=job.image, found=found, output=output, cfg=job.cfg,
                 preset=job.key[3], info=self.checkpoint.info, model=self.model_ref,
                 started_at=job.added_at, finished_at=self.clock(),
-                reencode=self._reencode_report(job, found) if job.key[5] else None)
+                reencode=self._reencode_report(job, found) if job.key[5] else None,
+                detector_score=self._detector_score(job))
         except Exception as e:
             if not isinstance(e, JobError):
                 log.exception("could not build the result of job %s", job.job_id)
             return FinishedJob(job.job_id, error=JobError.of(e), batch_size=job.batch_size)
         return FinishedJob(job.job_id, result=result, png=png, batch_size=job.batch_size)
+
+    def _detector_score(self, job: _Job) -> float | None:
+        """The stored OOD detector's score of the original upload through the checkpoint's view
+        (what the model classified), or None without a detector.  A failure here costs the
+        result its OOD verdict (null), not the protected image."""
+        detector = self.checkpoint.ood_detector
+        if detector is None:
+            return None
+        try:
+            pixels = job.image.pixels(self.device, self.dtype)
+            x = self.view(pixels[None], [tuple(pixels.shape)])
+            max_layers = int(self.checkpoint.info.ood["detector"]["max_layers"])
+            return float(detector_score(self.checkpoint.model, detector, x, max_layers)[0])
+        except Exception:
+            log.exception("OOD detector failed on job %s; its ood_score is null", job.job_id)
+            return None
 
     def _reencode_report(self, job: _Job, found: Any) -> dict[str, Any]:
         """With a planned re-encode, "found" is the verdict on the re-encoded image; also say

@@ -204,8 +204,11 @@ class FilterResult(TypedDict):
     # How the upload became the model's input: {"kind": "resize" | "resize-crop", ("resize",
     # "crop"), "input_size": [H, W], "description"} (the checkpoint's view, safespot/canvas.py).
     view: dict[str, Any]
-    ood_score: float | None  # D(x) = mu*MSP(x) + (1-mu)*MSP(x_a*); low means OOD
-    ood_flag: bool | None  # ood_score below the model's threshold
+    # Low means OOD: the checkpoint's stored detector's score of the upload as the model reads it
+    # ("mahalanobis-layers"), else D(x) = mu*MSP(x) + (1-mu)*MSP(x_a*) ("safespot"); docs/ood.md
+    ood_score: float | None
+    ood_flag: bool | None  # ood_score below the checkpoint's calibrated threshold; null: none
+    ood_method: str  # which score ood_score is: "safespot" or "mahalanobis-layers"
     model: ModelRef
     preset: str
     threat: dict[str, Any]  # {"norm", "eps", "delta"}

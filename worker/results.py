@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from models.checkpoint import ModelInfo
+from models.ood_detector import MAHALANOBIS_SCORE, flag_score
 from safespot import ImageResult, SearchConfig
 from safespot.canvas import DEFAULT_VIEW, describe_view
 from worker.imaging import DecodedImage, distortion
@@ -47,6 +48,19 @@ def ood_score(info: ModelInfo, msp: float, msp_adv: float) -> tuple[float, bool 
     return round(score, 6), (None if threshold is None else bool(score < float(threshold)))
 
 
+def ood_verdict(info: ModelInfo, msp: float, msp_adv: float,
+                detector_score: float | None = None) -> tuple[float | None, bool | None, str]:
+    """(``ood_score``, ``ood_flag``, ``ood_method``) of a result: the checkpoint's stored
+    detector's score of the upload as the model reads it (`detector_score`, computed by the
+    processor) when its calibration chose one, else D(x) from the search's MSP values."""
+    method = flag_score(info.ood)
+    if method != MAHALANOBIS_SCORE:
+        return (*ood_score(info, msp, msp_adv), method)
+    if detector_score is None or not math.isfinite(detector_score):  # no verdict rather than a wrong one
+        return None, None, method
+    return round(detector_score, 6), bool(detector_score < float(info.ood["threshold"])), method
+
+
 def prediction(found: ImageResult, class_names: list[str]) -> Prediction:
     """The label, its confidence and the top-5 classes on the original, from the search's one
     forward pass over it (no extra pass)."""
@@ -76,13 +90,15 @@ def build_result(
     started_at: float,
     finished_at: float,
     reencode: dict[str, Any] | None = None,
+    detector_score: float | None = None,
 ) -> FilterResult:
     """Everything the API reports for one filtered image.
 
     ``output`` is the answer's (H, W, C) uint8 levels at full resolution; distances are
     measured against the upload's own levels.  Timings are epoch seconds.
+    ``detector_score``: the checkpoint's stored OOD detector's score of the upload, if it has one.
     """
-    score, flag = ood_score(info, found.msp, found.msp_adv)
+    score, flag, method = ood_verdict(info, found.msp, found.msp_adv, detector_score)
     submitted = float(request.get("submitted_at") or started_at)
     verified = verification(cfg, info)
     robustness: Robustness = {
@@ -100,6 +116,7 @@ def build_result(
         "view": view_report(info),
         "ood_score": score,
         "ood_flag": flag,
+        "ood_method": method,
         "model": model,
         "preset": preset,
         "threat": {"norm": cfg.norm, "eps": cfg.eps, "delta": cfg.budget},

@@ -115,6 +115,12 @@ export async function showResult(job, png, file) {
   $("results-title").focus?.();
 }
 
+/** What `ood_method` names (docs/ood.md): the score the checkpoint's OOD flag uses. */
+const OOD_METHODS = {
+  "safespot": "safe-spot score D(x)",
+  "mahalanobis-layers": "Mahalanobis distance of the model's layer features",
+};
+
 function score(label, value, sub = null, badge = null, title = null) {
   const dd = el("dd", { title });
   if (badge) dd.append(el("span", { class: `badge ${badge[1]}`, text: badge[0] }), value ? " " : "");
@@ -160,7 +166,7 @@ function renderScores(r) {
     score("L-inf", `${fmt(r.linf, 4)} (${levels}/255 levels)`,
       t.norm === "linf" ? `budget ${fmt(t.delta, 4)} (${Math.round((t.delta || 0) * LEVELS)}/255)` : "largest change of any pixel"),
     score("L2", fmt(r.l2, 3), t.norm === "l2" ? `budget ${fmt(t.delta, 3)}` : "over all pixels, [0,1] units"),
-    score("OOD score", fmt(r.ood_score, 3), "low means unlike the model's training images",
+    score("OOD score", fmt(r.ood_score, 3), `${Object.hasOwn(OOD_METHODS, r.ood_method) ? OOD_METHODS[r.ood_method] : r.ood_method || "score"} · low means unlike the model's training images`,
       r.ood_flag === true ? ["out of distribution", "warn"] : r.ood_flag === false ? ["in distribution", "good"] : ["no threshold", ""]),
     score("Model", m.name || "n/a", `sha256 ${short(m.sha256)}${m.checkpoint_id ? ` · ${m.checkpoint_id}` : ""}`,
       null, m.sha256 || null),

@@ -25,6 +25,7 @@ from worker.results import ood_score
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny.safetensors"
 SEARCH = ["--preset", "fast", "--batch-size", "32"]
+DEFAULT_METHODS = set(METHODS) - {"flag"}  # ood-eval's default --methods: the stored flag only when asked
 
 
 cli = make_cli(ood_eval_cmd, ood_calibrate_cmd)
@@ -78,7 +79,7 @@ def test_ood_eval_reports_every_set_and_method(files: dict[str, Path], tmp_path:
     assert isinstance(report["in_distribution"], str)
     assert set(report["sets"]) == {"tinyimagenet", "fashion-mnist", "gaussian", "uniform", "extra"}
     for per in report["sets"].values():
-        assert set(per) == set(METHODS)
+        assert set(per) == DEFAULT_METHODS
         for m in per.values():
             assert set(m) == {"auroc", "aupr", "fpr95"} and all(0.0 <= v <= 1.0 for v in m.values())
     assert report["missing"] == {} and report["skipped"] == {}
@@ -87,10 +88,10 @@ def test_ood_eval_reports_every_set_and_method(files: dict[str, Path], tmp_path:
     intervals = report["intervals"]
     assert intervals["rounds"] == 40 and set(intervals["sets"]) == set(report["sets"])
     for name, per in intervals["sets"].items():
-        for method in METHODS:
+        for method in DEFAULT_METHODS:
             for metric, (lo, hi) in per[method].items():
                 assert lo <= report["sets"][name][method][metric] + 1e-9 and lo <= hi
-        assert set(per["safespot_minus"]) == set(METHODS) - {"safespot"}
+        assert set(per["safespot_minus"]) == DEFAULT_METHODS - {"safespot"}
         assert per["safespot_minus"]["oe"]["auroc"][0] <= per["safespot_minus"]["oe"]["auroc"][1]
 
 
@@ -216,3 +217,111 @@ def test_the_nonphoto_files_feed_ood_eval_and_ood_calibrate(files: dict[str, Pat
                "--val-data", str(files["fit"]), "--n-in", "6", "--n-out", "6", *SEARCH) == 0
     ood = read_info(path).ood
     assert "nonphoto_outliers.npz: 6 of the 20 validation outliers" in ood["chosen_on"]["outliers"]
+
+
+@pytest.fixture
+def trained_here(tmp_path: Path, cifar_mini: dict[str, np.ndarray]) -> tuple[Path, Path]:
+    """(a copy of the tiny checkpoint recording the 400 mini training images with 40 held out and
+    an earlier D(x) calibration, the data folder holding those images as cifar10_train.npz)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    np.savez(data / "cifar10_train.npz", x=cifar_mini["x_train"], y=cifar_mini["y_train"])
+    ck = load_checkpoint(TINY)
+    ck.info.data = ck.info.data | {"images": 400, "holdout": 40, "limit": None}
+    ck.info.ood = {"gamma": 0.5, "lambda": 0.1, "training": {"val_outliers": 20, "split_seed": 0},
+                   "mu": 0.3, "threshold": 0.5, "search": {"preset": "fast"}, "passes_per_image": {"in": 1}}
+    path = tmp_path / "trained.safetensors"
+    save_checkpoint(ck.model, ck.info, path)
+    return path, data
+
+
+def test_mahalanobis_calibration_fits_on_trained_images_and_keeps_the_tpr_of_the_holdout(
+        files: dict[str, Path], trained_here: tuple[Path, Path], tmp_path: Path,
+        cifar_mini: dict[str, np.ndarray]) -> None:
+    import torch
+
+    from models.ood_detector import detector_score
+    from safespot.ood import LayerwiseMahalanobis, layer_features
+    from training.data import strided_indices
+    from training.trainer import holdout_split
+
+    path, data = trained_here
+    out, report = tmp_path / "cal.safetensors", tmp_path / "cal.json"
+    assert cli("ood-calibrate", "--model", str(path), "--score", "mahalanobis", "--outliers", str(files["tiny"]),
+               "--data-dir", str(data), "--fit-n", "200", "--tpr", "0.9", "--out", str(out),
+               "--json", str(report)) == 0
+    ck = load_checkpoint(out)
+    ood = ck.info.ood
+    assert ck.ood_detector is not None and ood["score"] == "mahalanobis-layers"
+    assert not {"mu", "search", "passes_per_image"} & set(ood)  # the D(x) calibration is replaced...
+    assert ood["gamma"] == 0.5 and ood["training"]["val_outliers"] == 20  # ...what training recorded is not
+    assert ood["fit"]["images"] == "cifar10_train.npz: 200 of the 360 training images the trainer trained on, fixed stride"
+    assert "40 of the 40 training images the trainer held out" in ood["chosen_on"]["in_distribution"]
+    assert "never trained on" in ood["chosen_on"]["outliers"] and 0 <= ood["val_auroc"] <= 1
+    assert load_checkpoint(path).info.ood["mu"] == 0.3  # --out: the original is untouched
+    # The fit: a fixed stride of the images the trainer trained on (never its holdout).
+    trained, held = holdout_split(400, 40, 0, None)
+    fit = np.sort(trained)[strided_indices(360, 200)]
+    refit = LayerwiseMahalanobis.fit(layer_features(ck.model, to_tensor(cifar_mini["x_train"][fit]))[1],
+                                     torch.from_numpy(cifar_mini["y_train"][fit]))
+    x_held = to_tensor(cifar_mini["x_train"][held])
+    scores = detector_score(ck.model, ck.ood_detector, x_held, 8)
+    assert torch.equal(scores, refit.score(layer_features(ck.model, x_held)[1]).cpu())
+    assert json.loads(report.read_text())["scores"]["in"] == scores.tolist()
+    kept = float((scores >= ood["threshold"]).double().mean())
+    assert kept >= 0.9 and kept == ood["tpr"]
+    assert float((scores >= ood["threshold"] + 1e-9).double().mean()) < 0.9  # the largest such threshold
+    # A D(x) calibration of that file drops the detector again.
+    assert cli("ood-calibrate", "--model", str(out), "--outliers", str(files["tiny"]), "--val-data",
+               str(files["fit"]), "--n-in", "6", "--n-out", "6", *SEARCH) == 0
+    again = load_checkpoint(out)
+    assert again.ood_detector is None and "score" not in again.info.ood and "detector" not in again.info.ood
+
+
+def test_mahalanobis_calibration_needs_labelled_fit_images_of_every_class(
+        files: dict[str, Path], trained_here: tuple[Path, Path], tmp_path: Path,
+        cifar_mini: dict[str, np.ndarray]) -> None:
+    path, data = trained_here
+    half = cifar_mini["y_train"] < 5
+    np.savez(tmp_path / "half.npz", x=cifar_mini["x_train"][half], y=cifar_mini["y_train"][half])
+    with pytest.raises(UsageError, match="all 10 classes"):
+        cli("ood-calibrate", "--model", str(path), "--score", "mahalanobis", "--outliers", str(files["tiny"]),
+            "--data-dir", str(data), "--fit-data", str(tmp_path / "half.npz"))
+    ck = load_checkpoint(TINY)
+    ck.info.training, ck.info.ood = {}, {"training": {"val_outliers": 20, "split_seed": 0}}
+    save_checkpoint(ck.model, ck.info, tmp_path / "elsewhere.safetensors")
+    with pytest.raises(UsageError, match="--fit-data"):
+        cli("ood-calibrate", "--model", str(tmp_path / "elsewhere.safetensors"), "--score", "mahalanobis",
+            "--outliers", str(files["tiny"]), "--val-data", str(files["fit"]))
+
+
+def test_ood_eval_measures_the_stored_flag_at_its_threshold(
+        files: dict[str, Path], tiny_detector_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "flag.json"
+    assert cli("ood-eval", "--model", str(tiny_detector_checkpoint), "--data", str(files["in"]), "--n", "40",
+               "--n-ood", "30", "--methods", "flag,msp", "--sets", "gaussian,uniform", "--ood-set",
+               f"extra={files['extra']}", "--bootstrap", "0", "--json", str(out)) == 0
+    report = json.loads(out.read_text())
+    flag = report["flag"]
+    threshold = load_checkpoint(tiny_detector_checkpoint).info.ood["threshold"]
+    assert flag["score"] == "mahalanobis-layers" and flag["threshold"] == threshold
+    assert set(flag["fpr"]) == {"gaussian", "uniform", "extra"} and 0 <= flag["tpr"] <= 1
+    assert flag["fpr"]["gaussian"] <= 0.2  # Gaussian noise: measured 50 of 50 flagged with this detector
+    assert report["methods_model"]["flag"] == str(tiny_detector_checkpoint)
+    # Without a calibrated flag the method is reported missing, not guessed.
+    assert cli("ood-eval", "--model", str(TINY), "--data", str(files["in"]), "--n", "8", "--methods", "flag,msp",
+               "--sets", "gaussian", "--bootstrap", "0", "--json", str(out)) == 0
+    report = json.loads(out.read_text())
+    assert report["flag"] is None and "ood-calibrate" in report["missing"]["flag"]
+    assert "flag" not in report["sets"]["gaussian"]
+
+
+def test_ood_eval_flag_of_a_d_x_calibration_is_the_safespot_score(files: dict[str, Path], tmp_path: Path) -> None:
+    path = _calibratable(tmp_path, mu=0.6, threshold=0.4, search={"preset": "fast"})
+    out = tmp_path / "flag.json"
+    assert cli("ood-eval", "--model", str(path), "--data", str(files["in"]), "--n", "8", "--n-ood", "6",
+               "--methods", "flag,safespot", "--sets", "gaussian", *SEARCH, "--bootstrap", "0",
+               "--json", str(out)) == 0
+    report = json.loads(out.read_text())
+    assert report["sets"]["gaussian"]["flag"] == report["sets"]["gaussian"]["safespot"]
+    assert report["flag"]["score"] == "safespot" and report["flag"]["threshold"] == 0.4

@@ -50,7 +50,7 @@ def fake_result(request: FilterRequest) -> Any:
                          "runs": [], "min_margin": 0.0, "passes": 0, "summary": "pgd-20",
                          "view": "whole image resized to 32x32", "guarantee": "empirical"},
         "view": {"kind": "resize", "input_size": [32, 32], "description": "whole image resized to 32x32"},
-        "ood_score": 0.9, "ood_flag": False,
+        "ood_score": 0.9, "ood_flag": False, "ood_method": "safespot",
         "model": {"name": "tiny", "sha256": "0" * 64, "checkpoint_id": "ckpt_test"},
         "preset": request["preset"], "threat": {"norm": request["norm"], "eps": request["eps"],
                                                 "delta": request["delta"]},

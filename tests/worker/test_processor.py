@@ -135,9 +135,38 @@ def test_ood_score_and_flag_follow_the_checkpoint(tiny_checkpoint, cifar_mini) -
     under_attack = result["robustness"]["confidence_under_attack"]
     assert result["ood_score"] == pytest.approx(0.25 * conf + 0.75 * under_attack, abs=1e-5)
     assert result["ood_flag"] is True  # every score is below 1.01
+    assert result["ood_method"] == "safespot"  # a checkpoint without a stored detector: D(x), as before
     plain = build_processor(None, tiny_checkpoint, "tiny")
     plain.add("j", filter_request("j"), cifar_png(cifar_mini, 3))
     assert plain.drain()[0].result["ood_flag"] is None  # no threshold: no verdict
+
+
+def test_a_stored_detector_scores_the_upload_as_the_model_reads_it(tiny_detector_checkpoint, cifar_mini) -> None:
+    """The Mahalanobis flag: the detector's score of the original upload through the view (a
+    451x300 photo is resized to 32x32 first), Gaussian noise flagged, test photos mostly not."""
+    from models.checkpoint import load_checkpoint
+    from models.ood_detector import detector_score
+
+    loaded = load_checkpoint(tiny_detector_checkpoint)
+    assert loaded.ood_detector is not None
+    rng = np.random.default_rng(7)
+    noise = [Image.fromarray(np.clip(rng.normal(127.5, 64, (32, 32, 3)), 0, 255).astype(np.uint8)) for _ in range(8)]
+    images = {"photo": photo("chelsea.jpg"), **{f"noise{i}": im for i, im in enumerate(noise)},
+              **{f"test{i}": decoded(cifar_png(cifar_mini, i)) for i in range(100, 200, 10)}}
+    processor = build_processor(None, loaded, "tiny-mahalanobis", max_batch=32)
+    for key, image in images.items():
+        processor.add(key, filter_request(key, image), png_bytes(image))
+    results = {d.job_id: d.result for d in processor.drain()}
+    threshold = loaded.info.ood["threshold"]
+    for key, image in images.items():
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+        expected = float(detector_score(loaded.model, loaded.ood_detector, ResizeView((32, 32))(x, [tuple(x.shape[1:])]), 8)[0])
+        result = results[key]
+        assert result["ood_method"] == "mahalanobis-layers"
+        assert result["ood_score"] == pytest.approx(expected, abs=1e-5), key
+        assert result["ood_flag"] is (expected < threshold), key
+    assert all(results[f"noise{i}"]["ood_flag"] for i in range(8))  # measured: 50 of 50 such images flagged
+    assert sum(bool(results[f"test{i}"]["ood_flag"]) for i in range(100, 200, 10)) <= 2  # 7% of 100 measured
 
 
 @pytest.mark.parametrize(("data", "changes", "code"), [
@@ -290,3 +319,19 @@ def test_a_request_without_eps_takes_the_budget_the_checkpoint_was_trained_for(t
     assert cfg.eps == pytest.approx(2 / 255)  # the request's own wins
     _, cfg = search_config(filter_request("j3", norm="l2", eps=None, delta=None), 8, info=info)
     assert cfg.eps == pytest.approx(0.5)  # trained for L-inf: the paper's L2 budget
+
+
+def test_a_failing_detector_costs_the_ood_verdict_not_the_image(tiny_detector_checkpoint, cifar_mini,
+                                                                monkeypatch) -> None:
+    from models.checkpoint import load_checkpoint
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("worker.processor.detector_score", broken)
+    processor = build_processor(None, load_checkpoint(tiny_detector_checkpoint), "tiny-mahalanobis")
+    processor.add("j", filter_request("j"), cifar_png(cifar_mini, 3))
+    (done,) = processor.drain()
+    assert done.error is None and done.png is not None
+    assert (done.result["ood_score"], done.result["ood_flag"], done.result["ood_method"]) == (
+        None, None, "mahalanobis-layers")

@@ -236,3 +236,25 @@ def test_oversize_missing_and_escaping_files_are_refused(settings, tiny_checkpoi
     assert no_info["error"]["code"] in ("checkpoint_missing", "missing_metadata")
     torch.save(state_of(tiny_checkpoint), settings.checkpoint_dir / "bare.pt")
     assert vet_checkpoint(record(settings, "bare.pt"), settings)["error"]["code"] == "missing_metadata"
+
+
+def test_a_stored_ood_detector_is_vetted_and_a_hostile_one_refused(settings, tiny_detector_checkpoint) -> None:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from models.checkpoint import METADATA_KEY, weights_sha256
+
+    settings.checkpoint_dir.mkdir(parents=True)
+    shutil.copy(tiny_detector_checkpoint, settings.checkpoint_dir / "flag.safetensors")
+    out = vet_checkpoint(record(settings, "flag.safetensors"), settings)
+    assert out["status"] == "ready" and out["info"]["ood"]["score"] == "mahalanobis-layers"
+    with safe_open(str(tiny_detector_checkpoint), framework="pt") as f:
+        state, meta = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()[METADATA_KEY])  # noqa: SIM118
+    state["ood/mahalanobis/0/precision"] = state["ood/mahalanobis/0/precision"][:, :3].contiguous()
+    meta["weights_sha256"] = weights_sha256(state)
+    save_file(state, str(settings.checkpoint_dir / "bad.safetensors"), metadata={METADATA_KEY: json.dumps(meta)})
+    out = vet_checkpoint(record(settings, "bad.safetensors"), settings)
+    assert out["status"] == "rejected" and out["error"]["code"] == "invalid_checkpoint"
+    assert "ood/mahalanobis/0/precision" in out["error"]["message"]
