@@ -35,7 +35,7 @@ from safespot.baselines import s_fgsm, s_pgd
 from safespot.config import SearchConfig
 from safespot.losses import Classifier, predict_logits
 from safespot.search import Progress, find_safe_spots
-from safespot.yardstick import EVAL_SEED, judge, suites_from
+from safespot.yardstick import EVAL_SEED, SUITES, confirmer, judge, suites_from
 
 METHODS = ("none", "s-fgsm", "s-pgd", "s-full")
 
@@ -74,11 +74,14 @@ def evaluate_methods(
     methods: Sequence[str] = METHODS,
     attacks: Sequence[str] = ("pgd20",),
     progress: Callable[[str], Progress] | None = None,
+    confirm: str | None = None,
 ) -> dict[str, MethodReport]:
     """Run the protocol on test images x (N, C, H, W, 8-bit values) with true labels y.
 
     `attacks` names the yardstick suites (PGD-20 is always run: the paper's
-    figure); `progress(method)` returns a callback for the search.
+    figure); `progress(method)` returns a callback for the search; `confirm`
+    names a suite S-Full's points must also survive before they count as
+    found (own random stream; for measuring what the model allows).
     """
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -99,13 +102,19 @@ def evaluate_methods(
             b = s_pgd(model, x, config)
             x_pub, evals = b.x_safe, b.grad_evals
         else:
-            res = find_safe_spots(model, x, config, progress=progress("s-full") if progress else None)
+            check = confirmer(model, confirm, norm=config.norm, eps=config.eps) if confirm else None
+            res = find_safe_spots(model, x, config, progress=progress("s-full") if progress else None,
+                                  confirm=check)
             x_pub, evals = res.x_safe, res.grad_evals
             found = res.found & correct_before
             extra = {"found_rate": _mean(res.found[correct_before]), "found": int(found.sum()),
                      "safe_at_start_rate": _mean(res.safe_at_start[correct_before]),
                      "outer_steps_mean": float(res.outer_steps.float().mean()),
                      "verification": config.verification(), "per_image": {"found": bits(res.found)}}
+            if confirm:
+                extra["confirm"] = {"suite": confirm, "attacks": list(SUITES[confirm]),
+                                    "random_stream": "its own, not the yardstick's",
+                                    "passes": "not counted in grad_evals_per_image"}
         seconds = time.perf_counter() - started
         per_suite: dict[str, dict[str, Any]] = {}
         correct = torch.zeros_like(y, dtype=torch.bool)

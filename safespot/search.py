@@ -32,7 +32,7 @@ from safespot.canvas import Size, crop, stack_canvas
 from safespot.config import SearchConfig
 from safespot.losses import Classifier, evaluate, passes_per_call, predict_logits
 from safespot.publish import Reencode
-from safespot.slots import SlotProgress, Slots
+from safespot.slots import Confirm, SlotProgress, Slots
 from safespot.threat import on_pixel_grid
 
 Progress = Callable[[int, int], None]  # (images finished, images submitted)
@@ -82,11 +82,12 @@ class SafeSpotSearch:
     """
 
     def __init__(self, model: Classifier, config: SearchConfig, view: View | None = None,
-                 reencode: Reencode | None = None) -> None:
+                 reencode: Reencode | None = None, confirm: Confirm | None = None) -> None:
         self.model = model
         self.cfg = config
         self.view = view
         self.reencode = reencode
+        self.confirm = confirm
         self.cost = passes_per_call(model)
         self._waiting: list[tuple[Any, Tensor, int | None]] = []
         self._slots: Slots | None = None
@@ -181,7 +182,7 @@ class SafeSpotSearch:
         rng_search = [_generator(self.cfg.seed, img, "search") for _, img, _ in batch]
         rng_verify = [_generator(self.cfg.seed, img, "verify") for _, img, _ in batch]
         new = Slots.start(self.cfg, [key for key, _, _ in batch], sizes, x_o, y,
-                          logits.softmax(dim=1), rng_search, rng_verify, self.reencode)
+                          logits.softmax(dim=1), rng_search, rng_verify, self.reencode, self.confirm)
         self._slots = new if self._slots is None else self._slots.extend(new)
 
     def _classifier(self, sizes: list[Size]) -> Classifier:
@@ -204,6 +205,7 @@ def find_safe_spots(
     labels: Tensor | None = None,
     progress: Progress | None = None,
     reencode: Reencode | None = None,
+    confirm: Confirm | None = None,
 ) -> SearchResult:
     """Find a safe spot for every image of x (N, C, H, W), 8-bit values in [0,1].
 
@@ -211,9 +213,14 @@ def find_safe_spots(
     default to the model's own predictions (all a service knows).  Device and
     dtype follow x.  Results are in input order.  With `reencode`, the search
     plans for the platform's JPEG re-encode and "found" means the re-encoded
-    image held.
+    image held.  With `confirm`, a point that passed the verification must
+    also hold against that check (for example the yardstick's AutoAttack,
+    :func:`safespot.yardstick.confirmer`) or the search goes on: for
+    measuring what a stronger verification would find; the check's own
+    passes are not counted in ``grad_evals``.
     """
-    engine = SafeSpotSearch(model, config or SearchConfig.preset("standard"), reencode=reencode)
+    engine = SafeSpotSearch(model, config or SearchConfig.preset("standard"), reencode=reencode,
+                            confirm=confirm)
     engine.submit(x, labels)
     results = sorted(engine.run(progress), key=lambda r: r.key)
     return collate(results, like=x)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,10 @@ from safespot.threat import (
     random_in_ball,
     steepest_direction,
 )
+
+# (8-bit points, labels) -> True where the point held: an extra attack that must also fail
+# before a point counts as found (an evaluation tool: its passes are not counted).
+Confirm = Callable[[Tensor, Tensor], Tensor]
 
 
 class SlotState(enum.IntEnum):
@@ -108,6 +113,7 @@ class Slots:
     msp_adv: Tensor
     margin_adv: Tensor
     targets: Tensor  # (rows, verify_targets) classes of the targeted verification runs
+    confirm: Confirm | None = None  # a further check after verification passes (search.py)
 
     ROWS = ("x_o", "x_s", "best", "center", "x_a", "attached", "grad_acc", "candidate", "y",
             "top_classes", "top_probs", "state", "t", "r", "k", "passes", "broke", "safe_at_start",
@@ -126,7 +132,8 @@ class Slots:
     @classmethod
     def start(cls, cfg: SearchConfig, keys: list[Any], sizes: list[tuple[int, ...]], x_o: Tensor,
               y: Tensor, probs: Tensor, rng_search: list[torch.Generator],
-              rng_verify: list[torch.Generator], reencode: Reencode | None = None) -> Slots:
+              rng_verify: list[torch.Generator], reencode: Reencode | None = None,
+              confirm: Confirm | None = None) -> Slots:
         """Rows for new images x_o with labels y and softmax probabilities ``probs`` (rows,
         classes) on x_o: verify x_o first, or start searching.
 
@@ -152,6 +159,7 @@ class Slots:
             best_loss=vec(torch.inf, x_o.dtype), worst_loss=vec(-torch.inf, x_o.dtype),
             msp_adv=top_probs[:, 0].clone(), margin_adv=vec(torch.inf, x_o.dtype),
             targets=torch.zeros((n, max(1, cfg.verify_targets)), dtype=torch.long, device=dev),
+            confirm=confirm,
         )
         rows = torch.arange(n, device=dev)
         if cfg.early_exit and cfg.init == "original":
@@ -219,8 +227,10 @@ class Slots:
         failed = verifying & broke_verify
         passed = restart_over & ~broke_verify & (self.r + 1 == cfg.verify_runs)
         restart = restart_over & ~broke_verify & ~passed
+        rejected = self._confirm(passed)
+        passed, failed = passed & ~rejected, failed | rejected
         broke_inner = broke_now | (margin < cfg.candidate_margin)
-        self.broke = torch.where(verifying, broke_verify, self.broke | broke_inner)
+        self.broke = torch.where(verifying, broke_verify | rejected, self.broke | broke_inner)
         self.safe_at_start |= passed & (self.state == SlotState.VERIFYING_ORIGINAL)
         finished = passed | (failed & answer)
         if restart.any():
@@ -247,6 +257,17 @@ class Slots:
         return _rows(finished).tolist()
 
     # ---------------------------------------------------------- transitions
+    def _confirm(self, passed: Tensor) -> Tensor:
+        """Rows that passed verification but not the extra check (none without one).
+        The check sees the point the verification attacked (after a planned re-encode)."""
+        rejected = torch.zeros_like(passed)
+        if self.confirm is None or not passed.any():
+            return rejected
+        idx = _rows(passed)
+        held = self.confirm(self.center[idx], self.y[idx]).to(device=idx.device, dtype=torch.bool)
+        rejected[idx[~held]] = True
+        return rejected
+
     def _targeted(self) -> Tensor:
         return (self.state != SlotState.SEARCHING) & (self.r >= self.cfg.verify_restarts)
 

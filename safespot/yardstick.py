@@ -31,6 +31,7 @@ from safespot.losses import Classifier, predict_logits
 from safespot.threat import Norm, check_norm
 
 EVAL_SEED = 20_240_607  # the evaluation attacks' random streams; unrelated to search seeds
+CONFIRM_SEED = EVAL_SEED + 1  # a search's extra check (confirmer): never the yardstick's own draws
 SUITES: dict[str, tuple[str, ...]] = {
     "pgd20": ("pgd20",),
     "apgd": ("apgd-ce", "apgd-t"),
@@ -77,6 +78,20 @@ def judge(model: Classifier, x: Tensor, y: Tensor, suite: str, *, norm: Norm, ep
             robust[chunk[broken]] = False
         survivors[name] = int(robust.sum())
     return Verdict(suite, correct, robust, survivors, time.perf_counter() - started)
+
+
+def confirmer(model: Classifier, suite: str, *, norm: Norm, eps: float,
+              seed: int = CONFIRM_SEED) -> Callable[[Tensor, Tensor], Tensor]:
+    """A suite as the search's extra check (``find_safe_spots(confirm=...)``): True where an
+    8-bit point held against its label.  Its random stream is not the yardstick's, so a
+    point found this way is still judged by attacks it never saw."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown attack suite {suite!r}; choose from {sorted(SUITES)}")
+
+    def confirm(x: Tensor, y: Tensor) -> Tensor:
+        return judge(model, x, y, suite, norm=norm, eps=eps, seed=seed).robust
+
+    return confirm
 
 
 def breaker(name: str, norm: Norm, eps: float, seed: int = EVAL_SEED, classes: int = 10,

@@ -49,6 +49,10 @@ def register(sub: Any) -> None:
     p.add_argument("--methods", default="none,s-fgsm,s-pgd,s-full")
     p.add_argument("--attack", default="pgd20",
                    help="comma-separated yardstick suites: pgd20 (always run), apgd, autoattack")
+    p.add_argument("--confirm", default=None, metavar="SUITE",
+                   help="S-Full counts a point as found only if this suite (apgd, autoattack) also fails "
+                        "on it, else it searches on: what a stronger verification would find (slow; "
+                        "its passes are not counted)")
     common.add_option(p, "--json")
     p.add_argument("--plot", default=None, metavar="PNG", help="bar chart of clean/adversarial accuracy")
     p.add_argument("--certify", action="store_true",
@@ -81,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     n = len(data.y)
     with usage_errors(ValueError):
         suites = suites_from([a.strip() for a in args.attack.split(",") if a.strip()])
+        if args.confirm is not None:
+            suites_from([args.confirm])
 
     started = time.time()
     if args.certify:
@@ -103,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         def progress(method: str) -> Any:
             return bars.enter_context(common.progress_bar(n, method))
 
-        reports = evaluate_methods(loaded.model, x, y, cfg, methods, suites, progress)
+        reports = evaluate_methods(loaded.model, x, y, cfg, methods, suites, progress, confirm=args.confirm)
     out = {
         "model": common.model_ref(loaded, args.model),
         "data": data.name, **data.extra,

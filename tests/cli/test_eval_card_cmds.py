@@ -97,3 +97,13 @@ def test_eval_data_defaults_to_the_checkpoint_domains_set(tmp_path: Path, test_s
     info.domain = "tinyimagenet"  # a photo model's: its own set, missing here, named in the error
     with pytest.raises(UsageError, match="Tiny ImageNet"):
         load_eval_data(None, "test", str(tmp_path), info, 8)
+
+
+def test_eval_confirm_records_the_extra_check_and_refuses_an_unknown_suite(test_set: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    assert cli("eval", "--model", str(TINY), "--data", str(test_set), "--n", "6", "--methods", "s-full",
+               "--preset", "fast", "--confirm", "apgd", "--threads", "1", "--json", str(out)) == 0
+    full = json.loads(out.read_text())["methods"]["s-full"]
+    assert full["confirm"]["suite"] == "apgd" and full["confirm"]["attacks"] == ["apgd-ce", "apgd-t"]
+    with pytest.raises(UsageError, match="autoattack"):
+        cli("eval", "--model", str(TINY), "--data", str(test_set), "--n", "4", "--confirm", "pgd100")

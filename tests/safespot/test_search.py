@@ -284,3 +284,39 @@ def test_bf16_passes_differ_from_float32_ones(tiny_model, test_images) -> None:
 def test_unknown_precision_is_refused() -> None:
     with pytest.raises(ValueError, match="precision"):
         SearchConfig.preset("standard", precision="fp8")
+
+
+def test_a_confirm_check_that_always_holds_changes_nothing_and_one_that_never_does_finds_nothing(
+        tiny_model, test_images) -> None:
+    x = test_images[0][:8]
+    cfg = SearchConfig.preset("fast")
+    plain = find_safe_spots(tiny_model, x, cfg)
+    seen: list[int] = []
+
+    def always(points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        seen.append(len(points))
+        assert torch.equal(points, (points * 255).round() / 255)  # 8-bit points, as published
+        return torch.ones(len(points), dtype=torch.bool)
+
+    same = find_safe_spots(tiny_model, x, cfg, confirm=always)
+    assert torch.equal(same.x_safe, plain.x_safe) and torch.equal(same.found, plain.found)
+    assert sum(seen) == int(plain.found.sum()) > 0  # asked once per point that passed verification
+    never = find_safe_spots(tiny_model, x, cfg, confirm=lambda p, y: torch.zeros(len(p), dtype=torch.bool))
+    assert not bool(never.found.any())
+    # A rejected point sends the search on: every image spends its outer steps.
+    assert torch.equal(never.outer_steps, torch.full_like(never.outer_steps, cfg.outer_steps))
+
+
+@pytest.mark.slow
+def test_confirming_with_apgd_keeps_only_points_apgd_cannot_break(tiny_model, test_images) -> None:
+    from safespot.yardstick import confirmer
+
+    x = test_images[0][:8]
+    cfg = SearchConfig.preset("fast")
+    check = confirmer(tiny_model, "apgd", norm="linf", eps=cfg.eps)
+    res = find_safe_spots(tiny_model, x, cfg, confirm=check)
+    found = res.found.nonzero().flatten()
+    assert len(found) > 0
+    assert bool(check(res.x_safe[found], res.labels[found]).all())  # the same draws: it held
+    with pytest.raises(ValueError, match="suite"):
+        confirmer(tiny_model, "pgd100", norm="linf", eps=cfg.eps)
