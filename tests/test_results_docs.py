@@ -27,7 +27,7 @@ def table_rows(markdown: str, heading: str) -> list[list[str]]:
 
 
 def number(cell: str) -> float:
-    return float(re.sub(r"[*]", "", cell).split()[0])
+    return float(re.sub(r"[*%]", "", cell).split()[0])
 
 
 def interval(cell: str) -> list[float]:
@@ -48,3 +48,30 @@ def test_the_ood_baselines_table_is_its_json_and_the_json_measured_the_shipped_o
             assert number(cell) == pytest.approx(report["sets"][name][method][metric] * 100, abs=0.051), (name, method)
             low, high = report["intervals"]["sets"][name][method][metric]
             assert interval(cell) == pytest.approx([low * 100, high * 100], abs=0.051), (name, method)
+
+
+PHOTO_FLAG_SETS = {"Gaussian noise": "gaussian", "uniform noise": "uniform", "texture": "texture", "text": "text",
+                   "screenshot": "screenshot", "Fashion-MNIST": "fashion-mnist",
+                   "held-out photos (gorilla, groom)": "photos"}
+
+
+def test_the_photo_flag_table_is_its_json_and_the_json_measured_the_shipped_photo_model() -> None:
+    report = json.loads((RESULTS / "ood-eval-default-photo-flag.json").read_text())
+    shipped = ROOT / "models" / "zoo" / "default.safetensors"
+    assert report["model"]["sha256"] == file_sha256(shipped)
+    calibration = json.loads((RESULTS / "ood-calibrate-default-photo.json").read_text())
+    assert calibration["model"]["sha256"] == file_sha256(shipped)
+    assert report["flag"]["threshold"] == calibration["ood"]["threshold"]
+    lines = (ROOT / "docs" / "ood.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| test set (1,000 each"))
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2:] if line.startswith("|")]
+    rows = rows[:len(PHOTO_FLAG_SETS) + 1]
+    assert number(rows[0][1]) == pytest.approx((1 - report["flag"]["tpr"]) * 100, abs=0.051)
+    assert {r[0] for r in rows[1:]} == set(PHOTO_FLAG_SETS)
+    for name, flagged, auroc, msp in rows[1:]:
+        key = PHOTO_FLAG_SETS[name]
+        assert number(flagged) == pytest.approx((1 - report["flag"]["fpr"][key]) * 100, abs=0.051)
+        assert number(auroc) == pytest.approx(report["sets"][key]["flag"]["auroc"] * 100, abs=0.051), name
+        assert interval(auroc) == pytest.approx([v * 100 for v in report["intervals"]["sets"][key]["flag"]["auroc"]],
+                                                abs=0.051), name
+        assert number(msp) == pytest.approx(report["sets"][key]["msp"]["auroc"] * 100, abs=0.051), name
