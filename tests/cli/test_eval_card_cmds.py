@@ -20,13 +20,6 @@ TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny.safetensors"
 cli = make_cli(eval_cmd, card_cmd)
 
 
-@pytest.fixture(scope="module")
-def test_set(tmp_path_factory: pytest.TempPathFactory, cifar_mini: dict[str, np.ndarray]) -> Path:
-    path = tmp_path_factory.mktemp("eval") / "test.npz"
-    np.savez(path, x=cifar_mini["x_test"], y=cifar_mini["y_test"])
-    return path
-
-
 def test_eval_records_each_suite_and_found_but_broken(test_set: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "eval.json"

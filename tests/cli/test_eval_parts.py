@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from safespot_cli import eval_cmd, eval_parts
@@ -16,13 +15,6 @@ from tests.cli.clikit import make_cli
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny.safetensors"
 cli = make_cli(eval_cmd, eval_parts)
-
-
-@pytest.fixture(scope="module")
-def test_set(tmp_path_factory: pytest.TempPathFactory, cifar_mini: dict[str, np.ndarray]) -> Path:
-    path = tmp_path_factory.mktemp("parts") / "test.npz"
-    np.savez(path, x=cifar_mini["x_test"], y=cifar_mini["y_test"])
-    return path
 
 
 def evaluate(test_set: Path, out: Path, *extra: str) -> dict[str, Any]:
