@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from safespot.threat import Norm, random_in_ball
+
 Size = tuple[int, ...]
 
 RESIZE = "resize"
@@ -180,4 +182,19 @@ def map_rows(fn: Callable[[Tensor], Tensor], rows: Tensor, sizes: Sequence[Size]
     for i, size in enumerate(sizes):
         region = tuple(slice(0, s) for s in size)
         out[i][region] = fn(rows[i][region])
+    return out
+
+
+def ball_point(center: Tensor, size: tuple[int, ...], radius: float, norm: Norm,
+               generator: torch.Generator, surface: bool = False) -> Tensor:
+    """A random point of the ball (or, for L2, its sphere) around one canvas image,
+    drawn on the image's own region; the padding stays as it is."""
+    region = tuple(slice(0, s) for s in size)
+    out = center.clone()
+    own = center[region]
+    if surface:
+        d = torch.randn(own.shape, generator=generator, device=own.device, dtype=own.dtype)
+        out[region] = own + d * (radius / d.norm())
+    else:
+        out[region] = random_in_ball(own[None], radius, norm, generator)[0]
     return out

@@ -37,17 +37,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from safespot.canvas import cat_rows, map_rows
+from safespot.canvas import ball_point, cat_rows, map_rows
 from safespot.config import SearchConfig
 from safespot.losses import BEST_OTHER, CROSS_ENTROPY, Evaluation
 from safespot.outer import OuterState, init_outer, outer_step
 from safespot.publish import Reencode
 from safespot.threat import (
-    Norm,
     per_sample,
     project,
     quantize_toward,
-    random_in_ball,
     steepest_direction,
 )
 
@@ -382,21 +380,6 @@ class Slots:
 
 def _rows(mask: Tensor) -> Tensor:
     return mask.nonzero().flatten()
-
-
-def ball_point(center: Tensor, size: tuple[int, ...], radius: float, norm: Norm,
-               generator: torch.Generator, surface: bool = False) -> Tensor:
-    """A random point of the ball (or, for L2, its sphere) around one canvas image,
-    drawn on the image's own region; the padding stays as it is."""
-    region = tuple(slice(0, s) for s in size)
-    out = center.clone()
-    own = center[region]
-    if surface:
-        d = torch.randn(own.shape, generator=generator, device=own.device, dtype=own.dtype)
-        out[region] = own + d * (radius / d.norm())
-    else:
-        out[region] = random_in_ball(own[None], radius, norm, generator)[0]
-    return out
 
 
 def _initial_point(cfg: SearchConfig, x_o: Tensor, sizes: list[tuple[int, ...]],
