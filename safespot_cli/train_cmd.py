@@ -61,9 +61,10 @@ def register(sub: Any) -> None:
                    help="how an upload becomes the input (default: the whole image resized)")
     p.add_argument("--save-every", type=int, default=100)
     common.add_option(p, "--threads")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="bf16: autocast the attack and training passes (about 2x on CPUs with "
-                        "AVX512-BF16/AMX and on recent GPUs); held-out check and weights stay fp32")
+                        "AVX512-BF16/AMX and on recent GPUs, many times slower where bf16 is "
+                        "emulated); auto: bf16 only where native; held-out check and weights stay fp32")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels-last convolutions (the default; faster with mkldnn on CPU)")
     p.add_argument("--outliers", default=None,

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.checkpoint import ModelInfo, build_model, save_checkpoint
+from models.hardware import PRECISION_SETTINGS, resolve_precision
 from models.importers import view_from_spec
 from models.normalize import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from safespot.attacks import pgd
@@ -43,7 +44,6 @@ from safespot.training import Recipe, training_inputs
 from training.data import NAMED_DATA_SETS, ImageSet, load_dataset, to_tensor
 from training.progress import Report, RunProgress
 
-PRECISIONS = ("fp32", "bf16")
 ExtraLoss = Callable[[nn.Module, int], tuple[Tensor, dict[str, float]]]  # (model, step) -> loss, logs
 
 
@@ -79,9 +79,10 @@ class TrainConfig:
     threads: int | None = None
     # Speed: bf16 autocast for the attack and training passes (CPUs with AVX512-BF16 or AMX,
     # Ampere+ GPUs; no loss scaling needed); the held-out check and the saved weights stay
-    # float32.  Channels-last is build_model's layout; False trains in NCHW (weights and
+    # float32.  "auto" takes bf16 only where the hardware has it (models/hardware.py): emulated
+    # bf16 is many times slower than fp32.  Channels-last is build_model's layout; False trains in NCHW (weights and
     # activations).  Both measured in docs/performance.md.
-    precision: str = "fp32"  # "fp32" or "bf16"
+    precision: str = "fp32"  # "auto", "fp32" or "bf16"
     channels_last: bool = True
     command: str = ""
 
@@ -92,8 +93,8 @@ class TrainConfig:
         return d
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision not in PRECISION_SETTINGS:
+            raise ValueError(f"precision must be one of {PRECISION_SETTINGS}, got {self.precision!r}")
 
     def recipe_for(self, epoch: int) -> Recipe:
         if self.warmup is not None and epoch < self.warmup_epochs:
@@ -111,6 +112,8 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = dist.device
+    # The precision actually used is what the checkpoint records, not "auto".
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, device))
     torch.manual_seed(cfg.seed)
     data = load_dataset(cfg.data, "train", cfg.data_dir)
     train_idx, held_idx = holdout_split(len(data), cfg.holdout, cfg.seed, cfg.limit)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from models.checkpoint import LoadedCheckpoint, ModelInfo
+from models.hardware import resolve_precision
 from models.ood_detector import detector_score
 from safespot import SafeSpotSearch, SearchConfig
 from safespot.attacks import pgd
@@ -94,26 +95,6 @@ def search_config(request: FilterRequest, batch_size: int, precision: str = "fp3
     return (cfg.norm, float(cfg.eps), float(cfg.budget), preset), cfg
 
 
-def search_precision(setting: str, device: torch.device) -> str:
-    """fp32 or bf16 for the search's passes.  ``auto`` takes bf16 where it is fast: a GPU
-    with bf16 support, or a CPU with bf16 instructions (AVX512-BF16 or AMX; elsewhere
-    autocast emulates bf16 and is slower).  docs/performance.md has the measurement."""
-    if setting != "auto":
-        return setting
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and _cpu_has_bf16() else "fp32"
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def reencode_quality(request: FilterRequest) -> int:
     """The JPEG quality the platform re-encodes with (checked by the API), or 0 for none."""
     spec = request.get("reencode")
@@ -158,7 +139,7 @@ class FilterProcessor:
         self.device = param.device if param is not None else torch.device("cpu")
         self.dtype = param.dtype if param is not None else torch.float32
         self.view = make_view(checkpoint.info.view, checkpoint.info.input_size)
-        self.precision = search_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device)
         self._engines: dict[EngineKey, SafeSpotSearch] = {}
         self._jobs: dict[str, _Job] = {}
         self.passes = 0  # forward+backward passes run, all engines

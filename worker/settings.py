@@ -142,7 +142,7 @@ class WorkerSettings(SharedSettings):
     train_eval_pgd: int = Field(default=500, ge=0)
     train_batch_size: int = Field(default=128, ge=1)
     # Trainer speed-ups (docs/performance.md): bf16 autocast and channels-last convolutions.
-    train_precision: Literal["fp32", "bf16"] = "fp32"
+    train_precision: Literal["auto", "fp32", "bf16"] = "auto"
     train_channels_last: bool = True
 
     _split = field_validator("queues", mode="before")(split_csv)

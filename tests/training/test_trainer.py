@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
+from models.hardware import cpu_has_bf16
 from tests.conftest import REPO
 from training.data import CIFAR10_CLASSES, ImageSet
 from training.trainer import TrainConfig, _model_info, _one_cycle, use_layout
@@ -51,6 +52,8 @@ def test_a_fresh_one_epoch_run_writes_a_self_describing_checkpoint(train_npz: Pa
     assert info.training["epochs"] == 1 and "safespot train" in info.training["command"]
     assert info.data["holdout"] == 64 and info.class_names
     assert info.domain == ""  # trained on a path: what its images are is not known
+    # --precision defaults to auto; the checkpoint records what was used, never "auto".
+    assert info.training["config"]["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert {"holdout_clean_acc", "holdout_pgd_acc", "train_loss", "images_per_s"} <= set(log[0])
 

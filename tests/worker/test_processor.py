@@ -289,18 +289,6 @@ def test_checkpoints_without_a_view_state_the_whole_image_resize(processor, cifa
     assert view == {"kind": "resize", "input_size": [32, 32], "description": "whole image resized to 32x32"}
 
 
-def test_search_precision_auto_follows_the_hardware_and_explicit_settings_win(monkeypatch) -> None:
-    from worker import processor
-
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(processor, "_cpu_has_bf16", lambda: True)
-    assert processor.search_precision("auto", cpu) == "bf16"
-    assert processor.search_precision("fp32", cpu) == "fp32"
-    monkeypatch.setattr(processor, "_cpu_has_bf16", lambda: False)
-    assert processor.search_precision("auto", cpu) == "fp32"
-    assert processor.search_precision("bf16", cpu) == "bf16"
-
-
 def test_the_worker_setting_reaches_the_search_config(tiny_checkpoint, tmp_path) -> None:
     from worker.settings import WorkerSettings
 
