@@ -87,6 +87,13 @@ class Settings(SharedSettings):
     def max_eps(self, norm: str) -> float:
         return self.max_eps_linf if norm == "linf" else self.max_eps_l2
 
+    def budget_refusal(self, name: str, value: float | None, norm: str) -> str | None:
+        """Why a budget (eps, delta) is refused under `norm`'s limit, or None when it is not."""
+        limit = self.max_eps(norm)
+        if value is not None and value > limit + 1e-12:
+            return f"{name}: {value:.6g} exceeds the {norm} limit {limit:.6g}"
+        return None
+
     def default_eps(self, norm: str) -> float | None:
         """The configured budget of a filter job that names none (None: the checkpoint's own)."""
         return self.default_eps_linf if norm == "linf" else self.default_eps_l2

@@ -111,12 +111,11 @@ def parse_filter_options(settings: Settings, *, preset: str | None, norm: str | 
     norm = (norm or settings.default_norm).strip().lower()
     if norm not in NORMS:
         raise Validation(f"norm: expected one of {list(NORMS)}, got {norm!r}")
-    limit = settings.max_eps(norm)
     eps_value = budget("eps", eps) or settings.default_eps(norm)
     delta_value = budget("delta", delta) or eps_value
     for name, value in (("eps", eps_value), ("delta", delta_value)):
-        if value is not None and value > limit + 1e-12:
-            raise Validation(f"{name}: {value:.6g} exceeds the {norm} limit {limit:.6g}")
+        if refusal := settings.budget_refusal(name, value, norm):
+            raise Validation(refusal)
     wait_s = 0.0 if wait is None else float(wait)
     if not math.isfinite(wait_s) or wait_s < 0 or wait_s > settings.max_wait_s:
         raise Validation(f"wait: must be between 0 and {settings.max_wait_s:g} seconds")

@@ -62,8 +62,8 @@ async def start_training(body: TrainingRequestBody, _role: AdminRole, settings: 
     job's `result`.  A run whose data is not in SAFESPOT_DATA_DIR is refused
     (409 `data_missing`, with the command that provides it)."""
     eps = body.eps if body.eps is not None else (settings.default_eps(body.norm) or PAPER_EPS[body.norm])
-    if eps > settings.max_eps(body.norm):
-        raise Validation(f"eps: {eps:.6g} exceeds the {body.norm} limit {settings.max_eps(body.norm):.6g}")
+    if refusal := settings.budget_refusal("eps", eps, body.norm):
+        raise Validation(refusal)
     job_id = uuid.uuid4().hex
     REQUEST_JOB_ID.set(job_id)
     request = TrainRequest(job_id=job_id, recipe=body.recipe, norm=body.norm, eps=eps,

@@ -23,6 +23,13 @@ def test_defaults_are_safe_and_documented():
     assert s.checkpoint_path == Path("data") / "checkpoints"
 
 
+def test_one_budget_rule_for_filter_and_training_requests():
+    s = Settings(max_eps_linf=8 / 255)
+    assert s.budget_refusal("eps", 8 / 255, "linf") is None and s.budget_refusal("eps", None, "linf") is None
+    assert s.budget_refusal("delta", 9 / 255, "linf") == "delta: 0.0352941 exceeds the linf limit 0.0313725"
+    assert s.budget_refusal("eps", 2.0, "l2") is None and "l2 limit 2" in str(s.budget_refusal("eps", 2.1, "l2"))
+
+
 def test_environment_with_comma_separated_lists(monkeypatch):
     monkeypatch.setenv("SAFESPOT_REDIS_URL", "redis://cache:6379/2")
     monkeypatch.setenv("SAFESPOT_API_KEYS", " key-one , key-two,,")
