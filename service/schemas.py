@@ -133,6 +133,7 @@ class ModelResponse(BaseModel):
         "class_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                         "ship", "truck"],
         "input_size": [3, 32, 32], "domain": "cifar10", "threat": {"norm": "linf", "eps": 0.0314},
+        "max_eps": {"linf": 0.0627, "l2": 2.0},
     }]})
 
     checkpoint_id: str
@@ -145,6 +146,8 @@ class ModelResponse(BaseModel):
         "the threat model it was trained for ({norm, eps}, pixel units): a filter job without eps "
         "uses this eps for the same norm; {} when it records none"))
     domain: str = Field("", description="what the images are, e.g. 'cifar10'; '' when unknown")
+    max_eps: dict[str, float] = Field(default_factory=dict, description=(
+        "the largest eps (and delta) this server accepts per norm, pixel units (SAFESPOT_MAX_EPS_*)"))
 
 
 class TrainingRequestBody(BaseModel):

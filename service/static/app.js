@@ -23,7 +23,9 @@ const API = {
 const API_KEY_STORE = "safespot.apiKey"; // localStorage: survives restarts, per the brief
 const TERMINAL = new Set(["finished", "failed", "canceled", "expired"]);
 // The server's default bounds (SAFESPOT_MAX_EPS_LINF / _L2); the server checks the real ones.
-const DEFAULT_LIMIT = { linf: 16 / 255, l2: 2.0 };
+// The server's largest budget per norm: its defaults until v1/model answers with its own.
+const LIMIT = { linf: 16 / 255, l2: 2.0 };
+const limitSource = { known: false };
 // The paper's budgets; replaced per norm by the one the active model was trained for (v1/model).
 const DEFAULT_EPS = { linf: "8/255", l2: "0.5" };
 const POLL_MS = { first: 150, max: 1000, growth: 1.5 };
@@ -112,7 +114,7 @@ function initDrop() {
 function epsState() {
   const norm = $("norm").value;
   const value = parseBudget($("eps").value);
-  const limit = DEFAULT_LIMIT[norm];
+  const limit = LIMIT[norm];
   const valid = Number.isFinite(value) && value > 0;
   return { norm, value, limit, valid };
 }
@@ -120,15 +122,17 @@ function epsState() {
 function updateEpsHint() {
   const { norm, value, limit, valid } = epsState();
   const hint = $("eps-hint");
-  const limitText = norm === "linf" ? `${Math.round(limit * LEVELS)}/255` : `${limit}`;
+  const limitText = `${limitSource.known ? "server" : "default"} limit ${norm === "linf" ? budgetText(limit) : limit}`;
   if (!valid) {
     hint.textContent = "Enter a positive number such as 0.0314 or 8/255.";
   } else if (norm === "linf") {
-    hint.textContent = `= ${value.toFixed(4)}, ${(value * LEVELS).toFixed(1)} of 255 levels per pixel (default limit ${limitText}).`;
+    hint.textContent = `= ${value.toFixed(4)}, ${(value * LEVELS).toFixed(1)} of 255 levels per pixel (${limitText}).`;
   } else {
-    hint.textContent = `= ${value.toFixed(3)} in [0,1] units over all pixels (default limit ${limitText}).`;
+    hint.textContent = `= ${value.toFixed(3)} in [0,1] units over all pixels (${limitText}).`;
   }
-  if (valid && value > limit) hint.textContent += " Above the default limit: the server may refuse it.";
+  if (valid && value > limit + 1e-12) {
+    hint.textContent += limitSource.known ? " Above the server's limit: it will be refused." : " Above the default limit: the server may refuse it.";
+  }
   hint.classList.toggle("invalid", !valid);
   $("eps").setAttribute("aria-invalid", String(!valid));
   updateFormState();
@@ -144,6 +148,13 @@ function updateFormState() {
 /** The budget the active model was trained for becomes its norm's default, and fills the eps
  * field unless the user typed another (a photo model trained at 4/255 is protected at 4/255). */
 function useModelBudget(model) {
+  for (const [norm, limit] of Object.entries(model.max_eps || {})) {
+    if (norm in LIMIT && limit > 0) {
+      LIMIT[norm] = limit;
+      limitSource.known = true;
+    }
+  }
+  updateEpsHint();
   const threat = model.threat || {};
   if (!(threat.norm in DEFAULT_EPS) || !(threat.eps > 0)) return;
   const eps = $("eps");

@@ -159,6 +159,12 @@ def test_filter_a_photo_in_the_browser(stack: Stack, driver: Any, downloads: Pat
     assert driver.find_element("id", "api-key").get_attribute("value") == CLIENT_KEY
     wait_for(driver, lambda d: d.find_element("id", "model-box").is_displayed(), 10, "no model shown")
     assert driver.find_element("id", "eps").get_attribute("value") == "8/255"
+    # The hint names the server's own limit (v1/model's max_eps) and warns above it.
+    wait_for(driver, lambda d: "server limit 16/255" in text_of(d, "eps-hint"), 10, "no server limit shown")
+    eps_field = driver.find_element("id", "eps")
+    eps_field.clear()
+    eps_field.send_keys("17/255")
+    assert "Above the server's limit: it will be refused." in text_of(driver, "eps-hint")
     # Metadata keeps 8 decimals: 4/255 comes back as 0.01568627 and still reads as 4/255.
     texts = driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"

@@ -27,7 +27,8 @@ def test_the_active_checkpoint_with_its_class_names(client, backend):
     body = client.get("/v1/model", headers=client_auth()).json()
     assert body == {"checkpoint_id": "default", "name": "default model", "sha256": "ab" * 32,
                     "num_classes": 200, "class_names": TINY_IMAGENET_NAMES, "input_size": [3, 64, 64],
-                    "domain": "tinyimagenet", "threat": {"norm": "linf", "eps": 4 / 255}}
+                    "domain": "tinyimagenet", "threat": {"norm": "linf", "eps": 4 / 255},
+                    "max_eps": {"linf": 16 / 255, "l2": 2.0}}
     backend.activate_checkpoint("ckpt_0123456789ab")
     body = client.get("/v1/model", headers=client_auth()).json()
     assert body["checkpoint_id"] == "ckpt_0123456789ab" and body["class_names"] == ["cat", "dog"]
@@ -38,3 +39,14 @@ def test_a_threat_the_metadata_garbles_is_left_out(client, backend):
     for threat in ({"norm": "linf", "eps": -1}, {"norm": "l3", "eps": 0.1}, {"eps": "8/255"}, "linf"):
         backend.registry.register_shipped(record("default", ["cat", "dog"], threat=threat))
         assert client.get("/v1/model", headers=client_auth()).json()["threat"] == {}
+
+
+def test_the_budget_limits_are_the_servers_own(settings, backend):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    backend.registry.register_shipped(record("default", ["cat", "dog"]))
+    tight = settings.model_copy(update={"max_eps_linf": 8 / 255, "max_eps_l2": 1.0})
+    with TestClient(create_app(tight, backend)) as client:
+        assert client.get("/v1/model", headers=client_auth()).json()["max_eps"] == {"linf": 8 / 255, "l2": 1.0}
