@@ -21,6 +21,7 @@ def registry() -> list[Register]:
         certify_cmd,
         data_cmd,
         eval_cmd,
+        eval_compare,
         eval_parts,
         filter_cmd,
         import_cmd,
@@ -31,6 +32,6 @@ def registry() -> list[Register]:
         worker_cmd,
     )
 
-    return [filter_cmd.register, serve_cmd.register, worker_cmd.register, eval_cmd.register, eval_parts.register,
+    return [filter_cmd.register, serve_cmd.register, worker_cmd.register, eval_cmd.register, eval_parts.register, eval_compare.register,
             ood_eval_cmd.register, ood_calibrate_cmd.register, train_cmd.register,
             bench_cmd.register, card_cmd.register, certify_cmd.register, data_cmd.register, import_cmd.register]

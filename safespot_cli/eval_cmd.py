@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     out = {
         "model": common.model_ref(loaded, args.model),
         "data": data.name, **data.extra,
-        "n": n, "indices": f"stride {data.total / min(args.n, data.total):g} from 0",
+        "n": n, "total": data.total, "indices": f"stride {data.total / min(args.n, data.total):g} from 0",
         **({"part": {"k": part[0], "of": part[1], "n_all": min(args.n, data.total)}} if part != (1, 1) else {}),
         "threat": {"norm": cfg.norm, "eps": cfg.eps, "delta": cfg.budget},
         "preset": args.preset, "config": cfg.to_dict(), "device": str(device),
