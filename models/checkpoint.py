@@ -80,6 +80,13 @@ class ModelInfo:
     domain: str = ""  # what the images are ("cifar10"): picks the vetting set; "" when unknown
     format_version: int = FORMAT_VERSION
 
+    @property
+    def norm(self) -> str:
+        """The norm it was trained against (a smoothing model's noise norm too); L-inf when the
+        metadata records none the search knows."""
+        norm = self.threat.get("norm") if isinstance(self.threat, dict) else None
+        return norm if norm in PAPER_EPS else "linf"
+
     def budget(self, norm: str) -> float:
         """The adversary budget a search on this classifier defaults to: the one it was trained
         for when that was the same norm (a photo model trained at 4/255 is protected at 4/255),

@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from models import display_name
     from models.cards import render_card
     from models.checkpoint import save_checkpoint
-    from models.formats import PAPER_EPS
     from safespot import SearchConfig
     from safespot.evaluation import evaluation_attack
     from safespot.losses import predict_logits
@@ -63,10 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if args.note:
         info.training["note"] = args.note
     if not args.render_only:
-        norm = args.norm or info.threat.get("norm", "linf")
-        eps = args.eps if args.eps is not None else float(info.threat.get("eps", PAPER_EPS[norm]))
-        if "sigma" in info.threat and args.eps is None:
-            eps = PAPER_EPS[norm]
+        norm = args.norm or info.norm
+        eps = args.eps if args.eps is not None else info.budget(norm)  # a smoothing model's: the paper's
         data = load_eval_data(args.data, "test", args.data_dir, info, args.n,
                               skip_unknown_classes=args.skip_unknown_classes)
         x, y = to_tensor(data.x), torch.from_numpy(data.y)

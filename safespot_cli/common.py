@@ -142,7 +142,7 @@ def recorded_search_config(args: argparse.Namespace, info: Any) -> tuple[Any, di
     checkpoint (`info.ood["search"]`), then its threat model; with the record to store."""
     recorded = info.ood.get("search", {})
     args.preset = args.preset or recorded.get("preset", "standard")
-    args.norm = args.norm or recorded.get("norm") or info.threat.get("norm", "linf")
+    args.norm = args.norm or recorded.get("norm") or info.norm
     args.eps = args.eps if args.eps is not None else recorded.get("eps")
     args.delta = args.delta if args.delta is not None else recorded.get("delta")
     cfg = search_config(args, info)

@@ -46,7 +46,7 @@ from models.checkpoint import (
     save_checkpoint,
 )
 from models.errors import ModelError
-from models.formats import PAPER_EPS, looks_like_safetensors
+from models.formats import looks_like_safetensors
 from models.importers import model_from_file
 from safespot.threat import Norm
 from worker.checkpoints import checkpoint_file, relative_path
@@ -166,9 +166,8 @@ def vetting_evaluation(loaded: LoadedCheckpoint, settings: WorkerSettings) -> di
     device = next(loaded.model.parameters()).device
     x = to_tensor(vset.x[idx], device)
     y = torch.from_numpy(vset.y[idx]).to(device)
-    threat = info.threat or {}
-    norm: Norm = "l2" if threat.get("norm") == "l2" else "linf"
-    eps = float(threat.get("eps") or PAPER_EPS[norm])
+    norm = cast(Norm, info.norm)
+    eps = info.budget(norm)
     cfg = SearchConfig.preset(VETTING_PRESET, norm=norm, eps=eps)
     started = time.time()
     reports = evaluate_methods(loaded.model, x, y, cfg, methods=("none", "s-full"))
