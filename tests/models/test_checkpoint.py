@@ -166,4 +166,4 @@ def test_the_default_norm_is_the_one_trained_against() -> None:
     gaussian = _info(threat={"norm": "l2", "sigma": 0.25})  # a smoothing model: noise norm, no eps
     assert (gaussian.norm, gaussian.budget(gaussian.norm)) == ("l2", 0.5)
     assert _info(threat={"norm": "linf", "eps": 4 / 255}).norm == "linf"
-    assert _info(threat={}).norm == _info(threat={"norm": "l7"}).norm == _info(threat="l2").norm == "linf"  # type: ignore[arg-type]
+    assert _info(threat={}).norm == _info(threat={"norm": "l7"}).norm == _info(threat="l2").norm == "linf"
