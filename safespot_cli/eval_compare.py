@@ -11,13 +11,12 @@ image, which side's safe spot held against the chosen suite.
 from __future__ import annotations
 
 import argparse
-import json
 import re
-from pathlib import Path
 from typing import Any
 
 from safespot_cli import common
 from safespot_cli.errors import UsageError
+from safespot_cli.eval_parts import read_reports
 
 SAME_ON_BOTH_SIDES = ("data", "threat")
 
@@ -116,19 +115,9 @@ def register(sub: Any) -> None:
     common.add_option(p, "--json")
 
 
-def read_side(text: str) -> list[dict[str, Any]]:
-    reports = []
-    for path in text.split(","):
-        try:
-            reports.append(json.loads(Path(path).read_text()))
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{path}: not a readable JSON report ({e})") from None
-    return reports
-
-
 def run(args: argparse.Namespace) -> int:
     try:
-        result = compare(read_side(args.a), read_side(args.b), args.method, args.suite)
+        result = compare(read_reports(args.a.split(",")), read_reports(args.b.split(",")), args.method, args.suite)
     except (KeyError, TypeError) as e:
         raise UsageError(f"not reports of `safespot eval` (missing {e})") from None
     result["a"]["reports"], result["b"]["reports"] = args.a.split(","), args.b.split(",")

@@ -140,15 +140,21 @@ def register(sub: Any) -> None:
     common.add_option(p, "--json")
 
 
-def run(args: argparse.Namespace) -> int:
-    from safespot_cli.eval_cmd import markdown_table
-
+def read_reports(paths: list[str]) -> list[dict[str, Any]]:
+    """The JSON reports of `safespot eval` at `paths`; UsageError naming one that cannot be read."""
     reports = []
-    for path in args.reports:
+    for path in paths:
         try:
             reports.append(json.loads(Path(path).read_text()))
         except (OSError, ValueError) as e:
             raise UsageError(f"{path}: not a readable JSON report ({e})") from None
+    return reports
+
+
+def run(args: argparse.Namespace) -> int:
+    from safespot_cli.eval_cmd import markdown_table
+
+    reports = read_reports(args.reports)
     try:
         merged = merge_reports(reports)
     except (KeyError, TypeError) as e:
