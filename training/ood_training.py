@@ -1,7 +1,7 @@
 """Auxiliary outliers for the trainer: the OOD terms of the paper's objective (docs/ood.md).
 
 ``outlier_loss(path, cfg, gamma=, lam=)`` returns an :data:`training.trainer.ExtraLoss`
-that the trainer adds to each step's cross-entropy:
+whose terms the trainer adds to each step's cross-entropy:
 
     gamma * KL(uniform || softmax f(x~)) - lam * min(CE(f(x~_a*), c(x~)), cap)
 
@@ -17,12 +17,16 @@ trainer's augmentation (random crop, flip).  x~_a* is built the way the
 training images of the same epoch are attacked (:func:`safespot.ood.outlier_recipe`
 of the recipe in force, so a curriculum's cheap warm-up stays cheap).
 
-The terms are computed with the model in eval mode: attacks must not touch
-BatchNorm statistics, and outlier batches should not drag the running
-statistics away from the training distribution (the model is then scored
-with those statistics).  The parameters (gamma, lambda, split, batch) are
-exposed as ``.params``; the trainer writes them into the checkpoint's ``ood``
-metadata.
+c(x~) and the attack are computed with the model in eval mode (they must not
+touch BatchNorm statistics); the outliers and x~_a* are then forwarded in
+train mode in the same batch as the training images, as Outlier Exposure
+does, so both terms see the normalisation the cross-entropy trains.  (Scoring
+them in eval mode, as this module did until 2026-12-07, let the network
+flatten its eval-mode outputs, in-distribution ones included: the old `ood`
+and `oe` lost their robustness that way; docs/ood.md.)  The running
+statistics then average training images and outliers, the ones the model is
+scored with.  The parameters (gamma, lambda, split, batch) are exposed as
+``.params``; the trainer writes them into the checkpoint's ``ood`` metadata.
 """
 
 from __future__ import annotations
@@ -36,8 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from safespot.ood import default_ce_cap, last_linear, outlier_recipe
-from safespot.ood import outlier_loss as outlier_terms_loss
+from safespot.ood import default_ce_cap, last_linear, outlier_inputs, outlier_recipe, outlier_terms
 from safespot.training import Recipe
 from training.data import DataError, load_dataset, load_images, to_tensor
 from training.ood_sets import OUTLIER_KEY, OUTLIER_SPLIT_SEED, OUTLIER_VAL
@@ -76,8 +79,7 @@ def outlier_loss(outliers_path: str | os.PathLike[str], cfg: Any, *, gamma: floa
     seed = int(cfg.seed)
     augment = bool(getattr(cfg, "augment", True))
 
-    def extra(net: nn.Module, step: int) -> tuple[Tensor, dict[str, float]]:
-        model = getattr(net, "module", net)  # under DDP: gradients still meet in the shared parameters
+    def extra(model: nn.Module, step: int) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, dict[str, float]]]]:
         device = next(model.parameters()).device
         rng = np.random.default_rng((seed, step, rank, 0x0D))
         batch = np.sort(rng.choice(train_idx, size=min(bs, len(train_idx)), replace=False))
@@ -86,21 +88,26 @@ def outlier_loss(outliers_path: str | os.PathLike[str], cfg: Any, *, gamma: floa
         x = to_tensor(x_all[batch], device)
         if augment:
             x = random_crop_flip(x, gen)
-        was_training = model.training
         cap = default_ce_cap(last_linear(model).out_features) if ce_cap == "log-k" else fixed_cap
+        was_training = model.training
         model.eval()
         try:
-            return outlier_terms_loss(model, x, recipe_at(step), gamma=gamma, lam=lam, ce_cap=cap,
-                                      generator=gen)
+            inputs, labels = outlier_inputs(model, x, recipe_at(step), lam=lam, generator=gen)
         finally:
             model.train(was_training)
+        n = len(x)
+
+        def score(logits: Tensor) -> tuple[Tensor, dict[str, float]]:
+            return outlier_terms(logits[:n], logits[n:] if labels is not None else None, labels,
+                                 gamma, lam, cap)
+        return inputs, score
 
     extra.params = {  # type: ignore[attr-defined]
         "gamma": gamma, "lambda": lam,
         "training": {"outliers": Path(outliers_path).name, "key": OUTLIER_KEY,
                      "train_outliers": len(train_idx), "val_outliers": val, "split_seed": split_seed,
                      "batch_size": bs, "ce_cap": "log K" if ce_cap == "log-k" else fixed_cap,
-                     "augment": augment, "batchnorm": "eval mode (running statistics)",
+                     "augment": augment, "batchnorm": "train mode, in the training images' batch",
                      "attack": outlier_recipe(cfg.recipe).to_dict() if lam else None},
     }
     if lam and getattr(cfg, "warmup", None) is not None and cfg.warmup_epochs > 0:

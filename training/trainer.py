@@ -44,7 +44,10 @@ from safespot.training import Recipe, training_inputs
 from training.data import NAMED_DATA_SETS, ImageSet, load_dataset, to_tensor
 from training.progress import Report, RunProgress
 
-ExtraLoss = Callable[[nn.Module, int], tuple[Tensor, dict[str, float]]]  # (model, step) -> loss, logs
+# An extra term with its own inputs (the OOD outliers): called with the model in eval mode and
+# the global step, it returns the inputs to forward with the training images (one train-mode
+# batch) and a function turning their logits into (loss, logs).
+ExtraLoss = Callable[[nn.Module, int], tuple[Tensor, Callable[[Tensor], tuple[Tensor, dict[str, float]]]]]
 
 
 @dataclass
@@ -231,13 +234,17 @@ def train_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, x: 
     model.eval()
     with _autocast(device, precision):
         x_train = training_inputs(model, x, y, recipe, gen).detach()
+        x_extra, score_extra = extra_loss(model, global_step) if extra_loss is not None else (None, None)
     model.train()
     logs: dict[str, float] = {}
     with _autocast(device, precision):
-        logits = net(x_train)
+        # One batch: BatchNorm normalises the extra inputs with the same statistics as the
+        # training images, as Outlier Exposure does.
+        logits = net(x_train if x_extra is None else torch.cat([x_train, x_extra]))
+        logits, logits_extra = logits[:len(x)], logits[len(x):]
         loss = F.cross_entropy(logits, y)
-        if extra_loss is not None:
-            extra, logs = extra_loss(net, global_step)
+        if score_extra is not None:
+            extra, logs = score_extra(logits_extra)
             loss = loss + extra
     opt.zero_grad(set_to_none=True)
     loss.backward()
