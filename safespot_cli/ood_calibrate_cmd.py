@@ -97,10 +97,7 @@ def register(sub: Any) -> None:
 def training_set(info: Any, data_dir: str | None, train_data: str | None = None) -> tuple[Any, np.ndarray, np.ndarray]:
     """The training set the checkpoint records (or `train_data`, the same images elsewhere) and
     the trainer's (trained-on, held-out) indices into it."""
-    from training.data import load_dataset
-    from training.trainer import (
-        holdout_split,  # the trainer's own split: the single source of truth
-    )
+    from training.data import holdout_split, load_dataset  # the trainer's own split
 
     config = info.training.get("config") or {}
     if not config:

@@ -192,6 +192,13 @@ def strided(x: np.ndarray, n: int) -> np.ndarray:
     return x[strided_indices(len(x), n)]
 
 
+def holdout_split(n: int, holdout: int, seed: int, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) indices: a fixed permutation by `seed`, the first `holdout` held out."""
+    order = np.random.default_rng(seed).permutation(n)
+    held, rest = order[:holdout], order[holdout:]
+    return (rest if limit is None else rest[:limit]), held
+
+
 def to_tensor(x: np.ndarray, device: Any = "cpu") -> Any:
     """uint8 NHWC -> float NCHW in [0,1] (exact 8-bit values)."""
     import torch

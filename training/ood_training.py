@@ -42,9 +42,9 @@ from torch import Tensor, nn
 
 from safespot.ood import default_ce_cap, last_linear, outlier_inputs, outlier_recipe, outlier_terms
 from safespot.training import Recipe
-from training.data import DataError, load_dataset, load_images, to_tensor
+from training.data import DataError, holdout_split, load_dataset, load_images, to_tensor
 from training.ood_sets import OUTLIER_KEY, OUTLIER_SPLIT_SEED, OUTLIER_VAL
-from training.trainer import holdout_split, random_crop_flip  # the trainer's own
+from training.trainer import random_crop_flip  # the trainer's own
 
 
 def outlier_split(n: int, val: int = OUTLIER_VAL, seed: int = OUTLIER_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:

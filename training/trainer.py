@@ -41,12 +41,11 @@ from models.importers import view_from_spec
 from models.normalize import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from safespot.attacks import pgd
 from safespot.training import Recipe, training_inputs
-from training.data import NAMED_DATA_SETS, ImageSet, load_dataset, to_tensor
+from training.data import NAMED_DATA_SETS, ImageSet, holdout_split, load_dataset, to_tensor
 from training.progress import Report, RunProgress
 
-# An extra term with its own inputs (the OOD outliers): called with the model in eval mode and
-# the global step, it returns the inputs to forward with the training images (one train-mode
-# batch) and a function turning their logits into (loss, logs).
+# An extra term with its own inputs (the OOD outliers): (model in eval mode, global step) -> (inputs
+# forwarded in the training images' train-mode batch, their logits -> (loss, logs)).
 ExtraLoss = Callable[[nn.Module, int], tuple[Tensor, Callable[[Tensor], tuple[Tensor, dict[str, float]]]]]
 
 
@@ -276,13 +275,6 @@ def use_layout(model: Classifier, channels_last: bool) -> Classifier:
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def holdout_split(n: int, holdout: int, seed: int, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """(training, held-out) indices: a fixed permutation by `seed`, the first `holdout` held out."""
-    order = np.random.default_rng(seed).permutation(n)
-    held, rest = order[:holdout], order[holdout:]
-    return (rest if limit is None else rest[:limit]), held
 
 
 def random_crop_flip(x: Tensor, gen: torch.Generator) -> Tensor:

@@ -153,7 +153,7 @@ def test_calibration_stores_mu_and_a_threshold_with_95_percent_tpr(
 
 
 def test_calibration_finds_the_trainers_holdout(tmp_path: Path, cifar_mini: dict[str, np.ndarray]) -> None:
-    from training.trainer import holdout_split
+    from training.data import holdout_split
 
     (tmp_path / "data").mkdir()
     np.savez(tmp_path / "data" / "cifar10_train.npz", x=cifar_mini["x_train"], y=cifar_mini["y_train"])
@@ -242,8 +242,7 @@ def test_mahalanobis_calibration_fits_on_trained_images_and_keeps_the_tpr_of_the
 
     from models.ood_detector import detector_score
     from safespot.ood import LayerwiseMahalanobis, layer_features
-    from training.data import strided_indices
-    from training.trainer import holdout_split
+    from training.data import holdout_split, strided_indices
 
     path, data = trained_here
     out, report = tmp_path / "cal.safetensors", tmp_path / "cal.json"
