@@ -299,8 +299,8 @@ def outlier_inputs(model: nn.Module, x_out: Tensor, recipe: Recipe, *, lam: floa
     `x_out` (N, C, H, W) in [0,1].  With ``lam == 0`` (Outlier Exposure) the
     inputs are the outliers themselves and labels None; otherwise the outliers
     followed by their attacked points x~_a* (2N images) and the labels c(x~)
-    the attack moves away from.  Call with the model in eval mode: the
-    prediction and the attack must not update BatchNorm statistics.  The
+    the attack moves away from.  Both run with the model in eval mode (they
+    must not update BatchNorm statistics); its mode is restored after.  The
     inputs are then forwarded *in train mode, in the same batch as the
     training images*, and :func:`outlier_terms` scores their logits: terms
     scored in eval mode while the cross-entropy trains in train mode let the
@@ -309,10 +309,23 @@ def outlier_inputs(model: nn.Module, x_out: Tensor, recipe: Recipe, *, lam: floa
     """
     if lam == 0.0:
         return x_out, None
-    with torch.no_grad():
-        labels = model(x_out).argmax(dim=1)
-    x_adv = training_inputs(model, x_out, labels, outlier_recipe(recipe), generator).detach()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            labels = model(x_out).argmax(dim=1)
+        x_adv = training_inputs(model, x_out, labels, outlier_recipe(recipe), generator).detach()
+    finally:
+        model.train(was_training)
     return torch.cat([x_out, x_adv]), labels
+
+
+def score_outlier_logits(logits: Tensor, labels: Tensor | None, gamma: float, lam: float,
+                         ce_cap: float | None = None) -> tuple[Tensor, dict[str, float]]:
+    """:func:`outlier_terms` on the logits of :func:`outlier_inputs`' inputs (outliers, then
+    their attacked points when `labels` is given)."""
+    n = len(logits) if labels is None else len(labels)
+    return outlier_terms(logits[:n], logits[n:] if labels is not None else None, labels, gamma, lam, ce_cap)
 
 
 def outlier_loss(model: nn.Module, x_out: Tensor, recipe: Recipe, *, gamma: float, lam: float,
@@ -326,12 +339,5 @@ def outlier_loss(model: nn.Module, x_out: Tensor, recipe: Recipe, *, gamma: floa
     Costs one forward+backward pass when ``lam == 0`` (Outlier Exposure), plus
     the recipe's attack passes and a second one otherwise.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        inputs, labels = outlier_inputs(model, x_out, recipe, lam=lam, generator=generator)
-    finally:
-        model.train(was_training)
-    logits = model(inputs)
-    n = len(x_out)
-    return outlier_terms(logits[:n], logits[n:] if labels is not None else None, labels, gamma, lam, ce_cap)
+    inputs, labels = outlier_inputs(model, x_out, recipe, lam=lam, generator=generator)
+    return score_outlier_logits(model(inputs), labels, gamma, lam, ce_cap)

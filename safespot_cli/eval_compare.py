@@ -117,10 +117,11 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        result = compare(read_reports(args.a.split(",")), read_reports(args.b.split(",")), args.method, args.suite)
+        a, b = args.a.split(","), args.b.split(",")
+        result = compare(read_reports(a), read_reports(b), args.method, args.suite)
     except (KeyError, TypeError) as e:
         raise UsageError(f"not reports of `safespot eval` (missing {e})") from None
-    result["a"]["reports"], result["b"]["reports"] = args.a.split(","), args.b.split(",")
+    result["a"]["reports"], result["b"]["reports"] = a, b
     print(describe(result, ("A", "B")))
     if args.json_out:
         common.write_json(args.json_out, result)

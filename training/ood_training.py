@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from safespot.ood import default_ce_cap, last_linear, outlier_inputs, outlier_recipe, outlier_terms
+from safespot.ood import (
+    default_ce_cap,
+    last_linear,
+    outlier_inputs,
+    outlier_recipe,
+    score_outlier_logits,
+)
 from safespot.training import Recipe
 from training.data import DataError, holdout_split, load_dataset, load_images, to_tensor
 from training.ood_sets import OUTLIER_KEY, OUTLIER_SPLIT_SEED, OUTLIER_VAL
@@ -89,18 +96,8 @@ def outlier_loss(outliers_path: str | os.PathLike[str], cfg: Any, *, gamma: floa
         if augment:
             x = random_crop_flip(x, gen)
         cap = default_ce_cap(last_linear(model).out_features) if ce_cap == "log-k" else fixed_cap
-        was_training = model.training
-        model.eval()
-        try:
-            inputs, labels = outlier_inputs(model, x, recipe_at(step), lam=lam, generator=gen)
-        finally:
-            model.train(was_training)
-        n = len(x)
-
-        def score(logits: Tensor) -> tuple[Tensor, dict[str, float]]:
-            return outlier_terms(logits[:n], logits[n:] if labels is not None else None, labels,
-                                 gamma, lam, cap)
-        return inputs, score
+        inputs, labels = outlier_inputs(model, x, recipe_at(step), lam=lam, generator=gen)
+        return inputs, partial(score_outlier_logits, labels=labels, gamma=gamma, lam=lam, ce_cap=cap)
 
     extra.params = {  # type: ignore[attr-defined]
         "gamma": gamma, "lambda": lam,
