@@ -31,23 +31,9 @@ def number(cell: str) -> float:
 
 
 def interval(cell: str) -> list[float]:
-    found = re.search(r"\[([\d.]+), ([\d.]+)\]", cell)
+    found = re.search(r"\[(-?[\d.]+), (-?[\d.]+)\]", cell)
     assert found, f"no interval in {cell!r}"
     return [float(found.group(1)), float(found.group(2))]
-
-
-def test_the_ood_baselines_table_is_its_json_and_the_json_measured_the_shipped_ood_model() -> None:
-    report = json.loads((RESULTS / "ood-eval-baselines-1000.json").read_text())
-    assert report["model"]["sha256"] == file_sha256(ROOT / "models" / "zoo" / "ood.safetensors")
-    rows = table_rows((ROOT / "docs" / "ood.md").read_text(), "## The baselines on 1,000 + 1,000 images")
-    assert {r[0] for r in rows} == set(report["sets"])
-    columns = [("msp", "auroc"), ("energy", "auroc"), ("mahalanobis", "auroc"),
-               ("msp", "fpr95"), ("energy", "fpr95"), ("mahalanobis", "fpr95")]
-    for name, *cells in rows:
-        for (method, metric), cell in zip(columns, cells, strict=True):
-            assert number(cell) == pytest.approx(report["sets"][name][method][metric] * 100, abs=0.051), (name, method)
-            low, high = report["intervals"]["sets"][name][method][metric]
-            assert interval(cell) == pytest.approx([low * 100, high * 100], abs=0.051), (name, method)
 
 
 PHOTO_FLAG_SETS = {"Gaussian noise": "gaussian", "uniform noise": "uniform", "texture": "texture", "text": "text",
@@ -75,3 +61,33 @@ def test_the_photo_flag_table_is_its_json_and_the_json_measured_the_shipped_phot
         assert interval(auroc) == pytest.approx([v * 100 for v in report["intervals"]["sets"][key]["flag"]["auroc"]],
                                                 abs=0.051), name
         assert number(msp) == pytest.approx(report["sets"][key]["msp"]["auroc"] * 100, abs=0.051), name
+
+
+OOD_COLUMNS = ("safespot", "msp", "oe", "energy", "mahalanobis")
+
+
+def test_the_ood_table_is_its_json_and_the_json_measured_the_shipped_ood_and_oe_models() -> None:
+    report = json.loads((RESULTS / "ood-eval-1000.json").read_text())
+    assert report["model"]["sha256"] == file_sha256(ROOT / "models" / "zoo" / "ood.safetensors")
+    assert report["oe_model"]["sha256"] == file_sha256(ROOT / "models" / "zoo" / "oe.safetensors")
+    assert report["safespot"]["mu_source"].startswith("checkpoint")  # the shipped calibration, not a default
+    markdown = (ROOT / "docs" / "ood.md").read_text()
+    for metric, heading in (("auroc", "AUROC (%) on 1,000 + 1,000"), ("fpr95", "FPR at 95% TPR (%) on 1,000 + 1,000")):
+        rows = table_rows(markdown, heading)
+        assert {r[0] for r in rows} == set(report["sets"])
+        for name, *cells in rows:
+            for method, cell in zip(OOD_COLUMNS, cells, strict=True):
+                assert number(cell) == pytest.approx(report["sets"][name][method][metric] * 100, abs=0.051), \
+                    (metric, name, method)
+                low, high = report["intervals"]["sets"][name][method][metric]
+                assert interval(cell) == pytest.approx([low * 100, high * 100], abs=0.051), (metric, name, method)
+    rows = table_rows(markdown, "safe-spot score minus each baseline, AUROC points")
+    assert {r[0] for r in rows} == set(report["sets"])
+    for name, *cells in rows:
+        for method, cell in zip(("msp", "oe"), cells, strict=True):
+            low, high = report["intervals"]["sets"][name]["safespot_minus"][method]["auroc"]
+            difference = report["sets"][name]["safespot"]["auroc"] - report["sets"][name][method]["auroc"]
+            assert number(cell) == pytest.approx(difference * 100, abs=0.051), (name, method)
+            assert interval(cell) == pytest.approx([low * 100, high * 100], abs=0.051), (name, method)
+            # "better" only where the interval excludes zero
+            assert ("better" in cell) == (low > 0), (name, method, cell)

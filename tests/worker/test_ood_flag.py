@@ -1,7 +1,7 @@
 """The shipped OOD model's verdict through the worker's own search (issue 5).
 
-`models/zoo/ood.safetensors` was trained with outliers (gamma 0.5, lambda
-0.1) and calibrated (`safespot ood-calibrate`, `fast` preset: mu and the
+`models/zoo/ood.safetensors` was trained with outliers (gamma 1.0, lambda
+0.3) and calibrated (`safespot ood-calibrate`, `fast` preset: mu and the
 threshold for 95% TPR on held-out training images).  Served with it,
 Gaussian-noise uploads must be flagged and CIFAR-10 test images mostly not.
 (The `cifar10` model, trained without outliers, calls such noise "frog" with
@@ -46,7 +46,7 @@ def test_gaussian_noise_is_flagged_and_cifar_test_images_mostly_are_not(ood_proc
     noise_flags = _flags(ood_processor, noise)
     cifar_flags = _flags(ood_processor, cifar)
     print(f"flagged: noise {sum(noise_flags)}/24, CIFAR-10 test {sum(cifar_flags)}/25")
-    # Measured on 200 other noise images (seed 2026) with the current calibration and
-    # verification: 88.5% flagged, and 4.5% of 200 CIFAR-10 test images (docs/results.md).
+    # Measured with the shipped `ood` of 2026-12-07: 20/24 noise and 1/25 test images flagged;
+    # the score's AUROC on 1,000 noise images is in docs/ood.md.
     assert sum(noise_flags) >= 16, noise_flags  # at least 2 in 3 noise uploads flagged
     assert sum(cifar_flags) <= 6, cifar_flags   # at most 1 in 4 test images (the threshold keeps 95% on held-out images)
