@@ -91,3 +91,27 @@ def test_the_ood_table_is_its_json_and_the_json_measured_the_shipped_ood_and_oe_
             assert interval(cell) == pytest.approx([low * 100, high * 100], abs=0.051), (name, method)
             # "better" only where the interval excludes zero
             assert ("better" in cell) == (low > 0), (name, method, cell)
+
+
+CERTIFY_COLUMNS = ("certified_acc@0", "certified_acc@0.25", "certified_acc@0.5", "certified_acc@0.75",
+                   "certified_acc@1", "abstain_rate", "empirical_robust_acc")
+
+
+def test_the_certification_table_is_its_json_and_the_json_sums_every_line_of_the_shipped_gaussian() -> None:
+    from safespot.certification import summarize
+
+    report = json.loads((RESULTS / "certify-gaussian.json").read_text())
+    header, *lines = [json.loads(line) for line in (RESULTS / "certify-gaussian.jsonl").read_text().splitlines()]
+    shipped = file_sha256(ROOT / "models" / "zoo" / "gaussian.safetensors")
+    assert header["header"] and header["model"]["sha256"] == report["model"]["sha256"] == shipped
+    assert header["settings"] == report["settings"] and report["settings"]["num"] == 100_000
+    assert report["settings"]["alpha"] == 0.001
+    # complete: one line per image of the strided subset, none twice
+    assert len({line["index"] for line in lines}) == len(lines) == report["n"] == 200
+    assert summarize(lines) == report["summary"]
+    rows = table_rows((ROOT / "docs" / "results.md").read_text(), "Certified accuracy (%) on 200 JPEG-derived")
+    assert [r[0] for r in rows] == ["originals", "safe spots (S-Full)"]
+    for (_, *cells, mean_radius), part in zip(rows, ("original", "safe_spot"), strict=True):
+        for key, cell in zip(CERTIFY_COLUMNS, cells, strict=True):
+            assert number(cell) == pytest.approx(report["summary"][part][key] * 100, abs=0.051), (part, key)
+        assert number(mean_radius) == pytest.approx(report["summary"][part]["mean_radius_correct"], abs=0.0006)
