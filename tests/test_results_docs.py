@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from models.checkpoint import file_sha256
+from safespot.certification import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -98,8 +99,6 @@ CERTIFY_COLUMNS = ("certified_acc@0", "certified_acc@0.25", "certified_acc@0.5",
 
 
 def test_the_certification_table_is_its_json_and_the_json_sums_every_line_of_the_shipped_gaussian() -> None:
-    from safespot.certification import summarize
-
     report = json.loads((RESULTS / "certify-gaussian.json").read_text())
     header, *lines = [json.loads(line) for line in (RESULTS / "certify-gaussian.jsonl").read_text().splitlines()]
     shipped = file_sha256(ROOT / "models" / "zoo" / "gaussian.safetensors")
