@@ -21,11 +21,13 @@ from safespot.training import Recipe
 from safespot_cli.bench_search import calls_per_s
 from training.trainer import train_step, use_layout
 
-# The recipes we train with: the warm-up of the shipped models and cifar10's
-# safe-spot-aware epochs (a 5-step PGD attack, a quarter of each batch from x_s*).
+# The recipes we train with: the warm-up of the shipped models, cifar10's
+# safe-spot-aware epochs (a 5-step PGD attack, a quarter of each batch from x_s*)
+# and the photo model's PGD-2 adversarial epochs at L-inf 4/255.
 TRAIN_RECIPES = {
     "adv-fast": Recipe("adv-fast"),
     "s-fgsm-adv-pgd5": Recipe("s-fgsm-adv", attack="pgd", attack_steps=5, attack_step=0.35, safe_fraction=0.25),
+    "adv-pgd2": Recipe("adv-pgd", eps=4 / 255, attack_steps=2, attack_step=0.5),
 }
 
 
