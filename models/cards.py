@@ -74,7 +74,7 @@ def render_card(info: ModelInfo, sha256: str, file_name: str, name: str = "") ->
         minutes = float(training.get("seconds", 0)) / 60
         precision = (training.get("config") or {}).get("precision", "fp32")  # older runs: fp32
         lines += [f"- Time: {minutes:.1f} min of training epochs ({training.get('epochs')} epochs, "
-                  f"best epoch {training.get('best_epoch')}), {training.get('threads')} threads, "
+                  f"{_kept(training)}), {training.get('threads')} threads, "
                   f"{training.get('device')}, {'bf16 autocast' if precision == 'bf16' else 'float32'}, "
                   f"torch {training.get('torch')}, on {training.get('host')}",
                   "- Command:", "", "```", str(training.get("command", "")), "```", ""]
@@ -86,3 +86,10 @@ def render_card(info: ModelInfo, sha256: str, file_name: str, name: str = "") ->
                   "- CIFAR-10 here is JPEG-derived (quality 75): accuracies are not comparable with "
                   "published CIFAR-10 figures.", ""]
     return "\n".join(lines)
+
+
+def _kept(training: dict[str, Any]) -> str:
+    """Which epoch the weights are: older runs kept the best held-out epoch and say only that."""
+    if training.get("kept") == "last":
+        return f"last epoch kept; best held-out epoch {training.get('best_epoch')}"
+    return f"best epoch {training.get('best_epoch')}"

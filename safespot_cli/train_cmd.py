@@ -60,6 +60,10 @@ def register(sub: Any) -> None:
     p.add_argument("--view", default=None, metavar="resize|resize-crop[:RESIZE]",
                    help="how an upload becomes the input (default: the whole image resized)")
     p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--keep", default="best", choices=["best", "last"],
+                   help="the checkpoint's weights: the final recipe's epoch with the best held-out score "
+                        "(PGD-20 for robust recipes), or the last epoch; a finished run re-run with "
+                        "another --keep only rewrites the checkpoint")
     common.add_option(p, "--threads")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="bf16: autocast the attack and training passes (about 2x on CPUs with "

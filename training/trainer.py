@@ -11,7 +11,7 @@ shard of every epoch.  A run directory holds:
   fixed held-out slice, throughput, seconds);
 - the final checkpoint (``--out``): the epoch with the best held-out PGD
   accuracy for robust recipes (guards against catastrophic overfitting of
-  fast adversarial training), the last epoch otherwise.
+  fast adversarial training), the last epoch otherwise or with ``keep="last"``.
 """
 
 from __future__ import annotations
@@ -78,12 +78,12 @@ class TrainConfig:
     domain: str | None = None  # what the images are, for vetting; None: the named set's (cifar10, ...)
     view: str | None = None  # "resize" | "resize-crop[:RESIZE]"; None: the whole image resized
     save_every: int = 100  # steps between resumable snapshots
+    # The checkpoint's epoch: "best" held-out score of the final recipe, or "last" (where the one-cycle schedule ends).
+    keep: str = "best"
     threads: int | None = None
-    # Speed: bf16 autocast for the attack and training passes (CPUs with AVX512-BF16 or AMX,
-    # Ampere+ GPUs; no loss scaling needed); the held-out check and the saved weights stay
-    # float32.  "auto" takes bf16 only where the hardware has it (models/hardware.py): emulated
-    # bf16 is many times slower than fp32.  Channels-last is build_model's layout; False trains in NCHW (weights and
-    # activations).  Both measured in docs/performance.md.
+    # Speed: bf16 autocast for the attack and training passes (AVX512-BF16/AMX CPUs, Ampere+ GPUs; no loss
+    # scaling); held-out check and saved weights stay float32.  "auto": bf16 only where native (emulated bf16 is
+    # many times slower).  Channels-last is build_model's layout; False: NCHW.  Both in docs/performance.md.
     precision: str = "fp32"  # "auto", "fp32" or "bf16"
     channels_last: bool = True
     command: str = ""
@@ -97,6 +97,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in PRECISION_SETTINGS:
             raise ValueError(f"precision must be one of {PRECISION_SETTINGS}, got {self.precision!r}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
 
     def recipe_for(self, epoch: int) -> Recipe:
         if self.warmup is not None and epoch < self.warmup_epochs:
@@ -203,15 +205,16 @@ def train(cfg: TrainConfig, extra_loss: ExtraLoss | None = None, quiet: bool = F
     progress.close()
     out = Path(cfg.out)
     if dist.rank == 0:
-        best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-        model.network.load_state_dict(best)
+        kept = state["epoch"] if cfg.keep == "last" else state["best_epoch"]
+        if cfg.keep == "best":  # else the model holds the last epoch's weights already
+            model.network.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True))
         model.eval()
-        info.training = {"seconds": round(state["seconds"], 1), "epochs": cfg.epochs,
-                         "best_epoch": state["best_epoch"], "world_size": dist.world,
+        info.training = {"seconds": round(state["seconds"], 1), "epochs": cfg.epochs, "kept": cfg.keep,
+                         "kept_epoch": kept, "best_epoch": state["best_epoch"], "world_size": dist.world,
                          "host": f"{platform.machine()} {socket.gethostname()}",
                          "threads": torch.get_num_threads(), "torch": torch.__version__,
                          "device": str(device), "command": cfg.command, "config": cfg.to_dict()}
-        info.metrics = {"holdout": _read_log(log)[state["best_epoch"] - 1] if state["best_epoch"] > 0 else {}}
+        info.metrics = {"holdout": _read_log(log)[kept - 1] if kept > 0 else {}}
         # An extra loss may describe itself (the OOD outlier terms: gamma, lambda, outlier split).
         info.ood = dict(getattr(extra_loss, "params", None) or {})
         save_checkpoint(model, info, out)
@@ -291,9 +294,7 @@ def random_crop_flip(x: Tensor, gen: torch.Generator) -> Tensor:
 def _one_cycle(step: int, total: int, peak: float, rise_fraction: float) -> float:
     """Linear rise to `peak` over the warm-up fraction, then linear decay to zero."""
     rise = max(1, int(total * rise_fraction))
-    if step < rise:
-        return peak * step / rise
-    return peak * max(0.0, (total - step) / max(1, total - rise))
+    return peak * step / rise if step < rise else peak * max(0.0, (total - step) / max(1, total - rise))
 
 
 def _held_out_metrics(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig) -> tuple[float, float]:
@@ -337,8 +338,7 @@ def _load_state(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer) -> 
     model.load_state_dict(saved["model"])
     opt.load_state_dict(saved["optimizer"])
     torch.set_rng_state(saved["torch_rng"])
-    print(f"resuming {run_dir} at epoch {saved['progress']['epoch'] + 1}, "
-          f"step {saved['progress']['step']}", file=sys.stderr)
+    print(f"resuming {run_dir} at epoch {saved['progress']['epoch'] + 1}, step {saved['progress']['step']}", file=sys.stderr)
     return dict(saved["progress"])
 
 

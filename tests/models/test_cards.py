@@ -34,3 +34,8 @@ def test_a_given_name_titles_the_card_over_the_metadata_name() -> None:
     assert render_card(_info(), "ab" * 32, "m.safetensors").startswith("# Model card: `m`")
     card = render_card(_info(), "ab" * 32, "cifar10.safetensors", name="cifar10")
     assert card.startswith("# Model card: `cifar10`") and "- File: `cifar10.safetensors`" in card
+
+
+def test_a_run_that_kept_its_last_epoch_says_so_and_names_the_best_one() -> None:
+    card = render_card(_info(kept="last", kept_epoch=3, best_epoch=2), "ab" * 32, "m.safetensors")
+    assert "(3 epochs, last epoch kept; best held-out epoch 2)" in card

@@ -93,6 +93,28 @@ def test_a_bf16_curriculum_saves_float32_weights(train_npz: Path, tmp_path: Path
     assert len((run / "log.jsonl").read_text().splitlines()) == 2 and loaded.info.training["best_epoch"] == 2
 
 
+def test_a_finished_run_rewrites_its_checkpoint_with_the_kept_epoch(train_npz: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ("--recipe", "adv-pgd", "--attack-steps", "1", "--epochs", "1", "--precision", "fp32")
+    assert subprocess.run(_command(train_npz, run, *args), capture_output=True, env=_env(), timeout=300).returncode == 0
+    # Make the best epoch's snapshot differ from the last epoch's weights, as after a noisy held-out pick.
+    best = torch.load(run / "best.pt", weights_only=True)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in best.items()}, run / "best.pt")
+    last = {k.removeprefix("network."): v for k, v in torch.load(run / "state.pt", weights_only=True)["model"].items()}
+    for keep, expected in (("best", {k: v + 1 if v.is_floating_point() else v for k, v in best.items()}),
+                           ("last", last)):
+        done = subprocess.run(_command(train_npz, run, *args, "--keep", keep),
+                              capture_output=True, text=True, env=_env(), timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        loaded = load_checkpoint(run / "model.safetensors")
+        weights = loaded.model.network.state_dict()
+        assert set(weights) <= set(expected) and all(torch.equal(v, expected[k]) for k, v in weights.items()), keep
+        assert loaded.info.training["kept"] == keep and loaded.info.training["kept_epoch"] == 1
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1  # rewritten, not trained again
+    with pytest.raises(ValueError, match="keep must be"):
+        TrainConfig(keep="median")
+
+
 def test_the_layout_switch_covers_weights_and_activations(tiny_model, cifar_mini) -> None:
     seen: list[torch.Tensor] = []
     x = torch.from_numpy(cifar_mini["x_test"][:4]).permute(0, 3, 1, 2).float() / 255
