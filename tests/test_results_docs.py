@@ -114,3 +114,19 @@ def test_the_certification_table_is_its_json_and_the_json_sums_every_line_of_the
         for key, cell in zip(CERTIFY_COLUMNS, cells, strict=True):
             assert number(cell) == pytest.approx(report["summary"][part][key] * 100, abs=0.051), (part, key)
         assert number(mean_radius) == pytest.approx(report["summary"][part]["mean_radius_correct"], abs=0.0006)
+
+
+def test_the_wider_photo_candidate_row_is_its_own_card_and_training_record() -> None:
+    from models.checkpoint import load_checkpoint
+
+    info = load_checkpoint(ROOT / "models" / "candidates" / "default-photo-w48.safetensors").info
+    measured, training = info.metrics["test"], info.training
+    assert measured["n"] == 10000 and measured["autoattack_n"] == 1000 and info.arch_args == {"width": 48}
+    assert training["kept"] == "last" and training["kept_epoch"] == training["epochs"] == 15
+    rows = table_rows((ROOT / "docs" / "models.md").read_text(),
+                      "On the 10,000 val images (card `docs/results/card-default-photo-w48.md`")
+    row = next(r for r in rows if "width 48" in r[0])
+    for cell, value in zip(row[1:5], ("clean_acc", "pgd20_acc", "autoattack_acc", "pgd20_acc_same_images"),
+                           strict=True):
+        assert number(cell) == pytest.approx(measured[value] * 100, abs=0.005), value
+    assert number(row[5]) == pytest.approx(training["seconds"] / 60, abs=0.05)
