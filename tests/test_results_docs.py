@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from models.checkpoint import file_sha256
+from models.checkpoint import file_sha256, read_info
 from safespot.certification import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,9 +117,7 @@ def test_the_certification_table_is_its_json_and_the_json_sums_every_line_of_the
 
 
 def test_the_wider_photo_candidate_row_is_its_own_card_and_training_record() -> None:
-    from models.checkpoint import load_checkpoint
-
-    info = load_checkpoint(ROOT / "models" / "candidates" / "default-photo-w48.safetensors").info
+    info = read_info(ROOT / "models" / "candidates" / "default-photo-w48.safetensors")
     measured, training = info.metrics["test"], info.training
     assert measured["n"] == 10000 and measured["autoattack_n"] == 1000 and info.arch_args == {"width": 48}
     assert training["kept"] == "last" and training["kept_epoch"] == training["epochs"] == 15
