@@ -10,6 +10,10 @@ The paper's training recipes.  With x a batch of training images and y its true 
   *towards* y (the paper's text), then the adversarial example of x_s*
   (k-step PGD, or the fast FGSM-RS step) inside the eps-ball around x_s*.
 - ``s-pgd-adv``: as above with x_s* from 10-step targeted PGD (step delta/4).
+- ``trades``: TRADES (Zhang et al., 2019): x' from k steps that *maximise*
+  KL(p(x) || p(x')) in the eps-ball, and the loss CE(f(x), y) + beta
+  KL(p(x) || p(x')), so the clean prediction is fitted and kept steady
+  around x rather than the label fitted at x'.
 
 The authors' public script steps *away* from y to build x_s*; pass
 ``safe_direction="away"`` to reproduce it.  Extra loss terms (the OOD
@@ -23,12 +27,14 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from safespot.attacks import fgsm, pgd
-from safespot.threat import Norm, check_norm
+from safespot.threat import Norm, check_norm, project_box, steepest_direction
 
-RECIPES = ("natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv")
+RECIPES = ("natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv", "trades")
 FAST_STEP = 1.25  # Wong et al.: FGSM-RS step = 1.25 eps
+TRADES_START = 0.001  # Zhang et al.: the KL attack starts at x + 0.001 N(0, 1) (KL's gradient is 0 at x)
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Recipe:
     # robustness *at* the image that the safe-spot objective alone gives up.
     safe_fraction: float = 1.0
     sigma: float = 0.25  # gaussian
+    beta: float = 6.0  # trades: weight of the KL term (Zhang et al.: 6 on CIFAR-10)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.safe_fraction <= 1.0:
@@ -79,6 +86,11 @@ class Recipe:
         safe = {"s-fgsm-adv": 1, "s-pgd-adv": self.safe_steps}.get(self.name, 0) * self.safe_fraction
         return safe + (1 if self.fast_attack else self.attack_steps)
 
+    @property
+    def training_passes(self) -> int:
+        """Forward+backward passes per training image in the training step itself (TRADES: x and x')."""
+        return 2 if self.name == "trades" else 1
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -106,6 +118,8 @@ def training_inputs(model: nn.Module, x: Tensor, y: Tensor, recipe: Recipe,
     if recipe.name == "gaussian":
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return x + recipe.sigma * noise
+    if recipe.name == "trades":
+        return trades_adversary(model, x, recipe, generator)
     start = x
     if recipe.name in ("s-fgsm-adv", "s-pgd-adv"):
         k = round(recipe.safe_fraction * x.shape[0])
@@ -117,3 +131,37 @@ def training_inputs(model: nn.Module, x: Tensor, y: Tensor, recipe: Recipe,
     return pgd(model, start, y, norm=recipe.norm, eps=recipe.eps, alpha=recipe.attack_step * recipe.eps,
                steps=recipe.attack_steps, random_start=True, stop_on_success=False,
                generator=generator).x_adv
+
+
+def trades_adversary(model: nn.Module, x: Tensor, recipe: Recipe,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """TRADES' x': `attack_steps` steepest-ascent steps on KL(p(x) || p(x')) inside the eps-ball."""
+    with torch.no_grad():
+        p_clean = F.softmax(model(x).float(), dim=1)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_adv = project_box(x + TRADES_START * noise, x, recipe.eps, recipe.norm)
+    for _ in range(recipe.attack_steps):
+        x_adv.requires_grad_(True)
+        kl = F.kl_div(F.log_softmax(model(x_adv).float(), dim=1), p_clean, reduction="sum")
+        (grad,) = torch.autograd.grad(kl, x_adv)
+        step = recipe.attack_step * recipe.eps * steepest_direction(grad, recipe.norm)
+        x_adv = project_box(x_adv.detach() + step, x, recipe.eps, recipe.norm)
+    return x_adv.detach()
+
+
+def training_batch(x: Tensor, x_train: Tensor, recipe: Recipe) -> Tensor:
+    """What the training pass forwards: the recipe's inputs, and for TRADES the clean images first."""
+    return torch.cat([x, x_train]) if recipe.name == "trades" else x_train
+
+
+def training_loss(logits: Tensor, y: Tensor, recipe: Recipe) -> tuple[Tensor, Tensor]:
+    """(loss, logits of the recipe's inputs) from the logits of :func:`training_batch`.
+
+    TRADES: CE on the clean half plus beta times the batch-mean KL from the
+    clean to the adversarial prediction; the others: CE on their inputs.
+    """
+    if recipe.name != "trades":
+        return F.cross_entropy(logits, y), logits
+    clean, adv = logits.float().chunk(2)
+    kl = F.kl_div(F.log_softmax(adv, dim=1), F.softmax(clean, dim=1), reduction="batchmean")
+    return F.cross_entropy(clean, y) + recipe.beta * kl, adv

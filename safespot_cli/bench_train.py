@@ -23,11 +23,12 @@ from training.trainer import train_step, use_layout
 
 # The recipes we train with: the warm-up of the shipped models, cifar10's
 # safe-spot-aware epochs (a 5-step PGD attack, a quarter of each batch from x_s*)
-# and the photo model's PGD-2 adversarial epochs at L-inf 4/255.
+# the photo model's PGD-2 adversarial epochs at L-inf 4/255, and TRADES with the same two steps.
 TRAIN_RECIPES = {
     "adv-fast": Recipe("adv-fast"),
     "s-fgsm-adv-pgd5": Recipe("s-fgsm-adv", attack="pgd", attack_steps=5, attack_step=0.35, safe_fraction=0.25),
     "adv-pgd2": Recipe("adv-pgd", eps=4 / 255, attack_steps=2, attack_step=0.5),
+    "trades2": Recipe("trades", eps=4 / 255, attack_steps=2, attack_step=0.5),
 }
 
 
@@ -47,7 +48,7 @@ def measure_training(model: Classifier, images: torch.Tensor, labels: torch.Tens
     for recipe, precision, channels_last in configs:
         rate = statistics.median(samples[(recipe, precision, channels_last)])
         reference = statistics.median(samples[(recipe, "fp32", True)])
-        passes = TRAIN_RECIPES[recipe].passes_per_image + 1  # the training pass counted as one
+        passes = TRAIN_RECIPES[recipe].passes_per_image + TRAIN_RECIPES[recipe].training_passes
         row = {"recipe": recipe, "precision": precision, "channels_last": channels_last,
                "images_per_s": round(rate, 1), "vs_default": round(rate / reference, 3),
                "passes_per_image": passes, "passes_per_s": round(rate * passes, 1)}

@@ -19,7 +19,8 @@ examples:
   safespot train --recipe s-fgsm-adv --epochs 15 --out models/zoo/cifar10.safetensors
   safespot train --recipe natural --epochs 10 --run-dir runs/natural
   safespot train --recipe gaussian --sigma 0.25 --epochs 10
-  safespot train --recipe adv-pgd --norm l2 --eps 0.5 --data /data/my_imagefolder"""
+  safespot train --recipe adv-pgd --norm l2 --eps 0.5 --data /data/my_imagefolder
+  safespot train --recipe trades --beta 6 --attack-steps 2 --attack-step 0.5 --eps 0.01568627"""
 
 
 def register(sub: Any) -> None:
@@ -41,6 +42,7 @@ def register(sub: Any) -> None:
                    help="s-*-adv: share of each batch attacked from its safe-spot candidate "
                         "(the rest from the image itself)")
     p.add_argument("--sigma", type=float, default=0.25, help="noise level of the gaussian recipe")
+    p.add_argument("--beta", type=float, default=6.0, help="trades: weight of the KL term")
     p.add_argument("--arch", default="cifar_cnn", help="cifar_cnn, preact_resnet18, wide_resnet, resnet50")
     p.add_argument("--width", type=int, default=None, help="cifar_cnn width")
     p.add_argument("--data", default="cifar10", help="'cifar10' (from --data-dir), an .npz file or an image folder")
@@ -50,7 +52,8 @@ def register(sub: Any) -> None:
     p.add_argument("--eval-pgd", type=int, default=500)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.15)
+    p.add_argument("--lr", type=float, default=0.15, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--lr-rise", type=float, default=0.4, help="share of the steps rising to the peak")
     common.add_option(p, "--seed")
     p.add_argument("--run-dir", default="runs/train")
     p.add_argument("--out", default=None, help="checkpoint path (default RUN_DIR/model.safetensors)")
@@ -88,7 +91,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     eps = args.eps if args.eps is not None else PAPER_EPS[args.norm]
     attack = dict(norm=args.norm, eps=eps, delta=args.delta, attack=args.attack,
                   attack_steps=args.attack_steps, attack_step=args.attack_step,
-                  safe_direction=args.safe_direction, safe_fraction=args.safe_fraction, sigma=args.sigma)
+                  safe_direction=args.safe_direction, safe_fraction=args.safe_fraction, sigma=args.sigma,
+                  beta=args.beta)
     # The options named like TrainConfig's fields are those fields; the rest are built here.
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     return TrainConfig(**given | {

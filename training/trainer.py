@@ -40,7 +40,7 @@ from models.hardware import PRECISION_SETTINGS, resolve_precision
 from models.importers import view_from_spec
 from models.normalize import CIFAR10_MEAN, CIFAR10_STD, Classifier
 from safespot.attacks import pgd
-from safespot.training import Recipe, training_inputs
+from safespot.training import Recipe, training_batch, training_inputs, training_loss
 from training.data import NAMED_DATA_SETS, ImageSet, holdout_split, load_dataset, to_tensor
 from training.progress import Report, RunProgress
 
@@ -242,9 +242,9 @@ def train_step(model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, x: 
     with _autocast(device, precision):
         # One batch: BatchNorm normalises the extra inputs with the same statistics as the
         # training images, as Outlier Exposure does.
-        logits = net(x_train if x_extra is None else torch.cat([x_train, x_extra]))
-        logits, logits_extra = logits[:len(x)], logits[len(x):]
-        loss = F.cross_entropy(logits, y)
+        batch = training_batch(x, x_train, recipe)
+        logits = net(batch if x_extra is None else torch.cat([batch, x_extra]))
+        (loss, logits), logits_extra = training_loss(logits[:len(batch)], y, recipe), logits[len(batch):]
         if score_extra is not None:
             extra, logs = score_extra(logits_extra)
             loss = loss + extra

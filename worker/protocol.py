@@ -78,7 +78,7 @@ WORKER_ALIVE_TTL_S = 20  # ... which expires after this long without a refresh
 # ------------------------------------------------------------------- requests
 Norm = Literal["linf", "l2"]
 Preset = Literal["standard", "fast", "paper"]  # safespot.PRESETS (the API cannot import torch)
-Recipe = Literal["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv"]  # safespot.training
+Recipe = Literal["natural", "gaussian", "adv-pgd", "adv-fast", "s-fgsm-adv", "s-pgd-adv", "trades"]  # safespot.training
 NORMS: tuple[Norm, ...] = get_args(Norm)
 PRESETS: tuple[Preset, ...] = get_args(Preset)
 RECIPES: tuple[Recipe, ...] = get_args(Recipe)

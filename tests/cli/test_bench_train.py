@@ -22,6 +22,7 @@ def test_every_recipe_precision_and_layout_is_measured_against_the_default(tiny_
     assert rows[("s-fgsm-adv-pgd5", "fp32", True)]["passes_per_image"] == pytest.approx(0.25 + 5 + 1)
     assert rows[("adv-pgd2", "bf16", True)]["passes_per_image"] == 3  # the photo model's PGD-2 + the training pass
     assert TRAIN_RECIPES["adv-pgd2"].eps == pytest.approx(4 / 255)
+    assert rows[("trades2", "fp32", True)]["passes_per_image"] == 4  # 2 KL steps + x and x' trained on
     r = rows[("s-fgsm-adv-pgd5", "bf16", True)]
     assert r["vs_fp32_limit"] == pytest.approx(r["images_per_s"] * r["passes_per_image"] / 1000.0, rel=1e-2)
     # Each configuration trains its own copy: the model under measurement is untouched.

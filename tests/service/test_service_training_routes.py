@@ -56,3 +56,15 @@ def test_unknown_or_foreign_training_jobs_are_404(client):
         "image": ("a.jpg", photo_bytes(), "image/jpeg")}).json()["job_id"]
     for job_id in ("f" * 32, "bad id", filter_job):
         assert client.get(f"/v1/training-jobs/{job_id}", headers=admin_auth()).status_code == 404
+
+
+def test_the_pages_recipe_choices_are_the_recipes_a_training_job_accepts() -> None:
+    import re
+
+    from service.app import STATIC_DIR
+    from worker.protocol import RECIPES
+
+    page = (Path(STATIC_DIR) / "index.html").read_text()
+    select = page[page.index('id="train-recipe"'):]
+    select = select[:select.index("</select>")]
+    assert set(re.findall(r'<option value="([^"]+)"', select)) == set(RECIPES)

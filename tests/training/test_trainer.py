@@ -93,6 +93,21 @@ def test_a_bf16_curriculum_saves_float32_weights(train_npz: Path, tmp_path: Path
     assert len((run / "log.jsonl").read_text().splitlines()) == 2 and loaded.info.training["best_epoch"] == 2
 
 
+def test_a_trades_run_records_its_recipe_and_a_gentle_schedule(train_npz: Path, tmp_path: Path) -> None:
+    run = tmp_path / "trades"
+    done = subprocess.run(_command(train_npz, run, "--recipe", "trades", "--beta", "3", "--attack-steps", "2",
+                                   "--attack-step", "0.5", "--eps", str(4 / 255), "--epochs", "1",
+                                   "--lr", "0.01", "--lr-rise", "0.1"),
+                          capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = load_checkpoint(run / "model.safetensors").info
+    assert info.recipe["name"] == "trades" and info.recipe["beta"] == 3.0 and info.recipe["attack_steps"] == 2
+    assert info.threat == {"norm": "linf", "eps": pytest.approx(4 / 255)}
+    assert info.training["config"]["lr_rise"] == 0.1 and info.training["config"]["lr"] == 0.01
+    log = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(log["train_loss"]) and 0 <= log["holdout_pgd_acc"] <= log["holdout_clean_acc"] <= 1
+
+
 def test_a_finished_run_rewrites_its_checkpoint_with_the_kept_epoch(train_npz: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ("--recipe", "adv-pgd", "--attack-steps", "1", "--epochs", "1", "--precision", "fp32")
