@@ -128,3 +128,20 @@ def test_the_wider_photo_candidate_row_is_its_own_card_and_training_record() -> 
                            strict=True):
         assert number(cell) == pytest.approx(measured[value] * 100, abs=0.005), value
     assert number(row[5]) == pytest.approx(training["seconds"] / 60, abs=0.05)
+
+
+def test_the_trades_row_is_its_card_and_the_kept_epoch_its_log() -> None:
+    card = (RESULTS / "card-default-photo-w48-trades.md").read_text()
+    measured = dict(row[:2] for row in table_rows(card, "## Accuracy"))
+    log = [json.loads(line) for line in
+           (ROOT / "models" / "candidates" / "default-photo-w48-trades.log.jsonl").read_text().splitlines()]
+    assert "Recipe: `trades`" in card and '"beta": 6.0' in card and "(10000 images)" in card
+    docs = (ROOT / "docs" / "models.md").read_text()
+    # The val table is the one after the per-epoch table, whose last row is the kept epoch.
+    row = next(r for r in table_rows(docs, "trades, lr at zero: kept") if "TRADES" in r[0])
+    assert number(row[1]) == number(measured["clean accuracy"])
+    assert number(row[2]) == number(measured["PGD-20 accuracy"])
+    assert number(row[3]) == number(measured["AutoAttack accuracy (1000 of the images)"])
+    epochs = next(r for r in table_rows(docs, "**A different recipe on top: TRADES") if "kept" in r[1])
+    assert number(epochs[3]) == pytest.approx(log[-1]["holdout_clean_acc"] * 100)
+    assert number(epochs[4]) == pytest.approx(log[-1]["holdout_pgd_acc"] * 100)
