@@ -82,9 +82,11 @@ def render_card(info: ModelInfo, sha256: str, file_name: str, name: str = "") ->
             lines += [f"- Note: {training['note']}", ""]
     data = info.data
     if data:
-        lines += ["## Data", "", f"- {json.dumps(data)}",
-                  "- CIFAR-10 here is JPEG-derived (quality 75): accuracies are not comparable with "
-                  "published CIFAR-10 figures.", ""]
+        lines += ["## Data", "", f"- {json.dumps(data)}"]
+        if info.domain == "cifar10" or "cifar10" in str(data.get("source", "")):
+            lines += ["- CIFAR-10 here is JPEG-derived (quality 75): accuracies are not comparable with "
+                      "published CIFAR-10 figures."]
+        lines += [""]
     return "\n".join(lines)
 
 

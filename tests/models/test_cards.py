@@ -39,3 +39,11 @@ def test_a_given_name_titles_the_card_over_the_metadata_name() -> None:
 def test_a_run_that_kept_its_last_epoch_says_so_and_names_the_best_one() -> None:
     card = render_card(_info(kept="last", kept_epoch=3, best_epoch=2), "ab" * 32, "m.safetensors")
     assert "(3 epochs, last epoch kept; best held-out epoch 2)" in card
+
+
+def test_only_a_cifar10_card_warns_that_its_cifar10_is_jpeg_derived() -> None:
+    import dataclasses
+
+    photo = dataclasses.replace(_info(), domain="tinyimagenet", data={"source": "tinyimagenet_train.npz"})
+    card = render_card(photo, "ab" * 32, "default.safetensors")
+    assert "JPEG-derived" not in card and "tinyimagenet_train.npz" in card
